@@ -1,0 +1,71 @@
+"""Retrain hyperparameters: retrain.py's flag names and meanings, plus breedbot's additions.
+
+Kept free of TensorFlow so that the CLI can parse its flags without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass
+class HParams:
+    """Everything `retrain()` can be told; the CLI maps its flags one to one onto these fields."""
+
+    how_many_training_steps: int = 1000
+    learning_rate: float = 0.005
+    testing_percentage: float = 10.0
+    validation_percentage: float = 10.0
+    eval_step_interval: int = 50
+    train_batch_size: int = 100
+    test_batch_size: int = -1  # evaluation always covers the whole split; kept for retrain.py users
+    validation_batch_size: int = -1
+    print_misclassified_test_images: bool = False
+    tfhub_module: str = DEFAULT_BACKBONE
+    flip_left_right: bool = True
+    random_crop: int = 0
+    random_scale: int = 0
+    random_brightness: int = 0
+    distortion_copies: int = 2  # cached distorted copies per training image when distorting
+    early_stopping: bool = True
+    early_stopping_patience: int = 6  # eval intervals without a better validation loss
+    class_weighting: bool = True
+    l2: float = 1e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    assert_accuracy_at_least: float | None = None
+    min_images_per_class: int = 3
+    extraction_batch_size: int = 32
+
+
+def validate(hparams: HParams) -> None:
+    """Reject out-of-range values with a message naming the flag."""
+    hp = hparams
+    gate = hp.assert_accuracy_at_least
+    checks = [
+        (1 <= hp.how_many_training_steps <= 100_000, "how_many_training_steps must be 1..100000"),
+        (0 < hp.learning_rate <= 1.0, "learning_rate must be in (0, 1]"),
+        (0 <= hp.testing_percentage < 100, "testing_percentage must be in [0, 100)"),
+        (0 <= hp.validation_percentage < 100, "validation_percentage must be in [0, 100)"),
+        (
+            hp.testing_percentage + hp.validation_percentage < 100,
+            "testing_percentage + validation_percentage must be below 100",
+        ),
+        (hp.eval_step_interval >= 1, "eval_step_interval must be >= 1"),
+        (1 <= hp.train_batch_size <= 100_000, "train_batch_size must be 1..100000"),
+        (0 <= hp.random_crop <= 100, "random_crop must be in [0, 100]"),
+        (0 <= hp.random_scale <= 100, "random_scale must be in [0, 100]"),
+        (0 <= hp.random_brightness <= 100, "random_brightness must be in [0, 100]"),
+        (0 <= hp.distortion_copies <= 20, "distortion_copies must be in [0, 20]"),
+        (hp.early_stopping_patience >= 1, "early_stopping_patience must be >= 1"),
+        (0 <= hp.l2 <= 1, "l2 must be in [0, 1]"),
+        (0 <= hp.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (hp.min_images_per_class >= 2, "min_images_per_class must be >= 2"),
+        (1 <= hp.extraction_batch_size <= 1024, "extraction_batch_size must be 1..1024"),
+        (gate is None or 0 <= gate <= 1, "assert_accuracy_at_least must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

@@ -1,0 +1,81 @@
+"""Accuracy, per-class accuracy, confusion matrix and its picture."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts [true, predicted]."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def summarize(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    names: Sequence[str],
+) -> dict:
+    """Accuracy report for one labeled split; `names` identify the images in `misclassified`."""
+    y_pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    per_class = {
+        label: {
+            "accuracy": float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None,
+            "n": int(cm[i].sum()),
+        }
+        for i, label in enumerate(labels)
+    }
+    wrong = np.flatnonzero(y_pred != y_true)
+    return {
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "n": len(y_true),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "misclassified": [
+            {
+                "image": names[i],
+                "label": labels[y_true[i]],
+                "predicted": labels[y_pred[i]],
+                "probability": round(float(probs[i, y_pred[i]]), 5),
+            }
+            for i in wrong
+        ],
+    }
+
+
+def worst_classes(per_class: dict, k: int = 3) -> list[tuple[str, float]]:
+    """The k classes with the lowest accuracy (those with test images only)."""
+    scored = [(name, v["accuracy"]) for name, v in per_class.items() if v["accuracy"] is not None]
+    return sorted(scored, key=lambda t: (t[1], t[0]))[:k]
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str) -> None:
+    """Save the confusion matrix as a PNG, rows normalised so small classes stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    side = max(4.0, 0.32 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, labels, fontsize=7)
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        color = "white" if norm[i, j] > 0.5 else "black"
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""Batched inference for the zero-shot default model and retrained version folders alike."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from model import backbones, data, imagenet, serving, train
+from model import images as imagelib
+from model.features import decode_many
+
+PET_GATE = 0.5  # ImageNet mass on the 123 dog and cat classes needed to call it a pet
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One ranked answer."""
+
+    label: str
+    display_name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image; `error` is set (and `top_k` empty) when the image was rejected."""
+
+    top_k: list[Guess]
+    is_pet: bool | None
+    pet_probability: float
+    imagenet_label: str
+    imagenet_probability: float
+    error: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class Timings:
+    """Where the time of the last predict() call went, in milliseconds."""
+
+    decode_ms: float = 0.0
+    model_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Classifier:
+    """A loaded model: holds the TensorFlow graph, so it is a class rather than functions."""
+
+    def __init__(
+        self, module: tf.Module, labels: list[str], display_names: list[str], model_dir: Path | None
+    ):
+        self.module = module
+        self.labels = labels
+        self.display_names = display_names
+        self.model_dir = model_dir
+        self.last_timings = Timings()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+
+    def predict_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw model outputs for a float32 [N,224,224,3] batch in [0,1]."""
+        out = self.module.classify_images(tf.constant(pixels, tf.float32))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def predict(self, images: list[bytes], top_k: int = 5) -> list[Prediction]:
+        """Classify encoded images in one forward pass; a bad image gets an error, not a raise."""
+        t0 = time.perf_counter()
+        decoded = list(decode_many(images, self._pool))
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, imagelib.ImageError)]
+        t1 = time.perf_counter()
+        out = (
+            self.predict_pixels(imagelib.to_float(np.stack([decoded[i] for i in good])))
+            if good
+            else {}
+        )
+        self.last_timings = Timings((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        results: list[Prediction] = []
+        row = {i: r for r, i in enumerate(good)}
+        for i, d in enumerate(decoded):
+            if isinstance(d, imagelib.ImageError):
+                results.append(Prediction([], None, 0.0, "", 0.0, d.code, str(d)))
+            else:
+                results.append(self._prediction(out, row[i], top_k))
+        return results
+
+    def _prediction(self, out: dict[str, np.ndarray], r: int, top_k: int) -> Prediction:
+        probs = out["probabilities"][r]
+        order = np.argsort(-probs)[: max(1, top_k)]
+        guesses = [
+            Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6)) for j in order
+        ]
+        pet = float(out["pet_probability"][r])
+        cls = int(out["imagenet_class"][r])
+        return Prediction(
+            top_k=guesses,
+            is_pet=None if pet < 0 else pet >= PET_GATE,
+            pet_probability=max(pet, 0.0),
+            imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
+            imagenet_probability=float(out["imagenet_probability"][r]),
+        )
+
+    def warm_up(self) -> None:
+        """Run one dummy batch so the first real request does not pay for tracing."""
+        self.predict_pixels(np.zeros((1, imagelib.IMAGE_SIZE, imagelib.IMAGE_SIZE, 3), np.float32))
+
+
+def read_labels(model_dir: Path) -> list[str]:
+    """The labels of a version folder, one per line in index order."""
+    text = (Path(model_dir) / train.LABELS_FILE).read_text("utf-8")
+    return [line for line in text.splitlines() if line]
+
+
+def load_classifier(
+    model_dir: Path | None = None,
+    *,
+    home: Path | None = None,
+    backbone: str = backbones.DEFAULT_BACKBONE,
+) -> Classifier:
+    """A retrained version folder, or (model_dir None) the zero-shot ImageNet pet model."""
+    if model_dir is None:
+        bb = backbones.load_backbone(backbone, Path(home) if home else None)
+        labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
+        module = serving.zero_shot_module(bb.module, labels)
+        return Classifier(module, labels, imagenet.pet_class_names(), None)
+    model_dir = Path(model_dir)
+    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
+    labels = read_labels(model_dir)
+    return Classifier(module, labels, [data.display_name(x) for x in labels], model_dir)

@@ -1,0 +1,216 @@
+"""Task names, queues and payloads shared by the bot and the worker.
+
+Stdlib only: the bot imports this module and nothing else from `worker/`, so that it never
+pulls in Celery task code or TensorFlow. Payloads cross Redis as JSON dicts; each dataclass
+round-trips through `to_dict()` / `from_dict()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+# Task names. The bot sends by name (`app.send_task(CLASSIFY, ...)`); routes are by name too.
+CLASSIFY = "breedbot.classify"
+RETRAIN = "breedbot.retrain"
+LIST_MODELS = "breedbot.models"
+PROMOTE = "breedbot.promote"
+ROLLBACK = "breedbot.rollback"
+STATS = "breedbot.stats"
+REPLY = "breedbot.reply"
+REPLY_FAILED = "breedbot.reply_failed"  # errback: tells the chat a job failed
+FEEDBACK = "breedbot.feedback"  # stores a photo under its corrected label
+
+# Queues.
+QUEUE_INFER = "infer"
+QUEUE_TRAIN = "train"
+QUEUE_CONTROL = "control"
+
+TASK_QUEUES = {
+    CLASSIFY: QUEUE_INFER,
+    RETRAIN: QUEUE_TRAIN,
+    LIST_MODELS: QUEUE_CONTROL,
+    PROMOTE: QUEUE_CONTROL,
+    ROLLBACK: QUEUE_CONTROL,
+    STATS: QUEUE_CONTROL,
+    REPLY: QUEUE_CONTROL,
+    REPLY_FAILED: QUEUE_CONTROL,
+    FEEDBACK: QUEUE_CONTROL,
+}
+
+# Caps on bytes carried through Redis (base64 adds a third on top).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # Telegram's own getFile cap
+MAX_INLINE_DATASET_BYTES = 64 * 1024 * 1024
+
+# A photo the bot accepted, for feedback: a Redis hash with "file_id", "labels" (JSON list written
+# by the reply task, best first) and "label" (the user's latest answer; "" for "other").
+PHOTO_TTL_SECONDS = 30 * 24 * 3600
+
+
+def photo_key(photo_id: str) -> str:
+    """Redis key of the hash describing one classified photo."""
+    return f"breedbot:photo:{photo_id}"
+
+
+# Custom Celery state for retrain progress; `meta` is a `Progress.to_dict()`.
+PROGRESS_STATE = "PROGRESS"
+
+
+class _Payload:
+    """Mixin: JSON-safe dict round trip for the dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+        return cls(**data)
+
+
+def encode_bytes(data: bytes) -> str:
+    """Bytes to the base64 text carried in a JSON payload."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes(text: str) -> bytes:
+    """Inverse of `encode_bytes`."""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+@dataclass(frozen=True)
+class ReplyTo(_Payload):
+    """Where the answer to a job goes, so any worker can send it even if the bot restarted."""
+
+    chat_id: int
+    message_id: int | None = None
+    user_id: int | None = None
+    language: str = "en"
+    status_message_id: int | None = None  # message edited with progress (retrain)
+    key: str = ""  # idempotency key: a reply with the same key is sent once
+
+
+@dataclass(frozen=True)
+class ClassifyRequest(_Payload):
+    """One image to classify: inline bytes (base64, capped) or a Telegram file id."""
+
+    image_b64: str | None = None
+    file_id: str | None = None
+    top_k: int = 5
+    reply_to: dict[str, Any] | None = None  # a ReplyTo.to_dict()
+
+
+@dataclass(frozen=True)
+class Guess(_Payload):
+    label: str
+    display_name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult(_Payload):
+    model_version: int
+    top_k: list[dict[str, Any]]  # Guess.to_dict() items, best first
+    is_pet: bool | None  # None: the backbone has no ImageNet head to gate with
+    pet_probability: float
+    imagenet_label: str
+    imagenet_probability: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # machine-readable code when the image was rejected
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRef(_Payload):
+    """A labeled upload: a Telegram file id the worker fetches, or inline zip bytes (capped)."""
+
+    file_id: str | None = None
+    zip_b64: str | None = None
+    name: str = "upload.zip"
+    feedback: bool = False  # retrain on collected feedback (optionally merged with last dataset)
+    merge_last: bool = False  # with feedback: add the images of the active version's dataset
+
+
+@dataclass(frozen=True)
+class RetrainRequest(_Payload):
+    dataset: dict[str, Any]  # DatasetRef.to_dict()
+    # retrain.py flag names, e.g. how_many_training_steps
+    params: dict[str, Any] = field(default_factory=dict)
+    min_accuracy: float | None = None
+    force: bool = False
+    requested_by: int | None = None
+    reply_to: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Progress(_Payload):
+    stage: str  # "download", "bottlenecks", "training", "evaluating", "saving"
+    done: int
+    total: int
+    validation_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class RetrainResult(_Payload):
+    version: int | None
+    activated: bool
+    test_accuracy: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""  # why it did not go live, or the error message
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRequest(_Payload):
+    """Store the photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
+
+    photo_id: str
+
+
+@dataclass(frozen=True)
+class ModelVersion(_Payload):
+    """One item of the LIST_MODELS result (a list of these dicts, oldest first)."""
+
+    version: int
+    active: bool
+    created_at: str | None = None
+    created_by: int | str | None = None
+    dataset: str | None = None
+    test_accuracy: float | None = None
+    classes: int | None = None
+    note: str = ""  # the accuracy gate's verdict
+
+
+@dataclass(frozen=True)
+class PromoteRequest(_Payload):
+    version: int
+    requested_by: int | None = None
+
+
+@dataclass(frozen=True)
+class RollbackRequest(_Payload):
+    requested_by: int | None = None
+
+
+@dataclass(frozen=True)
+class SwitchResult(_Payload):
+    """Result of PROMOTE and ROLLBACK."""
+
+    active_version: int
+    previous_version: int | None = None
+    error: str | None = None  # e.g. "unknown version", "nothing to roll back to"
+
+
+@dataclass(frozen=True)
+class Stats(_Payload):
+    """Result of STATS: today's classify jobs (UTC day) and the active version."""
+
+    active_version: int
+    jobs_today: int
+    avg_latency_ms: float | None
+    errors_today: int = 0
