@@ -1,0 +1,160 @@
+"""Decode untrusted image bytes into fixed-size RGB arrays (numpy + Pillow only).
+
+Everything here is safe to call from several threads at once: each call owns its Image objects
+and no Pillow global is changed (in particular `ImageFile.LOAD_TRUNCATED_IMAGES` stays False, so
+a cut-off upload is an error instead of a silently grey-padded photo).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SIZE = 224
+# Part of the bottleneck cache key: bump whenever decoding or resizing changes its output.
+PREPROCESSING_VERSION = "pil-v1"
+
+# 50 MP is beyond any phone camera's default output but far below what exhausts a worker; it is
+# also below Pillow's own bomb warning threshold (~89 MP), so that warning can never fire for an
+# image we go on to decode.
+MAX_PIXELS = 50_000_000
+# Smaller than any real photo or Telegram thumbnail; such images carry nothing to classify.
+MIN_SIDE = 16
+
+FORMATS = ("jpeg", "png", "webp", "gif", "bmp")
+_PILLOW_FORMATS = tuple(name.upper() for name in FORMATS)
+# Sizes of the BMP info headers Pillow understands; checking it keeps text starting with "BM" out.
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+# Image formats people upload that we recognise only to name them in the error.
+_OTHER_FORMATS = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+)
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+ERROR_CODES = ("empty", "not_an_image", "unsupported_format", "truncated", "too_large", "too_small")
+
+
+class ImageError(ValueError):
+    """An upload that cannot be used as a photo; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return "jpeg", "png", "webp", "gif" or "bmp" from the magic bytes, else None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    return None
+
+
+def _other_format(data: bytes) -> str | None:
+    """Name an image format we recognise but do not accept."""
+    for magic, name in _OTHER_FORMATS:
+        if data.startswith(magic):
+            return name
+    return _HEIF_BRANDS.get(data[8:12]) if data[4:8] == b"ftyp" else None
+
+
+def _damaged(exc: Exception) -> ImageError:
+    """Wrap a Pillow parsing failure."""
+    return ImageError("truncated", f"The image data is incomplete or damaged ({exc}).")
+
+
+def _open(fp: BinaryIO) -> Image.Image:
+    """Open an image lazily after checking its format and size from the header alone."""
+    head = fp.read(32)
+    fp.seek(0)
+    if not head:
+        raise ImageError("empty", "The file is empty.")
+    if sniff_format(head) is None:
+        other = _other_format(head)
+        if other:
+            raise ImageError(
+                "unsupported_format",
+                f"{other} images are not supported; send a JPEG, PNG, WebP, GIF or BMP.",
+            )
+        raise ImageError("not_an_image", "The file is not an image.")
+    try:
+        img = Image.open(fp, formats=_PILLOW_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_large", f"The image has too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("truncated", "The image header is damaged.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _damaged(exc) from exc
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise ImageError(
+            "too_large",
+            f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} MP.",
+        )
+    if min(width, height) < MIN_SIDE:
+        img.close()
+        raise ImageError(
+            "too_small",
+            f"The image is {width}x{height} pixels; each side needs at least {MIN_SIDE}.",
+        )
+    return img
+
+
+def probe_image(fp: BinaryIO) -> tuple[str, int, int]:
+    """Check format and size from the header only (no pixel decode); return (format, w, h)."""
+    with _open(fp) as img:
+        return img.format.lower(), img.width, img.height
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, flattening transparency onto white."""
+    if img.mode.startswith("I"):
+        # Pillow clips 16/32-bit greyscale at 255 when converting; scale the full 16-bit range.
+        values = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
+        img = Image.fromarray(np.rint(values).astype(np.uint8))
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode untrusted bytes to a uint8 [size, size, 3] RGB array or raise ImageError."""
+    with _open(io.BytesIO(data)) as img:
+        if img.format == "JPEG":
+            # Let libjpeg decode at 1/2..1/8 scale: big photos load several times faster.
+            img.draft("RGB", (2 * size, 2 * size))
+        try:
+            img.load()  # first frame only for animations; raises on truncated data
+            upright = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _damaged(exc) from exc
+        rgb = _to_rgb(upright)
+    # Squash rather than crop, as TF Hub image modules and retrain.py expect.
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def to_float(batch: np.ndarray) -> np.ndarray:
+    """Scale uint8 pixels (any shape, e.g. [N, H, W, 3]) to float32 in [0, 1]."""
+    if batch.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {batch.dtype}")
+    return batch.astype(np.float32) / np.float32(255.0)

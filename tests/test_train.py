@@ -1,0 +1,194 @@
+"""Retrain end to end on real photos with the real EfficientNet-Lite0 backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from model import features, train
+from model.hparams import HParams
+from model.predict import load_classifier
+
+pytestmark = pytest.mark.slow
+
+FAST = HParams(how_many_training_steps=300, eval_step_interval=50)
+
+
+def _copy_classes(src: Path, dst: Path, classes: list[str], per_class: int) -> Path:
+    for c in classes:
+        (dst / c).mkdir(parents=True)
+        for f in sorted((src / c).iterdir())[:per_class]:
+            shutil.copy(f, dst / c / f.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def flowers_run(datasets: Path, breedbot_home: Path, tmp_path_factory) -> train.TrainResult:
+    out = tmp_path_factory.mktemp("runs") / "flowers"
+    seen: list[tuple[str, int, int]] = []
+    result = train.retrain(
+        datasets / "flowers-dev",
+        out,
+        FAST,
+        home=breedbot_home,
+        progress=lambda stage, done, total, acc: seen.append((stage, done, total)),
+    )
+    result.metrics["_progress"] = seen
+    return result
+
+
+def test_retrain_writes_a_servable_folder(flowers_run: train.TrainResult) -> None:
+    out = flowers_run.output_dir
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert (out / "retrained_labels.txt").read_text().split() == [
+        "daisy",
+        "dandelion",
+        "roses",
+        "sunflowers",
+        "tulips",
+    ]
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((out / "logs" / "validation").glob("events.out.tfevents.*"))
+    m = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "test_accuracy",
+        "validation_accuracy",
+        "per_class",
+        "confusion_matrix",
+        "misclassified",
+        "training_seconds",
+        "backbone",
+        "dataset_fingerprint",
+    ):
+        assert key in m
+    assert m["n_test"] >= 5 and m["n_validation"] >= 5
+    assert sum(map(sum, m["confusion_matrix"])) == m["n_test"]
+    assert m["test_accuracy"] >= 0.8  # a linear probe on these features reaches ~0.87
+    stages = {s for s, _, _ in flowers_run.metrics["_progress"]}
+    assert {"bottlenecks", "training", "saving"} <= stages
+    assert not list(out.parent.glob(".flowers.tmp-*"))
+
+
+def test_second_run_extracts_nothing(
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, tmp_path: Path
+) -> None:
+    assert flowers_run.bottlenecks_computed > 0
+    again = train.retrain(datasets / "flowers-dev", tmp_path / "again", FAST, home=breedbot_home)
+    assert again.bottlenecks_computed == 0
+    assert again.bottlenecks_cached == flowers_run.bottlenecks_computed
+    # Same data, same seed: the same model.
+    assert again.test_accuracy == flowers_run.test_accuracy
+
+
+def test_cache_is_keyed_by_content(
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, tmp_path: Path
+) -> None:
+    """Renamed files reuse vectors; a replaced image and a corrupt entry are recomputed."""
+    src = datasets / "flowers-dev"
+    data_dir = tmp_path / "moved"
+    for c in ("daisy", "roses", "tulips"):
+        (data_dir / f"renamed_{c}").mkdir(parents=True)
+        for i, f in enumerate(sorted((src / c).iterdir())[:8]):
+            shutil.copy(f, data_dir / f"renamed_{c}" / f"photo_{i}.jpg")
+    hp = HParams(how_many_training_steps=50, flip_left_right=False)
+    first = train.retrain(data_dir, tmp_path / "a", hp, home=breedbot_home)
+    assert first.bottlenecks_computed == 0  # same bytes as in flowers-dev, other names
+
+    # Replace one photo by new bytes under the same name: its old vector must not be reused.
+    victim = data_dir / "renamed_daisy" / "photo_0.jpg"
+    Image.open(victim).rotate(90).save(victim, quality=80)
+    # Corrupt one cached vector.
+    other = sorted((data_dir / "renamed_roses").iterdir())[0]
+    sha = hashlib.sha256(other.read_bytes()).hexdigest()
+    backbone_id = first.metrics["backbone"]["identity"]
+    entry = features.vector_path(
+        breedbot_home / "bottlenecks" / features.namespace(backbone_id, features.ORIGINAL), sha
+    )
+    entry.write_bytes(b"not a numpy file")
+    second = train.retrain(data_dir, tmp_path / "b", hp, home=breedbot_home)
+    assert second.bottlenecks_computed == 2
+    assert features.read_vector(entry, 1280) is not None
+
+
+def test_concurrent_writers_leave_a_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "ab" / "ab.npy"
+    vecs = [np.full(1280, i, np.float32) for i in range(8)]
+    threads = [threading.Thread(target=features.write_vector, args=(path, v)) for v in vecs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = features.read_vector(path, 1280)
+    assert got is not None and len(set(got.tolist())) == 1
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_accuracy_gate_writes_nothing(
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, tmp_path: Path
+) -> None:
+    """Shuffled labels cannot reach 95 %: the gate refuses and leaves no folder behind."""
+    files = sorted((datasets / "flowers-dev").glob("*/*.jpg"))
+    random.Random(0).shuffle(files)
+    for i, f in enumerate(files[:60]):
+        dst = tmp_path / "noise" / f"class{i % 3}"
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst / f.name)
+    hp = HParams(how_many_training_steps=100, assert_accuracy_at_least=0.95)
+    with pytest.raises(train.AccuracyGateError, match=r"below the required 95\.0%"):
+        train.retrain(tmp_path / "noise", tmp_path / "out", hp, home=breedbot_home)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_csv_zip_and_distortions(datasets: Path, breedbot_home: Path, tmp_path: Path) -> None:
+    """A zipped Kaggle labels.csv upload trains; distorted copies are cached too."""
+    src = datasets / "csv-sample"
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(src / "labels.csv", "dogs/labels.csv")
+        for f in sorted((src / "train").iterdir()):
+            z.write(f, f"dogs/train/{f.name}")
+    hp = HParams(how_many_training_steps=100, random_crop=10, random_brightness=10)
+    first = train.retrain(archive, tmp_path / "out", hp, home=breedbot_home)
+    assert first.labels == ["Abyssinian", "Bengal", "american_bulldog"]
+    n_train = first.metrics["n_train"]
+    # original + flip + 2 distorted copies per training image.
+    assert first.metrics["n_train_vectors"] == 4 * n_train
+    second = train.retrain(archive, tmp_path / "out2", hp, home=breedbot_home)
+    assert second.bottlenecks_computed == 0
+
+
+def test_saved_model_signatures_agree_with_predict(
+    flowers_run: train.TrainResult, datasets: Path
+) -> None:
+    """The bytes signature (TF decoding) and predict() (Pillow decoding) give the same top-1."""
+    clf = load_classifier(flowers_run.output_dir)
+    files = sorted((datasets / "flowers-dev").glob("*/*.jpg"))[::10]
+    blobs = [f.read_bytes() for f in files]
+    preds = clf.predict(blobs, top_k=1)
+    loaded = tf.saved_model.load(str(flowers_run.output_dir / "saved_model"))
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(blobs))
+    tf_top = out["probabilities"].numpy().argmax(1)
+    agree = np.mean([clf.labels[j] == p.top_k[0].label for j, p in zip(tf_top, preds, strict=True)])
+    assert agree >= 0.95
+    assert all(p.is_pet is False for p in preds)
+
+
+def test_predict_survives_bad_bytes(flowers_run: train.TrainResult, datasets: Path) -> None:
+    clf = load_classifier(flowers_run.output_dir)
+    good = next((datasets / "flowers-dev" / "roses").iterdir()).read_bytes()
+    preds = clf.predict([b"", good[: len(good) // 3], b"hello", good], top_k=3)
+    assert [p.error for p in preds[:3]] == ["empty", "truncated", "not_an_image"]
+    assert preds[3].error is None and preds[3].top_k[0].label == "roses"
+    assert len(preds[3].top_k) == 3
