@@ -14,7 +14,10 @@ from model import backbones, data, imagenet, serving, train
 from model import images as imagelib
 from model.features import decode_many
 
-PET_GATE = 0.5  # ImageNet mass on the 123 dog and cat classes needed to call it a pet
+PET_GATE = 0.5  # ImageNet mass on the 123 dog and cat classes that calls it a pet
+# Cats and dogs of breeds ImageNet lacks spread their mass over lynx, fox and the like while their
+# top class is still a pet: passing on either lifts pets-dev from 91.7 % to 96 % (flowers: 0.5 %).
+PET_CLASSES = frozenset(imagenet.PET_CLASS_IDS)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Classifier:
         cls = int(out["imagenet_class"][r])
         return Prediction(
             top_k=guesses,
-            is_pet=None if pet < 0 else pet >= PET_GATE,
+            is_pet=None if pet < 0 else (pet >= PET_GATE or cls in PET_CLASSES),
             pet_probability=max(pet, 0.0),
             imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
             imagenet_probability=float(out["imagenet_probability"][r]),

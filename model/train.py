@@ -112,6 +112,7 @@ def retrain(
         views = [train_views] * len(splits["train"]) + [[features.ORIGINAL]] * (
             len(items) - len(splits["train"])
         )
+        extract_started = time.perf_counter()
         ex = features.extract(
             backbone.features,
             backbone.identity,
@@ -123,6 +124,7 @@ def retrain(
             batch_size=hp.extraction_batch_size,
             progress=_report(progress, "bottlenecks"),
         )
+        extraction_seconds = time.perf_counter() - extract_started
         skipped = dataset.skipped + [
             (_relative(items[i].path, dataset.root), reason) for i, reason in ex.failures
         ]
@@ -191,6 +193,7 @@ def retrain(
             "misclassified": test_report["misclassified"],
             "best_step": trained.best_step,
             "history": {k: [round(float(v), 5) for v in h] for k, h in trained.history.items()},
+            "extraction_seconds": round(extraction_seconds, 3),
             "training_seconds": round(training_seconds, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
             "backbone": {"handle": backbone.handle, "identity": backbone.identity},
@@ -207,6 +210,8 @@ def retrain(
         )
         (work / METRICS_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
         _publish(work, output_graph)
+        if progress:
+            progress("saving", 1, 1, val_acc)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -1,0 +1,44 @@
+"""Helpers shared by the bench scripts: JSON output and the docs/BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    """One line about where the numbers were taken."""
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the block between `<!-- name:start -->` and `<!-- name:end -->`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text("utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, "utf-8")
+
+
+def emit(name: str, result: dict, markdown: str) -> None:
+    """Print the JSON result and record it in docs/BENCHMARKS.md."""
+    print(json.dumps(result, indent=2))
+    update_section(name, markdown + "\n\n```json\n" + json.dumps(result, indent=2) + "\n```")
