@@ -45,7 +45,11 @@ def timed_retrain(
 def cross_validated(
     backbone: backbones.Backbone, source: Path, cache: Path, hp: HParams, folds: int = 5
 ) -> dict:
-    """5-fold accuracy of breedbot's head (defaults) and of logistic regression, same folds."""
+    """5-fold accuracy of breedbot's head (defaults) and of logistic regression.
+
+    Both see the same training images and the same test fold; breedbot holds a tenth of its
+    training images out for early stopping, as retrain does with its validation split.
+    """
     dataset = data.load_dataset(source)
     paths = [im.path for im in dataset.images]
     shas = [im.sha256 for im in dataset.images]
@@ -65,7 +69,7 @@ def cross_validated(
         y_fit = np.tile(y[tr], 2 if hp.flip_left_right else 1)
         h = head.train_head(x_fit, y_fit, orig[va], y[va], len(labels), config)
         ours.append(float((h.probabilities(orig[test_idx]).argmax(1) == y[test_idx]).mean()))
-        lr = LogisticRegression(max_iter=3000).fit(orig[fit_idx], y[fit_idx])
+        lr = LogisticRegression(max_iter=3000).fit(orig[tr], y[tr])
         probe.append(float((lr.predict(orig[test_idx]) == y[test_idx]).mean()))
     return {"retrain_cv": float(np.mean(ours)), "probe_cv": float(np.mean(probe)), "folds": folds}
 
@@ -89,7 +93,7 @@ def same_split_probe(result: train.TrainResult, backbone: backbones.Backbone, ca
         )
         return ex.vectors["original"], np.array([labels[im.label] for im in items])
 
-    x_tr, y_tr = xy(splits["train"] + splits["validation"])
+    x_tr, y_tr = xy(splits["train"])
     x_te, y_te = xy(splits["test"])
     lr = LogisticRegression(max_iter=3000).fit(x_tr, y_tr)
     return float((lr.predict(x_te) == y_te).mean())

@@ -16,17 +16,17 @@ StepFn = Callable[[int, int, float | None], None]
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """How the softmax layer is trained; filled from the CLI's HParams."""
+    """How the softmax layer is trained; built from HParams, which holds the defaults."""
 
-    steps: int = 1000
-    learning_rate: float = 0.005
-    batch_size: int = 100
-    eval_interval: int = 50
-    l2: float = 1e-4
-    label_smoothing: float = 0.1
-    early_stopping_patience: int | None = 6  # in eval intervals; None disables it
-    class_weighting: bool = True
-    seed: int = 0
+    steps: int
+    learning_rate: float
+    batch_size: int
+    eval_interval: int
+    l2: float
+    label_smoothing: float
+    early_stopping_patience: int | None  # in eval intervals; None disables it
+    class_weighting: bool
+    seed: int
 
 
 @dataclass

@@ -1,0 +1,244 @@
+"""Service bench: photos through the real queue at several client concurrencies.
+
+Starts an embedded redis-server and one `breedbot worker` (threads pool, gather-loop batching),
+then sends the same photos with 1, 8 and 32 jobs in flight and reports p50/p95 latency (send to
+result seen) and throughput, next to the raw model's batch-1 and batch-32 rates measured in this
+run (Classifier.predict on the same bytes, decode included, while the worker idles), the worker's
+RSS, and classify latency while a retrain runs on the same worker.
+
+Run: `.venv/bin/python bench/service_bench.py`. Prints JSON and updates the `service_bench`
+section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DATASETS, REPO, emit, machine
+from worker import contract
+from worker.celery_app import create_app
+from worker.cli import zip_dataset
+from worker.processes import spawn, stop_group
+from worker.redis_server import RedisServer
+from worker.settings import WorkerSettings
+
+POLL_SECONDS = 0.002
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50/p95/mean of latencies in seconds, as milliseconds."""
+    ms = sorted(x * 1e3 for x in latencies)
+    return {
+        "p50_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+    }
+
+
+def run_load(
+    app, photos: list[bytes], concurrency: int, keep_going: Callable[[], bool] = lambda: True
+) -> tuple[list[float], float, list[int]]:
+    """Keep `concurrency` jobs in flight; latencies (s), wall time (s) and batch sizes.
+
+    One thread polls all results with one MGET per cycle, so the client never races on
+    Celery's result consumer and its own overhead stays flat as concurrency grows.
+    """
+    backend = app.backend
+    pending: dict[str, float] = {}
+    latencies: list[float] = []
+    batches: list[int] = []
+    queue = list(photos)
+    started = time.perf_counter()
+    while (queue and keep_going()) or pending:
+        while queue and len(pending) < concurrency and keep_going():
+            payload = contract.ClassifyRequest(image_b64=contract.encode_bytes(queue.pop()))
+            result = app.send_task(contract.CLASSIFY, args=[payload.to_dict()])
+            pending[result.id] = time.perf_counter()
+        ids = list(pending)
+        metas = backend.client.mget([backend.get_key_for_task(i) for i in ids])
+        now = time.perf_counter()
+        for task_id, raw in zip(ids, metas, strict=True):
+            if raw is None:
+                continue
+            meta = backend.decode_result(raw)
+            if meta["status"] in ("SUCCESS", "FAILURE"):
+                if meta["status"] == "FAILURE" or meta["result"].get("error"):
+                    raise RuntimeError(f"classify failed: {meta}")
+                latencies.append(now - pending.pop(task_id))
+                batches.append(int(meta["result"]["timings_ms"]["batch_size"]))
+        time.sleep(POLL_SECONDS)
+    return latencies, time.perf_counter() - started, batches
+
+
+def raw_rates(photos: list[bytes], home: Path | None, reps: int = 3) -> dict[str, float]:
+    """Classifier.predict images/s at batch 1 and 32 (same bytes, decode included)."""
+    from model.predict import load_classifier
+
+    classifier = load_classifier(home=home)
+    classifier.warm_up()
+    rates = {}
+    for batch in (1, 32):
+        # The same 32 x reps photos either way.
+        chunks = [photos[i : i + batch] for i in range(0, 32 * reps, batch)]
+        classifier.predict(chunks[0])  # trace this batch shape once
+        started = time.perf_counter()
+        for chunk in chunks:
+            classifier.predict(chunk)
+        rates[f"batch_{batch}_images_per_s"] = round(
+            sum(map(len, chunks)) / (time.perf_counter() - started), 1
+        )
+    return rates
+
+
+def during_retrain(app, photos: list[bytes], concurrency: int) -> dict:
+    """Classify latency while a retrain (flowers-dev, 5 classes) runs on the same worker."""
+    ref = contract.DatasetRef(
+        zip_b64=contract.encode_bytes(zip_dataset(DATASETS / "flowers-dev")), name="flowers-dev"
+    )
+    params = {"how_many_training_steps": 400, "eval_step_interval": 20}
+    job = app.send_task(
+        contract.RETRAIN, args=[contract.RetrainRequest(ref.to_dict(), params).to_dict()]
+    )
+    while job.state not in (contract.PROGRESS_STATE, "SUCCESS", "FAILURE"):
+        time.sleep(0.05)
+    retrain_started = time.perf_counter()
+    latencies, _, _ = run_load(app, photos * 5, concurrency, keep_going=lambda: not job.ready())
+    result = contract.RetrainResult.from_dict(job.get(timeout=1800))
+    return {
+        "concurrency": concurrency,
+        "photos_answered": len(latencies),
+        **percentiles(latencies),
+        "retrain_seconds_observed": round(time.perf_counter() - retrain_started, 1),
+        "retrain_test_accuracy": result.test_accuracy,
+    }
+
+
+def main() -> None:
+    """Start Redis and a worker, run every measurement, print and record the figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
+    photos = [f.read_bytes() for f in files[:: max(1, len(files) // args.photos)]][: args.photos]
+    home = Path(os.environ["BREEDBOT_HOME"]) if os.environ.get("BREEDBOT_HOME") else None
+    with (
+        tempfile.TemporaryDirectory(prefix="service-bench-") as tmp,
+        RedisServer(Path(tmp) / "redis") as server,
+    ):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "REDIS_URL": server.url,
+            "VAR_DIR": str(Path(tmp) / "var"),
+            "BOTTLENECK_DIR": str(Path(tmp) / "bn"),
+        }
+        settings = WorkerSettings(redis_url=server.url)
+        app = create_app(settings)
+        with (Path(tmp) / "worker.log").open("ab") as log:
+            worker = spawn(
+                [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"],
+                cwd=tmp, env=env, stdout=log, stderr=log,
+            )  # fmt: skip
+        try:
+            while not app.control.ping(timeout=1.0):
+                if worker.poll() is not None:
+                    raise RuntimeError((Path(tmp) / "worker.log").read_text()[-3000:])
+            run_load(app, photos[:40], 8)  # warm-up: connections, batch shapes
+            rates = raw_rates(photos, home)
+            runs = []
+            processes = {
+                "worker": psutil.Process(worker.pid),
+                "client": psutil.Process(),
+                "redis": psutil.Process(server.process.pid),
+            }
+            for concurrency in args.concurrency:
+                cpu_before = {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
+                latencies, wall, batches = run_load(app, photos, concurrency)
+                cpu = {
+                    k: round((sum(p.cpu_times()[:2]) - cpu_before[k]) / wall, 2)
+                    for k, p in processes.items()
+                }
+                rate = len(latencies) / wall
+                runs.append(
+                    {
+                        "concurrency": concurrency,
+                        "photos": len(latencies),
+                        **percentiles(latencies),
+                        "images_per_s": round(rate, 1),
+                        "vs_raw_batch_32": round(rate / rates["batch_32_images_per_s"], 2),
+                        "mean_batch": round(statistics.fmean(batches), 1),
+                        "cores_busy": cpu,
+                    }
+                )
+            retrain = during_retrain(app, photos, 4)
+            memory = psutil.Process(worker.pid).memory_info()
+            peak = _peak_rss_mb(worker.pid)
+        finally:
+            stop_group(worker, 30)
+            app.close()
+    result = {
+        "bench": "service",
+        "machine": machine(),
+        "pool": f"threads x {settings.worker_concurrency}, gather-loop batching "
+        f"(max {settings.batch_max_size}, wait {settings.batch_wait_ms} ms)",
+        "raw_model": rates,
+        "through_queue": runs,
+        "classify_during_retrain": retrain,
+        "worker_rss_mb": round(memory.rss / 2**20),
+        "worker_peak_rss_mb": peak,
+    }
+    emit("service_bench", result, markdown(result))
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return None
+
+
+def markdown(result: dict) -> str:
+    """The docs/BENCHMARKS.md section."""
+    raw = result["raw_model"]
+    rows = "\n".join(
+        f"| {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | {r['images_per_s']} "
+        f"| {r['vs_raw_batch_32']}× |"
+        for r in result["through_queue"]
+    )
+    during = result["classify_during_retrain"]
+    return (
+        "## Service (`bench/service_bench.py`)\n\n"
+        f"Machine: {result['machine']}. One worker, {result['pool']}, embedded Redis. "
+        f"{result['through_queue'][0]['photos']} pets-dev photos per run, JSON + base64 through "
+        "Redis; latency is send → result seen by the client.\n\n"
+        f"Raw model in the same run (Classifier.predict, decode included): batch 1 "
+        f"**{raw['batch_1_images_per_s']} img/s**, batch 32 **{raw['batch_32_images_per_s']} "
+        "img/s**.\n\n"
+        "| in flight | p50 ms | p95 ms | img/s | vs raw batch 32 |\n|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        f"Classify while a retrain (flowers-dev, 400 steps) runs on the same worker, "
+        f"{during['concurrency']} in flight: p50 **{during['p50_ms']} ms**, p95 "
+        f"**{during['p95_ms']} ms** ({during['photos_answered']} photos during "
+        f"{during['retrain_seconds_observed']} s of retrain).\n\n"
+        f"Worker RSS after the runs: {result['worker_rss_mb']} MB (peak "
+        f"{result['worker_peak_rss_mb']} MB)."
+    )
+
+
+if __name__ == "__main__":
+    main()
