@@ -51,12 +51,8 @@ def cross_validated(
     training images out for early stopping, as retrain does with its validation split.
     """
     dataset = data.load_dataset(source)
-    paths = [im.path for im in dataset.images]
-    shas = [im.sha256 for im in dataset.images]
-    views = [[features.ORIGINAL, features.FLIP]] * len(paths)
-    ex = features.extract(
-        backbone.features, backbone.identity, backbone.feature_dim, paths, shas, views, cache
-    )
+    views = [[features.ORIGINAL, features.FLIP]] * len(dataset.images)
+    ex = train.bottlenecks(backbone, dataset.images, views, cache)
     labels = {c: i for i, c in enumerate(dataset.classes)}
     y = np.array([labels[im.label] for im in dataset.images])
     orig, flip = ex.vectors["original"], ex.vectors["flip"]
@@ -82,15 +78,7 @@ def same_split_probe(result: train.TrainResult, backbone: backbones.Backbone, ca
     labels = {c: i for i, c in enumerate(result.labels)}
 
     def xy(items: list[data.LabeledImage]) -> tuple[np.ndarray, np.ndarray]:
-        ex = features.extract(
-            backbone.features,
-            backbone.identity,
-            backbone.feature_dim,
-            [im.path for im in items],
-            [im.sha256 for im in items],
-            [[features.ORIGINAL]] * len(items),
-            cache,
-        )
+        ex = train.bottlenecks(backbone, items, [[features.ORIGINAL]] * len(items), cache)
         return ex.vectors["original"], np.array([labels[im.label] for im in items])
 
     x_tr, y_tr = xy(splits["train"])

@@ -54,7 +54,7 @@ class ClassifierModule(tf.Module):
         pets[list(imagenet.PET_CLASS_IDS)] = 1.0
         self.pet_mask = tf.constant(pets)
 
-    @tf.function(input_signature=[IMAGES_SPEC])
+    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
     def classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Class probabilities, pet-gate mass and ImageNet best guess for a float batch."""
         n = tf.shape(images)[0]
@@ -80,7 +80,7 @@ class ClassifierModule(tf.Module):
             "imagenet_probability": inet_prob,
         }
 
-    @tf.function(input_signature=[BYTES_SPEC])
+    @tf.function(input_signature=[BYTES_SPEC], autograph=False)
     def classify_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Same as classify_images, from encoded JPEG/PNG/GIF/BMP/WebP bytes."""
         return self.classify_images(decode_for_serving(image_bytes))

@@ -69,6 +69,29 @@ def head_config(hp: HParams) -> head.HeadConfig:
     )
 
 
+def bottlenecks(
+    backbone: backbones.Backbone,
+    items: list[data.LabeledImage],
+    views: list[list[features.View]],
+    cache_root: Path,
+    *,
+    batch_size: int = 32,
+    progress: features.CountFn | None = None,
+) -> features.Extraction:
+    """Cached bottlenecks of labeled images through one backbone (`views[i]` for image i)."""
+    return features.extract(
+        backbone.features,
+        backbone.identity,
+        backbone.feature_dim,
+        [im.path for im in items],
+        [im.sha256 for im in items],
+        views,
+        cache_root,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
 def _report(progress: ProgressFn | None, stage: str) -> Callable[[int, int], None]:
     def count(done: int, total: int) -> None:
         if progress:
@@ -113,12 +136,9 @@ def retrain(
             len(items) - len(splits["train"])
         )
         extract_started = time.perf_counter()
-        ex = features.extract(
-            backbone.features,
-            backbone.identity,
-            backbone.feature_dim,
-            [im.path for im in items],
-            [im.sha256 for im in items],
+        ex = bottlenecks(
+            backbone,
+            items,
             views,
             bottleneck_dir,
             batch_size=hp.extraction_batch_size,
