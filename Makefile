@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench up clean
+.PHONY: install test lint bench reliability up clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+up: $(STAMP)
+	$(PY) -m worker.cli up
+
 bench: $(STAMP)
 	$(PY) bench/retrain_bench.py
+	$(PY) bench/service_bench.py
+	$(PY) bench/bot_bench.py
 
 clean:
 	rm -rf var runs .pytest_cache

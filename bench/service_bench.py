@@ -48,8 +48,8 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 def run_load(
     app, photos: list[bytes], concurrency: int, keep_going: Callable[[], bool] = lambda: True
-) -> tuple[list[float], float, list[int]]:
-    """Keep `concurrency` jobs in flight; latencies (s), wall time (s) and batch sizes.
+) -> tuple[list[float], float, list[dict]]:
+    """Keep `concurrency` jobs in flight; latencies (s), wall time (s) and the jobs' timings.
 
     One thread polls all results with one MGET per cycle, so the client never races on
     Celery's result consumer and its own overhead stays flat as concurrency grows.
@@ -57,7 +57,7 @@ def run_load(
     backend = app.backend
     pending: dict[str, float] = {}
     latencies: list[float] = []
-    batches: list[int] = []
+    timings: list[dict] = []
     queue = list(photos)
     started = time.perf_counter()
     while (queue and keep_going()) or pending:
@@ -76,9 +76,9 @@ def run_load(
                 if meta["status"] == "FAILURE" or meta["result"].get("error"):
                     raise RuntimeError(f"classify failed: {meta}")
                 latencies.append(now - pending.pop(task_id))
-                batches.append(int(meta["result"]["timings_ms"]["batch_size"]))
+                timings.append(meta["result"]["timings_ms"])
         time.sleep(POLL_SECONDS)
-    return latencies, time.perf_counter() - started, batches
+    return latencies, time.perf_counter() - started, timings
 
 
 def raw_rates(photos: list[bytes], home: Path | None, reps: int = 3) -> dict[str, float]:
@@ -165,7 +165,7 @@ def main() -> None:
             }
             for concurrency in args.concurrency:
                 cpu_before = {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
-                latencies, wall, batches = run_load(app, photos, concurrency)
+                latencies, wall, timings = run_load(app, photos, concurrency)
                 cpu = {
                     k: round((sum(p.cpu_times()[:2]) - cpu_before[k]) / wall, 2)
                     for k, p in processes.items()
@@ -178,7 +178,15 @@ def main() -> None:
                         **percentiles(latencies),
                         "images_per_s": round(rate, 1),
                         "vs_raw_batch_32": round(rate / rates["batch_32_images_per_s"], 2),
-                        "mean_batch": round(statistics.fmean(batches), 1),
+                        "mean_batch": round(statistics.fmean(t["batch_size"] for t in timings), 1),
+                        "in_task_p50_ms": round(statistics.median(t["total"] for t in timings), 1),
+                        # Forward pass + decode per image inside the worker, to compare with raw.
+                        "worker_predict_ms_per_image": round(
+                            statistics.fmean(
+                                (t["model"] + t["decode"]) / t["batch_size"] for t in timings
+                            ),
+                            2,
+                        ),
                         "cores_busy": cpu,
                     }
                 )

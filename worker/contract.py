@@ -167,7 +167,7 @@ class RetrainResult(_Payload):
 
 @dataclass(frozen=True)
 class FeedbackRequest(_Payload):
-    """Store the photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
+    """File photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
 
     photo_id: str
 

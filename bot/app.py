@@ -1,0 +1,115 @@
+"""Wire the bot: `build_app(settings)` registers every handler in order; `main()` runs it."""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from telegram import Update
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.context import BotData
+from bot.errors import on_error
+from bot.handlers import admin, commands, feedback, guards, photos
+from bot.jobs import make_celery
+from bot.settings import BotSettings
+
+RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
+
+
+async def _start(application: Application) -> None:
+    data: BotData = application.bot_data
+    assert data.settings is not None
+    data.celery = make_celery(data.settings.redis_url)
+    data.redis = Redis.from_url(data.settings.redis_url, decode_responses=True)
+    await application.bot.set_my_commands(commands.bot_commands("en"))
+    await application.bot.set_my_commands(commands.bot_commands("pt-BR"), language_code="pt")
+
+
+async def _stop(application: Application) -> None:
+    data: BotData = application.bot_data
+    if data.redis is not None:
+        await data.redis.aclose()
+    if data.celery is not None:
+        data.celery.close()
+
+
+def build_app(settings: BotSettings) -> Application:
+    """The PTB application for these settings, every handler registered in this visible order."""
+    if settings.telegram_bot_token is None:
+        raise ValueError(
+            "TELEGRAM_BOT_TOKEN is not set: get one from @BotFather, "
+            "or try the bot without Telegram with `breedbot playground`"
+        )
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .base_url(settings.base_url)
+        .base_file_url(settings.base_file_url)
+        .context_types(ContextTypes(bot_data=BotData))
+        .rate_limiter(AIORateLimiter(max_retries=3))
+        .post_init(_start)
+        .post_shutdown(_stop)
+        .build()
+    )
+    application.bot_data.settings = settings
+    admins = filters.User(user_id=settings.admin_ids)
+
+    # Edge guards, before anything else: duplicates first, then the per-user flood guard.
+    application.add_handler(TypeHandler(Update, guards.drop_duplicates), group=-2)
+    application.add_handler(TypeHandler(Update, guards.rate_limit), group=-1)
+
+    # Admin commands; everyone else gets a refusal (and the attempt is logged).
+    application.add_handler(CommandHandler("retrain", admin.retrain, filters=admins))
+    application.add_handler(MessageHandler(RETRAIN_CAPTION & admins, admin.retrain))
+    application.add_handler(CommandHandler("models", admin.models, filters=admins))
+    application.add_handler(CommandHandler("promote", admin.promote, filters=admins))
+    application.add_handler(CommandHandler("rollback", admin.rollback, filters=admins))
+    application.add_handler(CommandHandler("stats", admin.stats, filters=admins))
+    application.add_handler(CommandHandler(admin.ADMIN_COMMANDS, admin.refuse))
+    application.add_handler(MessageHandler(RETRAIN_CAPTION, admin.refuse))
+
+    # Everyone.
+    application.add_handler(CommandHandler("start", commands.start))
+    application.add_handler(CommandHandler("help", commands.help_command))
+    application.add_handler(CommandHandler("breeds", commands.breeds))
+    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, photos.on_image))
+    application.add_handler(MessageHandler(filters.Document.ALL, photos.not_an_image))
+    application.add_handler(CallbackQueryHandler(feedback.on_button, pattern=r"^fb:"))
+
+    application.add_error_handler(on_error)
+    return application
+
+
+def main() -> None:
+    """Run the bot: long polling, or a webhook when WEBHOOK_URL is set."""
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = BotSettings()
+    application = build_app(settings)
+    if settings.webhook_url:
+        secret = settings.webhook_secret
+        application.run_webhook(
+            listen=settings.webhook_listen,
+            port=settings.webhook_port,
+            url_path="telegram",
+            webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
+            secret_token=secret.get_secret_value() if secret else None,
+            allowed_updates=Update.ALL_TYPES,
+        )
+    else:
+        application.run_polling(allowed_updates=Update.ALL_TYPES)
+
+
+if __name__ == "__main__":
+    main()

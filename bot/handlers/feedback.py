@@ -1,0 +1,46 @@
+"""The ✅ / ❌ buttons under an answer: record the user's label; a worker files the photo."""
+
+from __future__ import annotations
+
+import json
+
+from telegram import InlineKeyboardMarkup, Update
+
+from bot.context import Context, redis_of
+from bot.handlers.common import language_of
+from bot.i18n import t
+from bot.jobs import publish, task
+from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, feedback_keyboard, parse_feedback
+from worker import contract
+
+
+async def on_button(update: Update, context: Context) -> None:
+    """Handle one feedback button; the latest answer for a photo is the one that counts."""
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    language = language_of(update)
+    photo_id, choice = parse_feedback(query.data)
+    key = contract.photo_key(photo_id)
+    redis = redis_of(context)
+    stored = await redis.hget(key, "labels")
+    if stored is None:
+        await query.answer(t(language, "feedback_gone"))
+        return
+    names: list[list[str]] = json.loads(stored)  # [label, display name], best first
+    if choice == WRONG:
+        markup = breeds_keyboard(photo_id, [display for _, display in names], language)
+        await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
+        await query.answer(t(language, "which"))
+        return
+    if choice == OTHER:
+        label, text = "", t(language, "thanks_other")
+    else:
+        label, display = names[0 if choice == RIGHT else int(choice)]
+        text = t(language, "thanks", name=display)
+    # The worker reads the label when it runs, so a later answer always wins.
+    await redis.hset(key, "label", label)
+    await publish(task(context, contract.FEEDBACK, contract.FeedbackRequest(photo_id).to_dict()))
+    await query.answer(text)
+    if choice != RIGHT:
+        markup = feedback_keyboard(photo_id, language)
+        await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))

@@ -1,0 +1,92 @@
+"""Photos, image files and albums: download, queue `classify | reply`, return at once."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from telegram import Message, Update
+from telegram.constants import ChatAction
+
+from bot.context import Context, redis_of, settings_of
+from bot.handlers.common import language_of, reply_to
+from bot.i18n import t
+from bot.jobs import submit, task
+from worker import contract
+
+
+def _image_file(message: Message) -> tuple[str, int | None]:
+    if message.photo:
+        largest = message.photo[-1]
+        return largest.file_id, largest.file_size
+    assert message.document is not None
+    return message.document.file_id, message.document.file_size
+
+
+async def on_image(update: Update, context: Context) -> None:
+    """A photo or an image file: answer it, or gather it with the rest of its album."""
+    message = update.effective_message
+    assert message is not None
+    language = language_of(update)
+    _, size = _image_file(message)
+    if size and size > contract.MAX_IMAGE_BYTES:
+        await message.reply_text(t(language, "too_big", size=round(size / 2**20, 1)))
+        return
+    group = message.media_group_id
+    if group is None:
+        await _classify(context, [message], language)
+        return
+    assert context.chat_data is not None
+    albums: dict[str, list[Message]] = context.chat_data.setdefault("albums", {})
+    if group not in albums:
+        # Telegram sends an album as separate updates; answer once the rest has arrived.
+        albums[group] = []
+        asyncio.get_running_loop().call_later(
+            settings_of(context).album_wait_seconds,
+            lambda: context.application.create_task(
+                _classify(context, sorted(albums.pop(group), key=lambda m: m.id), language)
+            ),
+        )
+    albums[group].append(message)
+
+
+async def not_an_image(update: Update, context: Context) -> None:
+    """A file that is neither an image nor a retrain upload."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(t(language_of(update), "not_image"))
+
+
+async def _remember(context: Context, message: Message) -> str:
+    """Record the photo for feedback buttons; returns its id (our name for it, never the user's)."""
+    photo_id = secrets.token_hex(6)
+    file_id, _ = _image_file(message)
+    key = contract.photo_key(photo_id)
+    redis = redis_of(context)
+    await redis.hset(key, mapping={"file_id": file_id, "chat_id": message.chat_id})
+    await redis.expire(key, contract.PHOTO_TTL_SECONDS)
+    return photo_id
+
+
+async def _request(context: Context, message: Message) -> dict:
+    file_id, _ = _image_file(message)
+    data = await (await context.bot.get_file(file_id)).download_as_bytearray()
+    request = contract.ClassifyRequest(
+        image_b64=contract.encode_bytes(bytes(data)), top_k=settings_of(context).top_k
+    )
+    return request.to_dict()
+
+
+async def _classify(context: Context, messages: list[Message], language: str) -> None:
+    """Queue one photo, or each photo of an album with one reply listing them all."""
+    first = messages[0]
+    target = reply_to(first, language, "album" if len(messages) > 1 else "photo")
+    low = settings_of(context).low_confidence
+    for index, message in enumerate(messages):
+        job = task(context, contract.CLASSIFY, await _request(context, message))
+        if len(messages) == 1:
+            photo_id = await _remember(context, message)
+            await submit(context, job, target, "classify", photo_id=photo_id, low_confidence=low)
+        else:
+            album = {"index": index, "size": len(messages)}
+            await submit(context, job, target, "classify", album=album, low_confidence=low)
+    await context.bot.send_chat_action(first.chat_id, ChatAction.TYPING)

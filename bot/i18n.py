@@ -1,0 +1,176 @@
+"""Reply strings in English and Brazilian Portuguese, picked from Telegram's `language_code`."""
+
+from __future__ import annotations
+
+DEFAULT_LANGUAGE = "en"
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "start": (
+            "Hi {name}! Send me a photo of a cat or a dog and I will tell you its breed.\n"
+            "Albums and images sent as files work too. /help for more."
+        ),
+        "help": (
+            "Send a photo (or an image file, or an album) of a cat or a dog.\n"
+            "I answer with the breed, my confidence, the next two guesses and a chart.\n"
+            "Press ✅ or ❌ under an answer to teach me.\n\n"
+            "/breeds – the breeds I know\n/help – this message"
+        ),
+        "help_admin": (
+            "\n\nAdmin:\n/retrain (with a .zip, or as a reply to one) [steps=500 lr=0.01 flip=1 "
+            "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – train on corrections\n"
+            "/models, /promote N, /rollback, /stats"
+        ),
+        "cmd_start": "Start",
+        "cmd_help": "How to use the bot",
+        "cmd_breeds": "Breeds the model knows",
+        "working": "🔎 Looking…",
+        "too_big": (
+            "This file is {size} MB; Telegram lets bots download at most 20 MB. Send a smaller one."
+        ),
+        "not_image": "That file is not an image I can read (JPEG, PNG, WebP or GIF).",
+        "rate_limited": (
+            "Easy there! You can send {count} messages every {seconds} s. Try again soon."
+        ),
+        "error": "Sorry, something went wrong. Please try again.",
+        "job_failed": "Sorry, that job failed: {reason}",
+        "result": "{name} — {pct}",
+        "not_sure": "🤔 Not sure. My best guess: {name} — {pct}",
+        "next_guesses": "Next guesses: {guesses}",
+        "model_version": "Model v{version}",
+        "no_pet": "I see no cat or dog here. Looks like: {label} ({pct})",
+        "bad_image": "I could not read this image: {reason}",
+        "album": "Album of {n} photos:",
+        "album_item": "{i}. {text}",
+        "right": "✅ right",
+        "wrong": "❌ wrong",
+        "other": "other",
+        "which": "Which breed is it?",
+        "thanks": "Thanks! Saved as {name}.",
+        "thanks_other": "Thanks! I will not use this photo as a breed example.",
+        "feedback_gone": "This answer is too old for feedback.",
+        "not_admin": "Sorry, only admins can do that.",
+        "retrain_usage": "Send /retrain with a .zip attached, or reply to a .zip with /retrain.",
+        "retrain_bad_options": "I could not read these options:\n{problems}",
+        "retrain_queued": "⏳ Retrain queued…",
+        "progress_download": "⬇️ Downloading the dataset…",
+        "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
+        "progress_training": "🏋️ Training step {done}/{total}",
+        "progress_evaluating": "📏 Evaluating {done}/{total}",
+        "progress_saving": "💾 Saving the model…",
+        "validation": "validation accuracy {pct}",
+        "retrain_done": "✅ Model v{version} trained: test accuracy {pct}.",
+        "retrain_live": "It is live now.",
+        "retrain_not_live": "It did not go live: {reason}",
+        "retrain_failed": "❌ Retrain failed: {reason}",
+        "worst_classes": "Weakest classes:",
+        "models_header": "Model versions (▶ = active):",
+        "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
+        "promoted": "Model v{version} is active now.",
+        "stats": "Jobs today: {jobs}\nAverage latency: {latency} ms\nActive model: v{version}",
+        "breeds": "I know {n} breeds (model v{version}):\n{names}",
+        "error_codes.empty": "the file is empty",
+        "error_codes.not_an_image": "it is not an image",
+        "error_codes.unsupported_format": "this image format is not supported",
+        "error_codes.truncated": "the file is cut off (truncated)",
+        "error_codes.too_large": "the picture is too large",
+        "error_codes.too_small": "the picture is too small",
+    },
+    "pt-BR": {
+        "start": (
+            "Oi, {name}! Mande a foto de um gato ou de um cachorro e eu digo a raça.\n"
+            "Álbuns e imagens enviadas como arquivo também valem. /help para mais."
+        ),
+        "help": (
+            "Mande uma foto (ou um arquivo de imagem, ou um álbum) de um gato ou cachorro.\n"
+            "Respondo com a raça, minha confiança, os dois palpites seguintes e um gráfico.\n"
+            "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n\n"
+            "/breeds – as raças que conheço\n/help – esta mensagem"
+        ),
+        "help_admin": (
+            "\n\nAdmin:\n/retrain (com um .zip, ou respondendo a um) [steps=500 lr=0.01 flip=1 "
+            "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – treinar com as correções\n"
+            "/models, /promote N, /rollback, /stats"
+        ),
+        "cmd_start": "Começar",
+        "cmd_help": "Como usar o bot",
+        "cmd_breeds": "Raças que o modelo conhece",
+        "working": "🔎 Analisando…",
+        "too_big": (
+            "Este arquivo tem {size} MB; o Telegram só deixa bots baixarem até 20 MB. "
+            "Mande um menor."
+        ),
+        "not_image": "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP ou GIF).",
+        "rate_limited": (
+            "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
+        ),
+        "error": "Desculpe, algo deu errado. Tente de novo.",
+        "job_failed": "Desculpe, essa tarefa falhou: {reason}",
+        "result": "{name} — {pct}",
+        "not_sure": "🤔 Não tenho certeza. Meu melhor palpite: {name} — {pct}",
+        "next_guesses": "Próximos palpites: {guesses}",
+        "model_version": "Modelo v{version}",
+        "no_pet": "Não vejo gato nem cachorro aqui. Parece: {label} ({pct})",
+        "bad_image": "Não consegui ler esta imagem: {reason}",
+        "album": "Álbum com {n} fotos:",
+        "album_item": "{i}. {text}",
+        "right": "✅ certo",
+        "wrong": "❌ errado",
+        "other": "outra",
+        "which": "Qual é a raça?",
+        "thanks": "Obrigado! Salvo como {name}.",
+        "thanks_other": "Obrigado! Não vou usar esta foto como exemplo de raça.",
+        "feedback_gone": "Esta resposta é antiga demais para receber correção.",
+        "not_admin": "Desculpe, só administradores podem fazer isso.",
+        "retrain_usage": "Mande /retrain com um .zip anexado, ou responda a um .zip com /retrain.",
+        "retrain_bad_options": "Não entendi estas opções:\n{problems}",
+        "retrain_queued": "⏳ Retreino na fila…",
+        "progress_download": "⬇️ Baixando o conjunto de dados…",
+        "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
+        "progress_training": "🏋️ Passo de treino {done}/{total}",
+        "progress_evaluating": "📏 Avaliando {done}/{total}",
+        "progress_saving": "💾 Salvando o modelo…",
+        "validation": "acurácia de validação {pct}",
+        "retrain_done": "✅ Modelo v{version} treinado: acurácia de teste {pct}.",
+        "retrain_live": "Já está no ar.",
+        "retrain_not_live": "Não entrou no ar: {reason}",
+        "retrain_failed": "❌ O retreino falhou: {reason}",
+        "worst_classes": "Classes mais fracas:",
+        "models_header": "Versões do modelo (▶ = ativa):",
+        "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
+        "promoted": "O modelo v{version} está ativo agora.",
+        "stats": "Tarefas hoje: {jobs}\nLatência média: {latency} ms\nModelo ativo: v{version}",
+        "breeds": "Conheço {n} raças (modelo v{version}):\n{names}",
+        "error_codes.empty": "o arquivo está vazio",
+        "error_codes.not_an_image": "não é uma imagem",
+        "error_codes.unsupported_format": "este formato de imagem não é suportado",
+        "error_codes.truncated": "o arquivo está cortado (incompleto)",
+        "error_codes.too_large": "a imagem é grande demais",
+        "error_codes.too_small": "a imagem é pequena demais",
+    },
+}
+
+
+def pick_language(language_code: str | None) -> str:
+    """Our language for a Telegram `language_code` ("pt", "pt-br", "pt-PT" -> pt-BR; else en)."""
+    if language_code and language_code.lower().startswith("pt"):
+        return "pt-BR"
+    return DEFAULT_LANGUAGE
+
+
+def t(language: str, key: str, **values: object) -> str:
+    """The string `key` in `language` (English when missing), formatted with `values`."""
+    table = STRINGS.get(language, STRINGS[DEFAULT_LANGUAGE])
+    text = table.get(key) or STRINGS[DEFAULT_LANGUAGE][key]
+    return text.format(**values)
+
+
+def percent(probability: float) -> str:
+    """A probability as a whole percentage ("93 %"), the same in both languages."""
+    return f"{round(probability * 100)} %"
+
+
+def error_reason(language: str, code: str, message: str | None) -> str:
+    """Why an image was rejected, translated from its `ImageError` code when we know the code."""
+    key = f"error_codes.{code}"
+    return t(language, key) if key in STRINGS[DEFAULT_LANGUAGE] else (message or code)

@@ -1,0 +1,67 @@
+"""`breedbot playground`: the real bot against the local emulator, plus a web chat page.
+
+No Telegram token needed. Workers reach the emulator with `playground_env(url)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from importlib.resources import files
+
+from aiohttp import web
+from pydantic import SecretStr
+from telegram import Update
+
+from bot.app import build_app
+from bot.fake_api import FakeTelegram, serve_in_thread
+from bot.settings import BotSettings
+
+PLAYGROUND_TOKEN = "1000001:playground-token"
+PLAYGROUND_ADMIN = 2  # the page's "act as admin" user
+DEFAULT_PORT = 8081
+
+
+def playground_env(url: str) -> dict[str, str]:
+    """Environment for workers (and the bot) to talk to the emulator at `url`."""
+    return {"TELEGRAM_BOT_TOKEN": PLAYGROUND_TOKEN, "TELEGRAM_API_URL": url}
+
+
+def page_app(fake: FakeTelegram) -> web.Application:
+    """The emulator plus the chat page at `/`."""
+    html = files("bot").joinpath("static/playground.html").read_text("utf-8")
+    html = html.replace("__ADMIN_ID__", str(PLAYGROUND_ADMIN))
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app = fake.app()
+    app.router.add_get("/", page)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the emulator and page on 127.0.0.1, print the URL, run the bot until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="breedbot playground", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = BotSettings()
+    with serve_in_thread(page_app(FakeTelegram(PLAYGROUND_TOKEN)), args.host, args.port) as url:
+        playground = settings.model_copy(
+            update={
+                "telegram_bot_token": SecretStr(PLAYGROUND_TOKEN),
+                "telegram_api_url": url,
+                "admin_ids": settings.admin_ids | {PLAYGROUND_ADMIN},
+                "webhook_url": None,
+            }
+        )
+        print(f"breedbot playground: open {url}/ (workers need {playground_env(url)})", flush=True)
+        build_app(playground).run_polling(allowed_updates=Update.ALL_TYPES)
+
+
+if __name__ == "__main__":
+    main()

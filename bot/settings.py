@@ -1,0 +1,58 @@
+"""The bot's settings: one validated object built from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class BotSettings(BaseSettings):
+    """Everything the bot process reads from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    # No usable default: without a token, run the playground instead.
+    telegram_bot_token: SecretStr | None = None
+    # API root: methods live at `<root>/bot<token>/<method>`, files at `<root>/file/bot<token>/`.
+    telegram_api_url: str = "https://api.telegram.org"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    developer_chat_id: int | None = None
+
+    # Per-user flood guard: at most `rate_limit_count` messages per `rate_limit_seconds`.
+    rate_limit_count: int = Field(default=20, ge=1)
+    rate_limit_seconds: float = Field(default=60.0, gt=0)
+    # Below this top-1 probability the reply says "not sure".
+    low_confidence: float = Field(default=0.5, ge=0, le=1)
+    # How long the bot waits for the rest of an album after its first photo.
+    album_wait_seconds: float = Field(default=1.0, gt=0, le=10)
+    top_k: int = Field(default=5, ge=3, le=10)
+
+    # Webhook mode (deployments); unset = long polling.
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(default=8443, ge=1, le=65535)
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        # "1, 2 3" as well as a JSON-ish list, so `.env` files stay readable.
+        if isinstance(value, str):
+            return frozenset(int(part) for part in value.replace(",", " ").split())
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """PTB's `base_url` (the token is appended)."""
+        return f"{self.telegram_api_url.rstrip('/')}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        """PTB's `base_file_url` (the token is appended)."""
+        return f"{self.telegram_api_url.rstrip('/')}/file/bot"

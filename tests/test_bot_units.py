@@ -1,0 +1,114 @@
+"""Bot pieces without any service: options, language, texts, keyboards, settings, handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot import render
+from bot.app import build_app
+from bot.handlers.admin import OptionsError, parse_retrain_options
+from bot.i18n import STRINGS, pick_language, t
+from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
+from bot.settings import BotSettings
+from worker import contract
+
+
+def test_retrain_options_map_to_retrain_py_names() -> None:
+    """Short names and retrain.py names both land on HParams names; request flags apart."""
+    options = parse_retrain_options(
+        ["steps=500", "lr=0.01", "flip=1", "min_acc=0.85", "random_crop=10", "force=yes"]
+    )
+    assert options.params == {
+        "how_many_training_steps": 500,
+        "learning_rate": 0.01,
+        "flip_left_right": True,
+        "random_crop": 10,
+    }
+    assert options.min_accuracy == 0.85 and options.force and not options.feedback
+    feedback = parse_retrain_options(["feedback", "merge=1"])
+    assert feedback.feedback and feedback.merge_last and feedback.params == {}
+
+
+@pytest.mark.parametrize(
+    ("words", "problem"),
+    [
+        (["speed=3"], "speed=3: unknown option"),
+        (["steps"], "steps: unknown option"),
+        (["steps=0"], "steps=0: out of range"),
+        (["lr=fast"], "lr: 'fast' is not a valid float"),
+        (["flip=maybe"], "flip: 'maybe' is not a valid flag"),
+        (["min_acc=1.5"], "min_acc=1.5: out of range"),
+        (["merge=1"], "merge=1 only goes with /retrain feedback"),
+    ],
+)
+def test_retrain_options_errors_name_the_problem(words: list[str], problem: str) -> None:
+    """Each bad option is reported by name."""
+    with pytest.raises(OptionsError, match=problem):
+        parse_retrain_options(words)
+
+
+def test_language_choice_and_complete_translations() -> None:
+    """pt* -> pt-BR, anything else -> English; every English string exists in Portuguese."""
+    assert [pick_language(c) for c in ("pt-br", "pt", "PT-PT", "en", "de", None)] == [
+        "pt-BR", "pt-BR", "pt-BR", "en", "en", "en",
+    ]  # fmt: skip
+    assert set(STRINGS["pt-BR"]) == set(STRINGS["en"])
+    assert t("xx", "right") == "✅ right"
+
+
+def _result(probability: float, is_pet: bool = True, error: str | None = None) -> Any:
+    guesses = [
+        contract.Guess("pug", "Pug", probability).to_dict(),
+        contract.Guess("boxer", "Boxer", 0.05).to_dict(),
+        contract.Guess("beagle", "Beagle", 0.03).to_dict(),
+    ]
+    return contract.ClassifyResult(3, guesses, is_pet, 0.9, "espresso", 0.61, error=error)
+
+
+def test_reply_texts() -> None:
+    """Breed and percentage, "not sure", "no cat or dog" and translated image errors."""
+    assert render.classification_text(_result(0.93), "en", 0.5).splitlines() == [
+        "Pug — 93 %",
+        "Next guesses: Boxer (5 %), Beagle (3 %)",
+        "Model v3",
+    ]
+    assert render.headline(_result(0.4), "pt-BR", 0.5).startswith("🤔 Não tenho certeza")
+    assert render.headline(_result(0.9, is_pet=False), "en", 0.5) == (
+        "I see no cat or dog here. Looks like: espresso (61 %)"
+    )
+    assert render.headline(_result(0, error="truncated"), "en", 0.5).endswith("(truncated)")
+    progress = contract.Progress("training", 300, 500, 0.91)
+    assert render.progress_text(progress, "en") == (
+        "🏋️ Training step 300/500 · validation accuracy 91 %"
+    )
+
+
+def test_chart_is_a_png() -> None:
+    """The top-k chart renders without a display."""
+    assert render.top_k_chart(_result(0.93)).startswith(b"\x89PNG")
+
+
+def test_keyboards_round_trip() -> None:
+    """Callback data stays under 64 bytes and parses back; "wrong" offers the others + other."""
+    row = feedback_keyboard("abcdef123456", "en")["inline_keyboard"][0]
+    assert all(len(b["callback_data"].encode()) <= 64 for b in row)
+    assert parse_feedback(row[1]["callback_data"]) == ("abcdef123456", "no")
+    rows = breeds_keyboard("p", ["Pug", "Boxer", "Beagle"], "en")["inline_keyboard"]
+    assert [r[0]["text"] for r in rows] == ["Boxer", "Beagle", "other"]
+
+
+def test_settings_parse_admin_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADMIN_IDS accepts commas and spaces; URLs derive from the API root."""
+    monkeypatch.setenv("ADMIN_IDS", "1, 2 3")
+    monkeypatch.setenv("TELEGRAM_API_URL", "http://127.0.0.1:9/")
+    settings = BotSettings()
+    assert settings.admin_ids == {1, 2, 3}
+    assert settings.base_file_url == "http://127.0.0.1:9/file/bot"
+
+
+def test_build_app_without_token_points_at_the_playground() -> None:
+    """No token: a clear error that names the playground."""
+    with pytest.raises(ValueError, match="playground"):
+        build_app(BotSettings(_env_file=None))

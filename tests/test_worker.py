@@ -1,0 +1,358 @@
+"""The worker service end to end: real Redis, real `celery worker` subprocesses, real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from celery import Celery
+from celery.result import AsyncResult
+
+from worker import contract
+from worker.celery_app import config, create_app
+from worker.cli import zip_dataset
+from worker.processes import stop_group
+from worker.redis_server import free_port
+from worker.settings import WorkerSettings
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _photos(datasets: Path, folder: str, n: int) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((datasets / folder).glob("*.jpg"))[:n]]
+
+
+def _classify(app: Celery, image: bytes, **options: Any) -> AsyncResult:
+    payload = contract.ClassifyRequest(image_b64=contract.encode_bytes(image), top_k=3)
+    return app.send_task(contract.CLASSIFY, args=[payload.to_dict()], **options)
+
+
+def _answer(result: AsyncResult, timeout: float = 60) -> contract.ClassifyResult:
+    return contract.ClassifyResult.from_dict(result.get(timeout=timeout))
+
+
+def _eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_classify_round_trip_on_real_photos(worker, celery_client, datasets):
+    pugs = [_classify(celery_client, img) for img in _photos(datasets, "pets-dev/pug", 6)]
+    flowers = [_classify(celery_client, img) for img in _photos(datasets, "flowers-dev/roses", 4)]
+    pug_answers = [_answer(r) for r in pugs]
+    flower_answers = [_answer(r) for r in flowers]
+    for answer in pug_answers + flower_answers:
+        assert answer.error is None
+        assert answer.model_version == 0
+        assert len(answer.top_k) == 3
+        probabilities = [g["probability"] for g in answer.top_k]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert {"queued", "model", "batch_size", "total"} <= set(answer.timings_ms)
+    # The zero-shot model knows pugs; roses are no cat or dog.
+    assert sum(a.top_k[0]["label"] == "pug" for a in pug_answers) >= 5
+    assert all(a.is_pet for a in pug_answers)
+    assert sum(a.is_pet is False for a in flower_answers) >= 3
+    assert all(a.imagenet_label for a in flower_answers)
+
+
+def test_concurrent_jobs_share_forward_passes(worker, celery_client, datasets):
+    results = [_classify(celery_client, img) for img in _photos(datasets, "pets-dev/beagle", 16)]
+    sizes = [_answer(r).timings_ms["batch_size"] for r in results]
+    assert max(sizes) > 1, sizes
+
+
+def test_corrupt_input_never_kills_the_worker(worker, celery_client, datasets):
+    good = _photos(datasets, "pets-dev/pug", 1)[0]
+    bad = {
+        "truncated": good[: len(good) // 3],
+        "not_an_image": b"hello, this is not a photo" * 20,
+        "empty": b"",
+    }
+    answers = {code: _answer(_classify(celery_client, data)) for code, data in bad.items()}
+    for code, answer in answers.items():
+        assert answer.error == code, answer
+        assert answer.top_k == []
+        assert answer.error_message
+    broken = celery_client.send_task(
+        contract.CLASSIFY, args=[{"image_b64": "***not base64***", "top_k": 3}]
+    )
+    assert _answer(broken).error == "bad_payload"
+    unknown_field = celery_client.send_task(contract.CLASSIFY, args=[{"image": "x"}])
+    with pytest.raises(ValueError, match="unknown fields"):
+        unknown_field.get(timeout=30)
+    assert worker.alive()
+    assert _answer(_classify(celery_client, good)).top_k[0]["label"] == "pug"
+
+
+def test_json_only(worker, celery_client, worker_settings, datasets):
+    conf = config(worker_settings)
+    assert conf["accept_content"] == conf["result_accept_content"] == ["json"]
+    assert {conf[k] for k in ("task_serializer", "result_serializer", "event_serializer")} == {
+        "json"
+    }
+    image = _photos(datasets, "pets-dev/pug", 1)[0]
+    refused = "Refusing to deserialize untrusted content of type pickle"
+    before = worker.log_text().count(refused)
+    pickled = _classify(celery_client, image, serializer="pickle")
+    # The worker refuses the pickle message before deserialising it, and keeps working.
+    _eventually(
+        lambda: worker.log_text().count(refused) > before,
+        30,
+        "the worker to refuse the pickle message",
+    )
+    assert pickled.state == "PENDING"
+    assert _answer(_classify(celery_client, image)).error is None
+    assert worker.alive()
+
+
+def _zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def retrain_run(worker, celery_client, datasets) -> dict[str, Any]:
+    """One small retrain through the queue, with photos classified while it runs."""
+    ref = contract.DatasetRef(
+        zip_b64=contract.encode_bytes(zip_dataset(datasets / "csv-sample")), name="csv-sample"
+    )
+    params = {"how_many_training_steps": 60, "eval_step_interval": 10, "distortion_copies": 1}
+    request = contract.RetrainRequest(ref.to_dict(), params, min_accuracy=0.5, requested_by=42)
+    job = celery_client.send_task(contract.RETRAIN, args=[request.to_dict()])
+    photos = _photos(datasets, "pets-dev/pug", 4)
+    progress, during = [], []
+    deadline = time.monotonic() + 600
+    while not job.ready() and time.monotonic() < deadline:
+        state, info = job.state, job.info
+        if state == contract.PROGRESS_STATE:
+            if info not in progress:
+                progress.append(info)
+            sent = time.perf_counter()
+            answer = _answer(_classify(celery_client, photos[len(during) % len(photos)]))
+            latency = time.perf_counter() - sent
+            # Only count answers that came back while the retrain was still running.
+            if not job.ready():
+                during.append((answer, latency, progress[-1]["stage"]))
+        time.sleep(0.1)
+    result = contract.RetrainResult.from_dict(job.get(timeout=60))
+    return {"result": result, "progress": progress, "during": during}
+
+
+def test_retrain_round_trip_reports_progress(retrain_run):
+    result = retrain_run["result"]
+    assert result.error is None, result.reason
+    assert result.version is not None and result.version >= 1
+    assert result.activated, result.reason
+    assert 0.5 <= result.test_accuracy <= 1.0
+    assert result.metrics["gate"]["passed"]
+    assert set(result.metrics["labels"]) == {"Abyssinian", "Bengal", "american_bulldog"}
+    progress = [contract.Progress.from_dict(p) for p in retrain_run["progress"]]
+    bottlenecks = [p.done for p in progress if p.stage == "bottlenecks"]
+    assert len(bottlenecks) >= 2 and bottlenecks == sorted(bottlenecks)
+    assert all(0 <= p.done <= p.total for p in progress)
+    # Training itself is over in a blink here; its validation accuracy rides on later stages.
+    assert any(p.validation_accuracy is not None for p in progress)
+
+
+def test_classify_answered_while_retrain_runs(retrain_run):
+    during = retrain_run["during"]
+    assert len(during) >= 3, "the retrain finished before photos could be sent beside it"
+    assert all(answer.error is None and answer.top_k for answer, _, _ in during)
+    assert max(latency for _, latency, _ in during) < 30
+
+
+def test_new_version_goes_live_without_restart(retrain_run, worker, celery_client, datasets):
+    version = retrain_run["result"].version
+    image = sorted((datasets / "csv-sample" / "train").glob("*.jpg"))[0].read_bytes()
+    answer = _eventually(
+        lambda: (a := _answer(_classify(celery_client, image))).model_version == version and a,
+        15,
+        f"the worker to serve version {version}",
+    )
+    assert answer.top_k[0]["label"] in {"Abyssinian", "Bengal", "american_bulldog"}
+    assert worker.alive()
+    listed = [contract.ModelVersion.from_dict(v) for v in
+              celery_client.send_task(contract.LIST_MODELS).get(timeout=30)]  # fmt: skip
+    assert [v.version for v in listed if v.active] == [version]
+    assert listed[0].version == 0
+
+
+def test_promote_and_rollback_switch_a_second_worker(
+    retrain_run, spawn_worker, celery_client, datasets
+):
+    new = retrain_run["result"].version
+    second = spawn_worker("w2", queues="w2-only")
+    pid = second.process.pid
+    image = _photos(datasets, "pets-dev/pug", 1)[0]
+
+    def served_by_second() -> int:
+        return _answer(_classify(celery_client, image, queue="w2-only")).model_version
+
+    assert served_by_second() == new
+    switched = celery_client.send_task(contract.PROMOTE, args=[{"version": 0, "requested_by": 1}])
+    assert contract.SwitchResult.from_dict(switched.get(timeout=30)).active_version == 0
+    _eventually(lambda: served_by_second() == 0, 10, "the second worker to switch to version 0")
+    back = contract.SwitchResult.from_dict(
+        celery_client.send_task(contract.ROLLBACK, args=[{}]).get(timeout=30)
+    )
+    assert (back.active_version, back.previous_version) == (new, 0)
+    _eventually(lambda: served_by_second() == new, 10, f"the switch back to {new}")
+    unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}]).get(timeout=30)
+    assert contract.SwitchResult.from_dict(unknown).error
+    assert second.process.pid == pid and second.alive()
+
+
+def test_sigkilled_worker_job_is_redelivered_and_answered_once(
+    spawn_worker, redis_server, worker_settings, datasets
+):
+    # Own Redis database and short timeouts (visibility must still exceed the retrain limit).
+    fast = {
+        "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/5",
+        "RETRAIN_SOFT_TIME_LIMIT": "2",
+        "RETRAIN_TIME_LIMIT": "3",
+        "VISIBILITY_TIMEOUT": "5",
+        "UNACKED_RESTORE_INTERVAL": "1",
+        "WORKER_CONCURRENCY": "2",
+        "BATCH_MAX_SIZE": "1",
+    }
+    app = create_app(
+        WorkerSettings(
+            redis_url=fast["REDIS_URL"], retrain_soft_time_limit=2, retrain_time_limit=3,
+            visibility_timeout=5, unacked_restore_interval=1,
+        )
+    )  # fmt: skip
+    first = spawn_worker("doomed", **fast)
+    jobs = [_classify(app, img) for img in _photos(datasets, "pets-dev/beagle", 30) * 3]
+    keys = [app.backend.get_key_for_task(j.id) for j in jobs]
+
+    def running() -> bool:
+        # One MGET, so the kill lands within a millisecond of seeing a job run.
+        metas = [app.backend.decode_result(m) for m in app.backend.client.mget(keys) if m]
+        return any(m["status"] == "STARTED" for m in metas)
+
+    _eventually(running, 60, "a job to be running", interval=0.005)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    # The dead worker's last word: what it finished, and what it had started but not finished.
+    done_before = {j.id for j in jobs if j.state == "SUCCESS"}
+    started = {j.id for j in jobs if j.state == "STARTED"}
+    assert started, "no job was running when the worker was killed"
+    assert len(done_before) < len(jobs)
+    second = spawn_worker("rescuer", **fast)
+    answers = {j.id: _answer(j, timeout=120) for j in jobs}
+    assert all(a.error is None and a.top_k for a in answers.values())
+    ran_by_second = set(re.findall(r"classify\[([0-9a-f-]+)\] succeeded", second.log_text()))
+    ran_by_first = set(re.findall(r"classify\[([0-9a-f-]+)\] succeeded", first.log_text()))
+    assert started <= ran_by_second, "the running jobs were not redelivered"
+    assert not (ran_by_first & ran_by_second), "a job was answered twice"
+    assert done_before <= ran_by_first
+    app.close()
+
+
+def test_flower_lists_workers_behind_basic_auth(worker, service_env, tmp_path):
+    port = free_port()
+    log = tmp_path / "flower.log"
+    with log.open("wb") as out:
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "flower", "--port", str(port)],
+            cwd=REPO,
+            env={**service_env, "FLOWER_BASIC_AUTH": "admin:s3cret"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api/workers"
+    try:
+
+        def workers() -> dict | None:
+            try:
+                reply = httpx.get(url, auth=("admin", "s3cret"), timeout=5)
+            except httpx.TransportError:
+                return None
+            return reply.json() if reply.status_code == 200 and reply.json() else None
+
+        listed = _eventually(workers, 60, "Flower to list the worker")
+        assert worker.hostname in listed
+        assert httpx.get(url, timeout=5).status_code == 401
+        assert httpx.get(url, auth=("admin", "wrong"), timeout=5).status_code == 401
+    finally:
+        stop_group(flower, 10)
+
+
+def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, datasets, tmp_path):
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "VAR_DIR": str(tmp_path / "var"),
+        "BREEDBOT_HOME": str(breedbot_home),
+        "FLOWER_PORT": str(free_port()),
+        "UP_BOT": "0",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(line.decode(errors="replace") for line in up.stdout),
+        daemon=True,
+    )
+    reader.start()
+    try:
+        _eventually(lambda: any("Flower:" in line for line in lines), 60, "the stack to start")
+        assert any("password" in line for line in lines)
+        assert (tmp_path / "var" / "redis" / "url").is_file()
+        pug = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
+        # `breedbot classify` finds the embedded Redis by itself (REDIS_URL unset).
+        cli = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "classify", str(pug), "--timeout", "240"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert re.search(rf"^{pug.name}: Pug \(score = 0\.\d\d\)$", cli.stdout, re.M), cli
+        children = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "redis-server" in names and "worker" in names and "flower" in names
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(60)
+    assert code == 0, "".join(lines)[-3000:]
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not (tmp_path / "var" / "redis" / "url").exists()
+
+
+def test_stats_count_todays_jobs(worker, celery_client, datasets):
+    assert _answer(_classify(celery_client, _photos(datasets, "pets-dev/pug", 1)[0])).top_k
+    stats = contract.Stats.from_dict(celery_client.send_task(contract.STATS).get(timeout=30))
+    assert stats.jobs_today >= 1
+    assert stats.avg_latency_ms is not None and stats.avg_latency_ms > 0
+    assert stats.active_version >= 0
+    assert json.dumps(stats.to_dict())

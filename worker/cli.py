@@ -1,0 +1,268 @@
+"""`breedbot`: the model commands plus the service ones (worker, flower, up, classify, ...).
+
+`classify`, `retrain --via-queue`, `models`, `promote` and `rollback` go through the real queue,
+by task name, exactly as the bot does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import os
+import secrets
+import signal
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from model import cli as model_cli
+from model.hparams import HParams
+from worker import contract
+from worker.settings import get_settings
+
+QUEUES = ",".join([contract.QUEUE_INFER, contract.QUEUE_TRAIN, contract.QUEUE_CONTROL])
+
+
+def _app() -> Any:
+    from worker.celery_app import app
+
+    return app
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one Celery worker (threads pool, events on) in the foreground."""
+    argv = ["worker", "-Q", args.queues, "-E", "-P", args.pool, "-l", args.loglevel]
+    argv += ["-n", args.hostname, "-c", str(args.concurrency or get_settings().worker_concurrency)]
+    _app().worker_main(argv)
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """Run Flower on 127.0.0.1 behind basic auth (FLOWER_BASIC_AUTH or a generated password)."""
+    settings = get_settings()
+    if not os.environ.get("FLOWER_BASIC_AUTH"):
+        password = secrets.token_urlsafe(12)
+        os.environ["FLOWER_BASIC_AUTH"] = f"admin:{password}"
+        print(f"Flower user admin, password {password} (generated; set FLOWER_BASIC_AUTH)")
+    port = args.port if args.port is not None else settings.flower_port
+    _app().start(["flower", f"--address={settings.flower_address}", f"--port={port}"])
+    return 0
+
+
+def cmd_redis(_args: argparse.Namespace) -> int:
+    """Run the embedded redis-server alone until Ctrl-C."""
+    from worker.redis_server import RedisServer
+    from worker.settings import EMBEDDED_URL_FILE
+
+    settings = get_settings()
+    server = RedisServer(settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE)
+    # SIGTERM behaves like Ctrl-C: the `with` block then stops the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with server:
+        print(f"redis-server on {server.url} (Ctrl-C stops it)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()
+    return 0
+
+
+def cmd_up(_args: argparse.Namespace) -> int:
+    """Run the whole local stack."""
+    from worker import stack
+
+    return stack.run(get_settings())
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify images through the queue; one label_image-style line per image."""
+    app = _app()
+    pending = []
+    for path in args.images:
+        payload = contract.ClassifyRequest(
+            image_b64=contract.encode_bytes(Path(path).read_bytes()), top_k=args.top_k
+        )
+        pending.append((path, app.send_task(contract.CLASSIFY, args=[payload.to_dict()])))
+    failed = 0
+    for path, result in pending:
+        answer = contract.ClassifyResult.from_dict(result.get(timeout=args.timeout))
+        if answer.error:
+            failed += 1
+            print(f"{path.name}: error: {answer.error} ({answer.error_message})")
+            continue
+        best = answer.top_k[0]
+        line = f"{path.name}: {best['display_name']} (score = {best['probability']:.2f})"
+        if answer.is_pet is False:
+            line += f" [no cat or dog? ImageNet says {answer.imagenet_label}]"
+        print(line)
+    return 1 if failed else 0
+
+
+def zip_dataset(path: Path, cap: int = contract.MAX_INLINE_DATASET_BYTES) -> bytes:
+    """A dataset folder (or .zip) as zip bytes, refusing more than `cap`."""
+    if path.is_file():
+        data = path.read_bytes()
+    else:
+        buffer = io.BytesIO()
+        # Photos are already compressed: storing them is as small and much faster.
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                archive.write(file, file.relative_to(path).as_posix())
+        data = buffer.getvalue()
+    if len(data) > cap:
+        raise ValueError(
+            f"{path} is {len(data) / 2**20:.1f} MB zipped; the queue carries at most "
+            f"{cap / 2**20:.0f} MB (send it to the bot instead)"
+        )
+    return data
+
+
+def retrain_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The retrain flags that differ from HParams' defaults, by retrain.py name."""
+    defaults = HParams()
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(HParams)
+        if hasattr(args, f.name) and getattr(args, f.name) != getattr(defaults, f.name)
+    }
+
+
+def _print_progress(meta: dict[str, Any]) -> None:
+    p = contract.Progress.from_dict(meta)
+    accuracy = p.validation_accuracy
+    shown = "" if accuracy is None else f", validation accuracy {accuracy:.1%}"
+    print(f"  {p.stage} {p.done}/{p.total}{shown}", flush=True)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """`retrain`: locally (the model CLI), or with --via-queue on a worker, showing progress."""
+    if not args.via_queue:
+        return model_cli.cmd_retrain(args)
+    if args.labels_csv is not None:
+        raise ValueError("--via-queue sends --image_dir only: put labels.csv inside it")
+    ref = contract.DatasetRef(
+        zip_b64=contract.encode_bytes(zip_dataset(args.image_dir)), name=args.image_dir.name
+    )
+    request = contract.RetrainRequest(
+        ref.to_dict(), retrain_params(args), args.min_accuracy, args.force
+    )
+    result = _app().send_task(contract.RETRAIN, args=[request.to_dict()])
+    print(f"retrain job {result.id} queued", flush=True)
+    last = None
+    while not result.ready():
+        if result.state == contract.PROGRESS_STATE and result.info != last:
+            last = result.info
+            _print_progress(last)
+        time.sleep(0.5)
+    answer = contract.RetrainResult.from_dict(result.get(timeout=10))
+    if answer.error:
+        print(f"error: {answer.error}: {answer.reason}", file=sys.stderr)
+        return 1
+    live = "now active" if answer.activated else "NOT active"
+    print(f"Final test accuracy = {answer.test_accuracy:.1%}; version {answer.version} {live}")
+    print(f"  {answer.reason}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List model versions."""
+    versions = _app().send_task(contract.LIST_MODELS).get(timeout=args.timeout)
+    for item in map(contract.ModelVersion.from_dict, versions):
+        accuracy = "" if item.test_accuracy is None else f"test accuracy {item.test_accuracy:.1%}"
+        mark = "*" if item.active else " "
+        details = ", ".join(
+            str(x) for x in (item.dataset, accuracy, item.created_at, item.note) if x
+        )
+        print(f"{mark} {item.version:>3}  {details}")
+    return 0
+
+
+def _switched(answer: dict[str, Any]) -> int:
+    result = contract.SwitchResult.from_dict(answer)
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    print(f"active version: {result.active_version} (was {result.previous_version})")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a version active."""
+    payload = contract.PromoteRequest(args.version).to_dict()
+    return _switched(_app().send_task(contract.PROMOTE, args=[payload]).get(timeout=args.timeout))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Return to the previously active version."""
+    payload = contract.RollbackRequest().to_dict()
+    return _switched(_app().send_task(contract.ROLLBACK, args=[payload]).get(timeout=args.timeout))
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register the service commands (and extend the model CLI's `retrain`)."""
+    retrain = sub.choices["retrain"]
+    retrain.add_argument("--via-queue", action="store_true", help="run it on a worker")
+    retrain.add_argument("--min-accuracy", type=float, help="gate: minimum test accuracy")
+    retrain.add_argument("--force", action="store_true", help="go live even below the gate")
+    retrain.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--queues", "-Q", default=QUEUES)
+    p.add_argument("--concurrency", "-c", type=int, help="threads (default WORKER_CONCURRENCY)")
+    p.add_argument("--pool", "-P", default="threads", choices=["threads", "solo", "prefork"])
+    p.add_argument("--hostname", "-n", default="breedbot@%h")
+    p.add_argument("--loglevel", "-l", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("flower", help="run Flower on 127.0.0.1 with basic auth")
+    p.add_argument("--port", type=int, help="default FLOWER_PORT")
+    p.set_defaults(func=cmd_flower)
+
+    sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
+    sub.add_parser("up", help="run Redis, a worker, Flower and the bot").set_defaults(func=cmd_up)
+
+    for name, func, helptext in (
+        ("classify", cmd_classify, "classify images through the queue"),
+        ("models", cmd_models, "list model versions"),
+        ("promote", cmd_promote, "make a model version active"),
+        ("rollback", cmd_rollback, "return to the previously active version"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers")
+        p.set_defaults(func=func)
+        if name == "classify":
+            p.add_argument("images", type=Path, nargs="+")
+            p.add_argument("--top-k", type=int, default=5)
+        if name == "promote":
+            p.add_argument("version", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `breedbot` parser."""
+    parser = argparse.ArgumentParser(prog="breedbot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    model_cli.add_subcommands(commands)
+    add_subcommands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `breedbot` console script."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    # DatasetError is a ValueError and AccuracyGateError a RuntimeError: no TensorFlow import here.
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except CeleryTimeout:
+        print("error: no answer in time; is a worker running (`breedbot up`)?", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Bring a job's input bytes to the worker: inline base64 (capped) or a Telegram file id.
+
+The bot and the worker share no disk, so an upload travels either inside the message (photos,
+and datasets from `breedbot retrain --via-queue`) or as a Telegram file id that the worker
+downloads itself through the Bot API with its own token (datasets sent to the bot).
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+import os
+
+import httpx
+
+from worker import contract
+from worker.settings import WorkerSettings
+
+
+class InputError(Exception):
+    """Input that cannot be used; `code` is machine-readable, the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_inline(text: str, cap: int) -> bytes:
+    """Base64 payload text to bytes, refusing anything over `cap` bytes."""
+    if len(text) > (cap + 2) // 3 * 4:
+        raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+    try:
+        return contract.decode_bytes(text)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("bad_payload", f"the inline bytes are not valid base64: {exc}") from exc
+
+
+@functools.cache
+def _client(pid: int) -> httpx.Client:
+    # One connection pool per process (the pid key gives a forked child its own).
+    return httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True)
+
+
+def download_telegram_file(file_id: str, cap: int, settings: WorkerSettings) -> bytes:
+    """Fetch an upload by file id through the Bot API (getFile, then the file URL)."""
+    if settings.telegram_bot_token is None:
+        raise InputError("no_token", "TELEGRAM_BOT_TOKEN is not set on the worker")
+    token = settings.telegram_bot_token.get_secret_value()
+    root = settings.telegram_api_url.rstrip("/")
+    client = _client(os.getpid())
+    try:
+        reply = client.get(f"{root}/bot{token}/getFile", params={"file_id": file_id}).json()
+        if not reply.get("ok"):
+            raise InputError("fetch_failed", f"getFile failed: {reply.get('description')}")
+        info = reply["result"]
+        if info.get("file_size", 0) > cap:
+            raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+        chunks, size = [], 0
+        with client.stream("GET", f"{root}/file/bot{token}/{info['file_path']}") as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+                chunks.append(chunk)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        # The token is part of the URL: never echo the exception text, which may contain it.
+        failure = f"downloading the file failed ({type(exc).__name__})"
+        raise InputError("fetch_failed", failure) from None
+    return b"".join(chunks)
+
+
+def image_bytes(request: contract.ClassifyRequest, settings: WorkerSettings) -> bytes:
+    """The photo of a classify request."""
+    if request.image_b64 is not None:
+        return decode_inline(request.image_b64, contract.MAX_IMAGE_BYTES)
+    if request.file_id:
+        return download_telegram_file(request.file_id, contract.MAX_IMAGE_BYTES, settings)
+    raise InputError("bad_payload", "the request has neither image bytes nor a file id")
+
+
+def dataset_bytes(ref: contract.DatasetRef, settings: WorkerSettings) -> bytes:
+    """The zip of a retrain request."""
+    if ref.zip_b64 is not None:
+        return decode_inline(ref.zip_b64, contract.MAX_INLINE_DATASET_BYTES)
+    if ref.file_id:
+        return download_telegram_file(ref.file_id, contract.MAX_INLINE_DATASET_BYTES, settings)
+    raise InputError("bad_payload", "the dataset has neither zip bytes nor a file id")

@@ -1,0 +1,208 @@
+"""A retrain job: fetch the dataset, retrain(), publish the result through the accuracy gate."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from model import data, registry, train
+from model import metrics as metrics_lib
+from model.hparams import HParams, validate
+from model.predict import load_classifier
+from worker import contract, fetch, serving
+from worker.settings import WorkerSettings
+
+ProgressSink = Callable[[contract.Progress], None]
+
+# One retrain at a time per worker process (the threads pool would otherwise run several).
+_exclusive = threading.Lock()
+EVAL_BATCH = 32
+
+
+class Busy(RuntimeError):
+    """Another retrain runs in this process; the task retries later (maybe on another worker)."""
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Hold the process's retrain slot or raise Busy."""
+    if not _exclusive.acquire(blocking=False):
+        raise Busy("a retrain is already running in this worker")
+    try:
+        yield
+    finally:
+        _exclusive.release()
+
+
+def hparams_from(params: dict) -> HParams:
+    """retrain.py-named parameters to HParams; unknown names or bad values raise ValueError."""
+    names = {f.name for f in dataclasses.fields(HParams)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(f"unknown retrain parameter(s): {', '.join(unknown)}")
+    hparams = HParams(**params)
+    validate(hparams)
+    return hparams
+
+
+class _Reporter:
+    """Turns retrain()'s callbacks into throttled Progress events, and enforces the soft limit.
+
+    The threads pool cannot interrupt a task, so the deadline is checked here, at every step.
+    Bottleneck counts of the train, validation and test splits are chained into one running total.
+    """
+
+    def __init__(self, sink: ProgressSink, deadline: float) -> None:
+        self.sink = throttled(sink, 0.5)
+        self.deadline = deadline
+        self._offset = 0
+        self._split: str | None = None
+        self._split_total = 0
+        self._accuracy: float | None = None
+
+    def __call__(self, stage: str, done: int, total: int, accuracy: float | None) -> None:
+        if time.monotonic() > self.deadline:
+            raise SoftTimeLimitExceeded("retrain soft time limit exceeded")
+        if stage.startswith("bottlenecks"):
+            if stage != self._split:
+                self._offset += self._split_total if self._split else 0
+                self._split = stage
+            self._split_total = total
+            stage, done, total = "bottlenecks", self._offset + done, self._offset + total
+        self._accuracy = accuracy if accuracy is not None else self._accuracy
+        self.sink(contract.Progress(stage, done, total, self._accuracy))
+
+
+def throttled(sink: ProgressSink, interval: float) -> ProgressSink:
+    """Forward progress on a stage change, at the end of a stage, or at most every `interval` s."""
+    last: list[tuple[str, float]] = [("", 0.0)]
+
+    def forward(p: contract.Progress) -> None:
+        stage, at = last[0]
+        now = time.monotonic()
+        if p.stage != stage or p.done >= p.total or now - at >= interval:
+            last[0] = (p.stage, now)
+            sink(p)
+
+    return forward
+
+
+def _same_label(a: str, b: str) -> bool:
+    def norm(s: str) -> str:
+        return re.sub(r"[^0-9a-z]+", " ", s.lower()).strip()
+
+    return norm(a) == norm(b)
+
+
+def active_accuracy_on(
+    version: int, test: list[data.LabeledImage], settings: WorkerSettings
+) -> float:
+    """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
+    served = serving.holder().current()
+    if served.version == version:
+        classifier = served.classifier
+    else:
+        folder = registry.version_dir(settings.models_root, version)
+        classifier = load_classifier(folder, home=settings.breedbot_home)
+    hits = 0
+    for start in range(0, len(test), EVAL_BATCH):
+        chunk = test[start : start + EVAL_BATCH]
+        predictions = classifier.predict([im.path.read_bytes() for im in chunk], top_k=1)
+        hits += sum(
+            bool(p.top_k) and _same_label(p.top_k[0].label, im.label)
+            for p, im in zip(predictions, chunk, strict=True)
+        )
+    return hits / len(test) if test else 0.0
+
+
+def _failed(code: str, message: str) -> contract.RetrainResult:
+    return contract.RetrainResult(None, False, None, reason=message, error=code)
+
+
+def run(
+    request: contract.RetrainRequest, settings: WorkerSettings, progress: ProgressSink
+) -> contract.RetrainResult:
+    """Retrain on the request's dataset and publish it; bad input gives an error result."""
+    ref = contract.DatasetRef.from_dict(request.dataset)
+    if ref.merge_last:
+        # Uploads are not kept after training, so there is no "last dataset" to merge yet.
+        return _failed("unsupported", "merging feedback with the last dataset is not supported")
+    try:
+        hparams = hparams_from(request.params)
+    except (TypeError, ValueError) as exc:
+        return _failed("bad_params", str(exc))
+    report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
+    root = settings.models_root
+    staged = registry.new_staging_dir(root)
+    with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
+        try:
+            source = _dataset_source(ref, Path(tmp), settings, report)
+            result = train.retrain(
+                source,
+                staged,
+                hparams,
+                home=settings.breedbot_home,
+                bottleneck_dir=settings.bottleneck_dir,
+                progress=report,
+            )
+            report("evaluating", 0, 1, result.validation_accuracy)
+            dataset = data.load_dataset(
+                source,
+                extract_dir=Path(tmp) / "eval",
+                min_images_per_class=hparams.min_images_per_class,
+            )
+            test = data.split_dataset(
+                dataset, hparams.testing_percentage, hparams.validation_percentage
+            )["test"]
+            published = registry.publish(
+                root,
+                staged,
+                {
+                    "created_by": request.requested_by,
+                    "dataset": {"name": "feedback" if ref.feedback else ref.name},
+                    "params": request.params,
+                },
+                min_accuracy=(
+                    settings.min_accuracy if request.min_accuracy is None else request.min_accuracy
+                ),
+                force=request.force,
+                evaluate_active=lambda version: active_accuracy_on(version, test, settings),
+            )
+        except fetch.InputError as exc:
+            return _failed(exc.code, str(exc))
+        except data.DatasetError as exc:
+            return _failed("bad_dataset", str(exc))
+        except train.AccuracyGateError as exc:
+            return _failed("below_gate", str(exc))
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    registry.prune(root, settings.keep_versions)
+    metrics = {
+        **published.record["metrics"],
+        "gate": published.record["gate"],
+        "worst_classes": metrics_lib.worst_classes(result.metrics.get("per_class", {})),
+    }
+    return contract.RetrainResult(
+        published.version, published.activated, result.test_accuracy, metrics, published.reason
+    )
+
+
+def _dataset_source(
+    ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings, report: _Reporter
+) -> Path:
+    if ref.feedback:
+        return settings.feedback_root
+    report("download", 0, 1, None)
+    source = tmp / "dataset.zip"
+    source.write_bytes(fetch.dataset_bytes(ref, settings))
+    report("download", 1, 1, None)
+    return source

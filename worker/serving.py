@@ -1,0 +1,178 @@
+"""The per-process classifier: loaded after fork, warmed up, reloaded when the active pointer moves.
+
+TensorFlow is not fork-safe, so nothing here runs at import. The worker uses the threads pool:
+the model lives in the worker process itself, loaded from `celeryd_after_setup` before the
+consumer starts (or from `worker_process_init` in a prefork child), and every pool thread shares
+it through the gather loop. A watcher thread stats the pointer file once per interval; when it
+moves, the new version is loaded and warmed up beside the old one and then swapped in, so jobs
+already holding the old classifier finish on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from model import registry
+from model.predict import Classifier, load_classifier
+from worker import contract, fetch, stats
+from worker.batching import Batcher
+from worker.settings import WorkerSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded model version."""
+
+    version: int
+    classifier: Classifier
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    # os.replace gives a new inode, so even a change within one mtime tick is seen.
+    return st.st_mtime_ns, st.st_ino, st.st_size
+
+
+class ModelHolder:
+    """The active version's classifier in this process, kept current by a watcher thread."""
+
+    def __init__(self, root: Path, *, home: Path | None = None, interval: float = 1.0) -> None:
+        self.root = Path(root)
+        self.home = home
+        self.interval = interval
+        self._served: Served | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    def _load(self, version: int) -> Served:
+        started = time.perf_counter()
+        classifier = load_classifier(registry.version_dir(self.root, version), home=self.home)
+        classifier.warm_up()
+        seconds = time.perf_counter() - started
+        log.info("serving model version %s (%.1f s to load)", version, seconds)
+        return Served(version, classifier)
+
+    def current(self) -> Served:
+        """The version to start a job on (loads it on first use)."""
+        if self._served is None:
+            with self._lock:
+                if self._served is None:
+                    self._stamp = _stamp(registry.pointer_path(self.root))
+                    version = registry.active_version(self.root)
+                    try:
+                        self._served = self._load(version)
+                    except Exception:
+                        log.exception("cannot load active version %s; serving 0", version)
+                        self._served = self._load(registry.ZERO_SHOT)
+        return self._served
+
+    def check(self) -> bool:
+        """Reload if the active pointer moved (one stat when it did not); True if swapped."""
+        stamp = _stamp(registry.pointer_path(self.root))
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            self._stamp = stamp
+            version = registry.active_version(self.root)
+            if self._served is not None and self._served.version == version:
+                return False
+            try:
+                self._served = self._load(version)
+            except Exception:
+                # A broken version folder must not take the worker down: keep serving the old one.
+                log.exception("could not load model version %s; keeping the current one", version)
+                return False
+            return True
+
+    def start(self) -> None:
+        """Load and warm up now, before the first job, then watch the pointer."""
+        self.current()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.check()
+            except Exception:
+                log.exception("model watcher check failed")
+
+
+@functools.cache
+def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
+    # Keyed by pid so that a forked child never reuses its parent's TensorFlow objects.
+    settings = get_settings()
+    holder = ModelHolder(
+        settings.models_root, home=settings.breedbot_home, interval=settings.reload_interval
+    )
+    return holder, Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3)
+
+
+def holder() -> ModelHolder:
+    """This process's model holder."""
+    return _process_state(os.getpid())[0]
+
+
+def batcher() -> Batcher:
+    """This process's gather loop."""
+    return _process_state(os.getpid())[1]
+
+
+def classify(
+    request: contract.ClassifyRequest, settings: WorkerSettings
+) -> contract.ClassifyResult:
+    """Answer one classify request with the active version; bad input gives an error result."""
+    started = time.perf_counter()
+    served = holder().current()
+    try:
+        image = fetch.image_bytes(request, settings)
+    except fetch.InputError as exc:
+        result = contract.ClassifyResult(
+            served.version, [], None, 0.0, "", 0.0, error=exc.code, error_message=str(exc)
+        )
+    else:
+        fetched = time.perf_counter()
+        top_k = max(1, min(request.top_k, len(served.classifier.labels)))
+        answer = (
+            batcher()
+            .submit(served.classifier, image, top_k)
+            .result(timeout=settings.classify_soft_time_limit)
+        )
+        p = answer.prediction
+        result = contract.ClassifyResult(
+            model_version=served.version,
+            top_k=[
+                contract.Guess(g.label, g.display_name, g.probability).to_dict() for g in p.top_k
+            ],
+            is_pet=p.is_pet,
+            pet_probability=p.pet_probability,
+            imagenet_label=p.imagenet_label,
+            imagenet_probability=p.imagenet_probability,
+            timings_ms={
+                "fetch": round((fetched - started) * 1e3, 2),
+                "queued": round(answer.queued_ms, 2),
+                "decode": round(answer.decode_ms, 2),
+                "model": round(answer.model_ms, 2),
+                "batch_size": answer.batch_size,
+                "total": round((time.perf_counter() - started) * 1e3, 2),
+            },
+            error=p.error,
+            error_message=p.error_message,
+        )
+    total = (time.perf_counter() - started) * 1e3
+    stats.record_classify(settings.broker_url(), total, result.error is not None)
+    return result
