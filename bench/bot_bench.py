@@ -22,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATASETS, REPO, emit, machine
 from bot.fake_api import FakeTelegram, PlaygroundClient, serve_in_thread
+from bot.playground import PLAYGROUND_TOKEN, playground_env
 from worker import contract
 from worker.processes import spawn, stop_group
 from worker.redis_server import RedisServer
-
-TOKEN = "1:bench"
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -77,13 +76,12 @@ def main() -> None:
     files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))[: args.photos]
     photos = [f.read_bytes() for f in files]
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
-        fake = FakeTelegram(TOKEN)
+        fake = FakeTelegram(PLAYGROUND_TOKEN)
         with serve_in_thread(fake.app()) as url, RedisServer(Path(tmp) / "redis") as server:
             env = {
                 **os.environ,
+                **playground_env(url),
                 "PYTHONPATH": str(REPO),
-                "TELEGRAM_BOT_TOKEN": TOKEN,
-                "TELEGRAM_API_URL": url,
                 "REDIS_URL": server.url,
                 "VAR_DIR": str(Path(tmp) / "var"),
                 "RATE_LIMIT_COUNT": "1000",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from telegram import Update
 from telegram.ext import (
     AIORateLimiter,
@@ -22,6 +25,7 @@ from bot.context import BotData
 from bot.errors import on_error
 from bot.handlers import admin, commands, feedback, guards, photos
 from bot.jobs import make_celery
+from bot.polling import run
 from bot.settings import BotSettings
 
 RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
@@ -31,7 +35,13 @@ async def _start(application: Application) -> None:
     data: BotData = application.bot_data
     assert data.settings is not None
     data.celery = make_celery(data.settings.redis_url)
-    data.redis = Redis.from_url(data.settings.redis_url, decode_responses=True)
+    # Retries reconnect pooled connections that a Redis restart closed, instead of failing the
+    # first updates after it; while Redis is down they give up within about a second.
+    data.redis = Redis.from_url(
+        data.settings.redis_url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
+    )
     await application.bot.set_my_commands(commands.bot_commands("en"))
     await application.bot.set_my_commands(commands.bot_commands("pt-BR"), language_code="pt")
 
@@ -92,7 +102,7 @@ def build_app(settings: BotSettings) -> Application:
 
 
 def main() -> None:
-    """Run the bot: long polling, or a webhook when WEBHOOK_URL is set."""
+    """Run the bot: long polling (each update confirmed once handled), or a webhook."""
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = BotSettings()
@@ -108,7 +118,7 @@ def main() -> None:
             allowed_updates=Update.ALL_TYPES,
         )
     else:
-        application.run_polling(allowed_updates=Update.ALL_TYPES)
+        asyncio.run(run(application))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -19,6 +20,8 @@ class BotData:
     settings: BotSettings | None = None
     celery: Celery | None = None
     redis: Redis | None = None
+    # Marks the updates this process claimed, so a restarted bot can tell them from its own.
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 Context = CallbackContext[ExtBot[None], dict[str, Any], dict[str, Any], BotData]

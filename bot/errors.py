@@ -8,6 +8,7 @@ import traceback
 
 from telegram import Update
 from telegram.constants import ParseMode
+from telegram.ext import ApplicationHandlerStop
 
 from bot.context import Context, settings_of
 from bot.handlers.common import language_of
@@ -28,4 +29,8 @@ async def on_error(update: object, context: Context) -> None:
             developer_chat, f"<pre>{html.escape(trace)}</pre>", parse_mode=ParseMode.HTML
         )
     if isinstance(update, Update) and update.effective_message is not None:
-        await update.effective_message.reply_text(t(language_of(update), "error"))
+        # Quoted, so the user sees which message to send again (e.g. while Redis restarts).
+        await update.effective_message.reply_text(t(language_of(update), "error"), do_quote=True)
+        # One failure, one answer: without this the update goes on to the next handler group
+        # (a guard failing on a Redis outage would be followed by the photo handler failing too).
+        raise ApplicationHandlerStop

@@ -105,8 +105,16 @@ class FakeTelegram:
         self.files: dict[str, StoredFile] = {}
         self.commands: list[dict[str, Any]] = []
         self.webhook: str = ""
-        self._ids = itertools.count(1)
+        # Like Telegram's, ids never repeat, not even across runs: they start at the clock's
+        # milliseconds. The bot and the workers remember handled updates and sent replies in
+        # Redis, which outlives a restarted playground.
+        first = int(time.time() * 1000)
+        self._ids = itertools.count(first)
+        self._update_ids = itertools.count(first)
         self._changed: asyncio.Condition | None = None
+        # While set, file downloads wait (a stalled file server); tests kill a bot mid-handler.
+        self.hold_downloads = False
+        self.held_downloads = 0
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda p: BOT_USER,
             "logOut": lambda p: True,
@@ -303,7 +311,7 @@ class FakeTelegram:
     # -- the user's side --------------------------------------------------------------------
 
     async def _add_update(self, update: dict[str, Any]) -> dict[str, Any]:
-        update["update_id"] = len(self.updates) + 1
+        update["update_id"] = next(self._update_ids)
         self.updates[update["update_id"]] = update
         self.pending.append(update)
         await self._notify()
@@ -417,6 +425,10 @@ class FakeTelegram:
         except ApiError:
             raise web.HTTPUnauthorized() from None
         path = request.match_info["path"]
+        if self.hold_downloads:
+            self.held_downloads += 1
+            async with self.changed:
+                await self.changed.wait_for(lambda: not self.hold_downloads)
         for stored in self.files.values():
             if stored.path == path and len(stored.data) <= MAX_DOWNLOAD_BYTES:
                 return web.Response(body=stored.data)
@@ -445,6 +457,12 @@ class FakeTelegram:
             raise web.HTTPNotFound()
         return web.Response(body=stored.data, content_type="image/png")
 
+    async def _test_downloads(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            self.hold_downloads = (await _read_params(request))["hold"] in (True, "1", "true")
+            await self._notify()
+        return web.json_response({"hold": self.hold_downloads, "held": self.held_downloads})
+
     async def _test_commands(self, request: web.Request) -> web.Response:
         return web.json_response({"commands": self.commands})
 
@@ -459,6 +477,7 @@ class FakeTelegram:
         app.router.add_get("/test/events", self._test_events)
         app.router.add_get("/test/file/{file_id}", self._test_file)
         app.router.add_get("/test/commands", self._test_commands)
+        app.router.add_route("*", "/test/downloads", self._test_downloads)
         return app
 
 
@@ -472,6 +491,15 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
         key: json.loads(value) if key in JSON_FIELDS and isinstance(value, str) else value
         for key, value in form.items()
     }
+
+
+async def _shut_down(runner: web.AppRunner) -> None:
+    await runner.cleanup()
+    # Long polls still waiting would otherwise be collected later, outside their loop.
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 @contextmanager
@@ -489,7 +517,7 @@ def serve_in_thread(app: web.Application, host: str = "127.0.0.1", port: int = 0
         yield f"http://{bound_host}:{bound_port}"
     finally:
         # Clean up on the running loop, so pending long polls are cancelled, not destroyed.
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        asyncio.run_coroutine_threadsafe(_shut_down(runner), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
@@ -523,6 +551,16 @@ class PlaygroundClient:
     def redeliver(self, update_id: int) -> None:
         """Deliver update `update_id` to the bot once more."""
         self.http.post("/test/redeliver", json={"update_id": update_id}).raise_for_status()
+
+    def hold_downloads(self, hold: bool) -> None:
+        """Stall file downloads until released (a slow file server)."""
+        self.http.post("/test/downloads", json={"hold": hold}).raise_for_status()
+
+    def held_downloads(self) -> int:
+        """How many downloads waited on a hold so far."""
+        response = self.http.get("/test/downloads")
+        response.raise_for_status()
+        return response.json()["held"]
 
     def events(self, chat_id: int, after: int = 0, timeout: float = 0) -> list[dict[str, Any]]:
         """The chat's events after sequence number `after` (long-polls up to `timeout` s)."""

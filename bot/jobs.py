@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
+import time
 from typing import Any
 
 from celery import Celery
 from celery.canvas import Signature
 
-from bot.context import Context
+from bot.context import Context, redis_of
 from worker import contract
 
 
@@ -41,10 +44,22 @@ def task(context: Context, name: str, *args: Any, **kwargs: Any) -> Signature:
 async def submit(
     context: Context, job: Signature, reply_to: contract.ReplyTo, kind: str, **extra: Any
 ) -> None:
-    """Queue `job | reply`, so a worker answers the chat even if this bot restarts meanwhile."""
-    reply_kwargs = {"reply_to": reply_to.to_dict(), "kind": kind, **extra}
+    """Queue `job | reply`, so a worker answers the chat even if this bot restarts meanwhile.
+
+    Idempotent kinds (classify) are also written to the outbox first, so that a message lost
+    between Redis and a killed worker is published again (see `contract.OUTBOX_DUE`).
+    """
+    outbox_id = secrets.token_hex(8) if kind in contract.OUTBOX_KINDS else None
+    reply_kwargs = {"reply_to": reply_to.to_dict(), "kind": kind, "outbox_id": outbox_id, **extra}
     job.link_error(task(context, contract.REPLY_FAILED, **reply_kwargs))
-    await publish(job | task(context, contract.REPLY, **reply_kwargs))
+    chain = job | task(context, contract.REPLY, **reply_kwargs)
+    if outbox_id is not None:
+        entry = json.dumps(contract.OutboxEntry(signature=json.loads(json.dumps(chain))).to_dict())
+        async with redis_of(context).pipeline(transaction=True) as pipe:
+            pipe.hset(contract.OUTBOX_JOBS, outbox_id, entry)
+            pipe.zadd(contract.OUTBOX_DUE, {outbox_id: time.time()})
+            await pipe.execute()
+    await publish(chain)
 
 
 async def publish(signature: Signature) -> None:

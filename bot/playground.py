@@ -6,20 +6,20 @@ No Telegram token needed. Workers reach the emulator with `playground_env(url)`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from importlib.resources import files
 
 from aiohttp import web
 from pydantic import SecretStr
-from telegram import Update
 
 from bot.app import build_app
 from bot.fake_api import FakeTelegram, serve_in_thread
+from bot.polling import run
 from bot.settings import BotSettings
 
 PLAYGROUND_TOKEN = "1000001:playground-token"
 PLAYGROUND_ADMIN = 2  # the page's "act as admin" user
-DEFAULT_PORT = 8081
 
 
 def playground_env(url: str) -> dict[str, str]:
@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     """Serve the emulator and page on 127.0.0.1, print the URL, run the bot until Ctrl-C."""
     parser = argparse.ArgumentParser(prog="breedbot playground", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, help="default PLAYGROUND_PORT (8081)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
     for noisy in ("httpx", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = BotSettings()
-    with serve_in_thread(page_app(FakeTelegram(PLAYGROUND_TOKEN)), args.host, args.port) as url:
+    port = settings.playground_port if args.port is None else args.port
+    with serve_in_thread(page_app(FakeTelegram(PLAYGROUND_TOKEN)), args.host, port) as url:
         playground = settings.model_copy(
             update={
                 "telegram_bot_token": SecretStr(PLAYGROUND_TOKEN),
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
                 "webhook_url": None,
             }
         )
-        print(f"breedbot playground: open {url}/ (workers need {playground_env(url)})", flush=True)
-        build_app(playground).run_polling(allowed_updates=Update.ALL_TYPES)
+        workers_need = " ".join(f"{k}={v}" for k, v in playground_env(url).items())
+        print(f"breedbot playground: open {url}/ (workers need {workers_need})", flush=True)
+        asyncio.run(run(build_app(playground)))
 
 
 if __name__ == "__main__":

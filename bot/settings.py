@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class BotSettings(BaseSettings):
     """Everything the bot process reads from the environment."""
 
+    # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
     )
@@ -38,6 +39,9 @@ class BotSettings(BaseSettings):
     webhook_listen: str = "0.0.0.0"
     webhook_port: int = Field(default=8443, ge=1, le=65535)
     webhook_secret: SecretStr | None = None
+
+    # `breedbot playground` (and `make up` without a token) serves the emulator and page here.
+    playground_port: int = Field(default=8081, ge=0, le=65535)
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -412,8 +412,13 @@ def _check_counts(
 ) -> None:
     """Refuse datasets that cannot train a classifier, naming what is missing."""
     if not images:
-        hint = f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
-        raise DatasetError(f"No usable images found in {root}" + (hint if skipped else "."))
+        # An empty folder has nothing skipped to show as an example.
+        hint = (
+            f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
+            if skipped
+            else "."
+        )
+        raise DatasetError(f"No usable images found in {root}" + hint)
     if len(classes) < 2:
         found = ", ".join(map(repr, classes))
         raise DatasetError(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model import backbones, data, imagenet, serving, train
+from model import backbones, data, imagenet, litert, serving, train
 from model import images as imagelib
 from model.features import decode_many
 
@@ -18,6 +21,11 @@ PET_GATE = 0.5  # ImageNet mass on the 123 dog and cat classes that calls it a p
 # Cats and dogs of breeds ImageNet lacks spread their mass over lynx, fox and the like while their
 # top class is still a pet: passing on either lifts pets-dev from 91.7 % to 96 % (flowers: 0.5 %).
 PET_CLASSES = frozenset(imagenet.PET_CLASS_IDS)
+
+log = logging.getLogger(__name__)
+
+# float32 [N,224,224,3] pixels in [0,1] -> the outputs of ClassifierModule.classify_images.
+ClassifyFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,19 @@ class Timings:
 
 
 class Classifier:
-    """A loaded model: holds the TensorFlow graph, so it is a class rather than functions."""
+    """A loaded model: holds a TensorFlow graph or LiteRT interpreters, so it is a class."""
 
     def __init__(
-        self, module: tf.Module, labels: list[str], display_names: list[str], model_dir: Path | None
+        self,
+        classify: ClassifyFn,
+        labels: list[str],
+        display_names: list[str],
+        model_dir: Path | None,
+        *,
+        engine: str,
     ):
-        self.module = module
+        self.engine = engine  # "tf", "litert-float" or "litert-int8"
+        self._classify = classify
         self.labels = labels
         self.display_names = display_names
         self.model_dir = model_dir
@@ -66,8 +81,7 @@ class Classifier:
 
     def predict_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Raw model outputs for a float32 [N,224,224,3] batch in [0,1]."""
-        out = self.module.classify_images(tf.constant(pixels, tf.float32))
-        return {k: v.numpy() for k, v in out.items()}
+        return self._classify(pixels)
 
     def predict(self, images: list[bytes], top_k: int = 5) -> list[Prediction]:
         """Classify encoded images in one forward pass; a bad image gets an error, not a raise."""
@@ -92,7 +106,8 @@ class Classifier:
 
     def _prediction(self, out: dict[str, np.ndarray], r: int, top_k: int) -> Prediction:
         probs = out["probabilities"][r]
-        order = np.argsort(-probs)[: max(1, top_k)]
+        # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
+        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
         guesses = [
             Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6)) for j in order
         ]
@@ -117,19 +132,69 @@ def read_labels(model_dir: Path) -> list[str]:
     return [line for line in text.splitlines() if line]
 
 
+def _tf_classify(module: tf.Module) -> ClassifyFn:
+    def classify(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        out = module.classify_images(tf.constant(pixels, tf.float32))
+        return {k: v.numpy() for k, v in out.items()}
+
+    return classify
+
+
+def _litert_classify(runner: litert.Runner) -> ClassifyFn:
+    return lambda pixels: litert.classification(runner(pixels))
+
+
+def served_precision(model_dir: Path) -> str | None:
+    """The LiteRT precision a version folder serves (from metrics.json), None if it has none."""
+    try:
+        report = json.loads((Path(model_dir) / train.METRICS_FILE).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    return report.get("litert", {}).get("served")
+
+
 def load_classifier(
     model_dir: Path | None = None,
     *,
     home: Path | None = None,
     backbone: str = backbones.DEFAULT_BACKBONE,
+    engine: str = "auto",
+    precision: str = "auto",
+    num_threads: int | None = None,
 ) -> Classifier:
-    """A retrained version folder, or (model_dir None) the zero-shot ImageNet pet model."""
+    """A retrained version folder, or (model_dir None) the zero-shot ImageNet pet model.
+
+    `engine`: "tf" (SavedModel), "litert" (CPU, XNNPACK) or "auto" (tf on a GPU, else litert).
+    `precision` (litert only): "auto" serves what the version's metrics.json decided, else
+    "float" or "int8". `num_threads`: LiteRT threads per interpreter (default: all cores).
+    """
+    engine = litert.resolve_engine(engine)
+    if precision not in ("auto", *litert.PRECISIONS):
+        raise ValueError(f"precision must be auto, float or int8, got {precision!r}")
+    home = Path(home) if home else backbones.default_home()
     if model_dir is None:
-        bb = backbones.load_backbone(backbone, Path(home) if home else None)
+        bb = backbones.load_backbone(backbone, home)
         labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
-        module = serving.zero_shot_module(bb.module, labels)
-        return Classifier(module, labels, imagenet.pet_class_names(), None)
+        names = imagenet.pet_class_names()
+        if engine == "tf":
+            module = serving.zero_shot_module(bb.module, labels)
+            return Classifier(_tf_classify(module), labels, names, None, engine="tf")
+        if precision == litert.INT8:
+            raise ValueError("the zero-shot model has no int8 form (nothing to calibrate it on)")
+        runner = litert.zero_shot_runner(bb, home, num_threads=num_threads)
+        return Classifier(_litert_classify(runner), labels, names, None, engine="litert-float")
     model_dir = Path(model_dir)
-    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
     labels = read_labels(model_dir)
-    return Classifier(module, labels, [data.display_name(x) for x in labels], model_dir)
+    names = [data.display_name(x) for x in labels]
+    if engine == "litert":
+        chosen = served_precision(model_dir) if precision == "auto" else precision
+        path = model_dir / litert.VERSION_DIR / litert.CLASSIFIER_FILES[chosen] if chosen else None
+        if path and path.is_file():
+            batch = litert.BATCH_SIZES[chosen]
+            runner = litert.Runner(path, num_threads=num_threads, batch_size=batch)
+            return Classifier(
+                _litert_classify(runner), labels, names, model_dir, engine=f"litert-{chosen}"
+            )
+        log.warning("%s has no LiteRT %s model; serving it through TensorFlow", model_dir, chosen)
+    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
+    return Classifier(_tf_classify(module), labels, names, model_dir, engine="tf")

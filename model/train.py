@@ -5,18 +5,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from model import backbones, data, features, head, metrics, serving
+from model import backbones, data, features, head, litert, metrics, serving
+from model import images as imagelib
 from model.hparams import HParams, validate
 
 # (stage, done, total, latest validation accuracy); stages: bottlenecks, training, saving.
@@ -69,6 +72,29 @@ def head_config(hp: HParams) -> head.HeadConfig:
     )
 
 
+def extractor(
+    backbone: backbones.Backbone,
+    engine: str = "auto",
+    home: Path | None = None,
+    num_threads: int | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`backbone.features`, or its LiteRT float twin when `engine` resolves to litert.
+
+    Both write to the same cache folders: LiteRT float vectors differ from TensorFlow's by float
+    rounding only (relative error ~3e-6 on real photos, see tests/test_engine.py). The LiteRT
+    model is converted on the first call, so a run served wholly from the cache converts nothing.
+    """
+    if litert.resolve_engine(engine) == "tf":
+        return backbone.features
+
+    @functools.cache
+    def runner() -> litert.Runner:
+        where = Path(home) if home else backbones.default_home()
+        return litert.features_runner(backbone, where, num_threads=num_threads)
+
+    return lambda images: runner()(images)["feature_vector"]
+
+
 def bottlenecks(
     backbone: backbones.Backbone,
     items: list[data.LabeledImage],
@@ -77,10 +103,14 @@ def bottlenecks(
     *,
     batch_size: int = 32,
     progress: features.CountFn | None = None,
+    embed: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> features.Extraction:
-    """Cached bottlenecks of labeled images through one backbone (`views[i]` for image i)."""
+    """Cached bottlenecks of labeled images through one backbone (`views[i]` for image i).
+
+    `embed` computes missing vectors (default: `extractor(backbone)`, LiteRT on a CPU).
+    """
     return features.extract(
-        backbone.features,
+        embed or extractor(backbone),
         backbone.identity,
         backbone.feature_dim,
         [im.path for im in items],
@@ -111,8 +141,15 @@ def retrain(
     summaries_dir: Path | None = None,
     output_labels: Path | None = None,
     progress: ProgressFn | None = None,
+    engine: str = "auto",
+    num_threads: int | None = None,
 ) -> TrainResult:
-    """Retrain a softmax layer on a labeled image set and write a servable model folder."""
+    """Retrain a softmax layer on a labeled image set and write a servable model folder.
+
+    `engine` runs bottleneck extraction ("auto": LiteRT float on a CPU, TensorFlow on a GPU);
+    `num_threads` sizes LiteRT (default: all cores). Whatever the engine, the folder gets the
+    LiteRT float and int8 classifiers and metrics.json says which of them to serve.
+    """
     hp = hparams or HParams()
     validate(hp)
     started = time.perf_counter()
@@ -136,6 +173,7 @@ def retrain(
             len(items) - len(splits["train"])
         )
         extract_started = time.perf_counter()
+        engine = litert.resolve_engine(engine)
         ex = bottlenecks(
             backbone,
             items,
@@ -143,19 +181,28 @@ def retrain(
             bottleneck_dir,
             batch_size=hp.extraction_batch_size,
             progress=_report(progress, "bottlenecks"),
+            embed=extractor(backbone, engine, home, num_threads),
         )
         extraction_seconds = time.perf_counter() - extract_started
         skipped = dataset.skipped + [
             (_relative(items[i].path, dataset.root), reason) for i, reason in ex.failures
         ]
+        bounds = np.cumsum([0] + [len(splits[name]) for name in names])
+
+        def ok_rows(k: int) -> np.ndarray:
+            rows = np.arange(bounds[k], bounds[k + 1])
+            return rows[ex.ok[rows]]
+
+        # Decoded now: the files of an uploaded zip are gone once this block ends.
+        train_rows = ok_rows(0)
+        spread = train_rows[:: max(1, len(train_rows) // litert.CALIBRATION_IMAGES)]
+        calibration = _photos([items[i].path for i in spread[: litert.CALIBRATION_IMAGES]])
+        test_photos = _photos([items[i].path for i in ok_rows(2)])
     labels = dataset.classes
     index = {label: i for i, label in enumerate(labels)}
 
-    bounds = np.cumsum([0] + [len(splits[name]) for name in names])
-
     def matrix(k: int, views_of_split: list[features.View]) -> tuple[np.ndarray, np.ndarray, list]:
-        rows = np.arange(bounds[k], bounds[k + 1])
-        rows = rows[ex.ok[rows]]
+        rows = ok_rows(k)
         kept = [items[i] for i in rows]
         x = np.concatenate([ex.vectors[v.key()][rows] for v in views_of_split])
         y = np.tile(np.array([index[im.label] for im in kept], np.int64), len(views_of_split))
@@ -198,6 +245,16 @@ def retrain(
             progress("saving", 0, 1, val_acc)
         module = serving.ClassifierModule(backbone.module, trained.kernel, trained.bias, labels)
         serving.save(module, work / SAVED_MODEL_DIR)
+        litert_report = litert.export_version(
+            backbone.module,
+            trained.kernel,
+            trained.bias,
+            work / litert.VERSION_DIR,
+            calibration,
+            test_photos,
+            test_y,
+            num_threads=num_threads,
+        )
         (work / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), "utf-8")
         report = {
             "test_accuracy": test_report["accuracy"],
@@ -219,6 +276,8 @@ def retrain(
             "backbone": {"handle": backbone.handle, "identity": backbone.identity},
             "dataset_fingerprint": dataset.fingerprint,
             "bottlenecks": {"computed": ex.computed, "cached": ex.cached},
+            "extraction_engine": engine,
+            "litert": litert_report,
             "skipped": [list(s) for s in skipped],
             "hparams": asdict(hp),
         }
@@ -250,6 +309,17 @@ def retrain(
         bottlenecks_cached=ex.cached,
         skipped=skipped,
     )
+
+
+def _photos(paths: list[Path]) -> np.ndarray:
+    """Decoded uint8 photos [N,224,224,3] of files that decoded before (or are cached)."""
+    empty = np.zeros((0, imagelib.IMAGE_SIZE, imagelib.IMAGE_SIZE, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        decoded = list(features.decode_many(paths, pool))
+    for photo in decoded:
+        if isinstance(photo, imagelib.ImageError):
+            raise photo
+    return np.stack(decoded) if decoded else empty
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -2,119 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import signal
-import subprocess
-import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from celery import Celery
 from PIL import Image
 
-from bot.fake_api import FakeTelegram, PlaygroundClient, serve_in_thread
-from bot.playground import page_app
-from worker.redis_server import RedisServer
+from bot.fake_api import PlaygroundClient
+from worker import contract
+from worker.settings import WorkerSettings
 
-pytestmark = pytest.mark.slow
+if TYPE_CHECKING:
+    from conftest import ServiceHandle
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-TOKEN = "123456:e2e-test-token"
+# The bot module starts with the zero-shot model live: replies name "Model v0".
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot", "bot")]
+
 ADMIN = 4242
+BOT_ENV = {"ADMIN_IDS": str(ADMIN), "ALBUM_WAIT_SECONDS": "0.5"}
 
 
 def _photo(datasets: Path, folder: str, index: int = 0) -> bytes:
     return sorted((datasets / folder).glob("*.jpg"))[index].read_bytes()
 
 
-class Services:
-    """The emulator, Redis, one worker and one bot process (restartable)."""
+class Bot:
+    """The real bot process (`python -m bot.app`) against the emulator; restartable."""
 
-    def __init__(self, tmp: Path, url: str, redis_url: str) -> None:
-        self.tmp = tmp
-        self.url = url
-        self.redis_url = redis_url
-        self.bot: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "TELEGRAM_BOT_TOKEN": TOKEN,
-            "TELEGRAM_API_URL": url,
-            "REDIS_URL": redis_url,
-            "VAR_DIR": str(tmp / "var"),
-            "ADMIN_IDS": str(ADMIN),
-            "ALBUM_WAIT_SECONDS": "0.5",
-        }
+    def __init__(self, spawn_service: Callable[..., ServiceHandle]) -> None:
+        self.spawn_service = spawn_service
+        self.handle: ServiceHandle | None = None
 
-    def _spawn(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
-        out = (self.tmp / log).open("ab")
-        return subprocess.Popen(
-            args,
-            cwd=self.tmp,
-            env={**self.env, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    def start(self, **env: str) -> None:
+        """Start it with the test's admin and album settings, plus `env`."""
+        self.handle = self.spawn_service("bot", ["-m", "bot.app"], **BOT_ENV, **env)
 
-    def start_worker(self) -> None:
-        """A real `celery worker` on every queue, threads pool."""
-        self.worker = self._spawn(
-            [PYTHON, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
-             "infer,train,control", "-c", "4", "--pool", "threads", "-l", "info"],
-            "worker.log",
-        )  # fmt: skip
-
-    def start_bot(self, **env: str) -> None:
-        """`python -m bot.app` against the emulator."""
-        self.bot = self._spawn([PYTHON, "-m", "bot.app"], "bot.log", **env)
-
-    def kill_bot(self) -> None:
-        """SIGKILL the bot: no clean shutdown, as in a crash."""
-        if self.bot is not None:
-            os.killpg(self.bot.pid, signal.SIGKILL)
-            self.bot.wait()
-            self.bot = None
-
-    def stop(self) -> None:
-        """Stop what we started."""
-        self.kill_bot()
-        if self.worker is not None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
-            try:
-                self.worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait()
+    def kill(self) -> None:
+        """SIGKILL it, as in a crash."""
+        if self.handle is not None:
+            self.handle.kill()
+            self.handle = None
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """Emulator + Redis + worker + bot for this module."""
-    tmp = tmp_path_factory.mktemp("bot-e2e")
-    fake = FakeTelegram(TOKEN)
-    with serve_in_thread(page_app(fake)) as url, RedisServer(tmp / "redis") as server:
-        running = Services(tmp, url, server.url)
-        running.start_worker()
-        running.start_bot()
-        try:
-            yield running
-        finally:
-            running.stop()
+def bot(worker: ServiceHandle, spawn_service: Callable[..., ServiceHandle]) -> Iterator[Bot]:
+    """The session's worker and emulator, and one bot for this module."""
+    running = Bot(spawn_service)
+    running.start()
+    yield running
+    running.kill()
 
 
 @pytest.fixture(scope="module")
-def chat(services: Services) -> Iterator[PlaygroundClient]:
+def chat(emulator_url: str) -> Iterator[PlaygroundClient]:
     """The user's side of the emulator."""
-    client = PlaygroundClient(services.url)
-    yield client
-    client.close()
+    with contextlib.closing(PlaygroundClient(emulator_url)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def feedback_root(worker_settings: WorkerSettings) -> Path:
+    """Where workers file feedback photos."""
+    return worker_settings.feedback_root
 
 
 def _sent(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -126,7 +82,7 @@ def _replies(n: int = 1):
 
 
 def test_photo_gets_breed_reply_with_chart_and_buttons(
-    services: Services, chat: PlaygroundClient, datasets: Path
+    chat: PlaygroundClient, datasets: Path
 ) -> None:
     """A pug photo: a chart picture whose caption names the breed, guesses and version."""
     sent = chat.send(101, file=_photo(datasets, "pets-dev/pug"))
@@ -160,7 +116,7 @@ def _eventually(check: Any, timeout: float = 60) -> Any:
     return result
 
 
-def test_image_file_is_answered(services: Services, chat: PlaygroundClient, datasets: Path) -> None:
+def test_image_file_is_answered(chat: PlaygroundClient, datasets: Path) -> None:
     """An image sent as a PNG file (not a photo) gets the same kind of answer."""
     png = io.BytesIO()
     Image.open(io.BytesIO(_photo(datasets, "pets-dev/samoyed", 1))).save(png, "PNG")
@@ -169,9 +125,7 @@ def test_image_file_is_answered(services: Services, chat: PlaygroundClient, data
     assert "Samoyed" in reply["caption"].splitlines()[0]
 
 
-def test_album_gets_one_reply_listing_each_photo(
-    services: Services, chat: PlaygroundClient, datasets: Path
-) -> None:
+def test_album_gets_one_reply_listing_each_photo(chat: PlaygroundClient, datasets: Path) -> None:
     """Three photos of one media group: one text reply with three numbered lines."""
     for folder, index in (("pets-dev/pug", 0), ("pets-dev/samoyed", 1), ("flowers-dev/daisy", 0)):
         chat.send(103, file=_photo(datasets, folder, index), media_group_id="album-1")
@@ -182,9 +136,7 @@ def test_album_gets_one_reply_listing_each_photo(
     assert lines[3].startswith("3. I see no cat or dog here")
 
 
-def test_not_a_pet_names_the_imagenet_guess(
-    services: Services, chat: PlaygroundClient, datasets: Path
-) -> None:
+def test_not_a_pet_names_the_imagenet_guess(chat: PlaygroundClient, datasets: Path) -> None:
     """A daisy: no cat or dog, and the ImageNet guess."""
     chat.send(104, file=_photo(datasets, "flowers-dev/daisy"))
     reply = _sent(chat.wait_for(104, _replies()))[0]
@@ -192,7 +144,7 @@ def test_not_a_pet_names_the_imagenet_guess(
     assert "reply_markup" not in reply
 
 
-def test_too_big_and_not_an_image(services: Services, chat: PlaygroundClient) -> None:
+def test_too_big_and_not_an_image(chat: PlaygroundClient) -> None:
     """Over Telegram's 20 MB getFile cap, and a file that is no image: clear messages."""
     chat.send(105, file=os.urandom(21 * 2**20), kind="document", filename="huge.jpg",
               mime_type="image/jpeg")  # fmt: skip
@@ -202,7 +154,7 @@ def test_too_big_and_not_an_image(services: Services, chat: PlaygroundClient) ->
     assert texts[1].startswith("That file is not an image")
 
 
-def test_portuguese_reply(services: Services, chat: PlaygroundClient, datasets: Path) -> None:
+def test_portuguese_reply(chat: PlaygroundClient, datasets: Path) -> None:
     """language_code pt-br: the answer and its buttons in Portuguese."""
     chat.send(106, file=_photo(datasets, "pets-dev/pug"), language_code="pt-br")
     reply = _sent(chat.wait_for(106, _replies()))[0]
@@ -211,12 +163,11 @@ def test_portuguese_reply(services: Services, chat: PlaygroundClient, datasets: 
 
 
 def test_feedback_is_stored_once_and_last_answer_wins(
-    services: Services, chat: PlaygroundClient, datasets: Path
+    chat: PlaygroundClient, datasets: Path, feedback_root: Path
 ) -> None:
     """✅ files the photo under the top label; ❌ then another breed moves it there."""
     chat.send(107, file=_photo(datasets, "pets-dev/pug", 1))
     reply = _sent(chat.wait_for(107, _replies()))[0]
-    feedback_root = services.tmp / "var" / "feedback"
     right = _buttons(reply)["✅ right"]
     photo_id = right.split(":")[1]
     stored = chat.press(107, reply["message_id"], right)
@@ -239,9 +190,7 @@ def test_feedback_is_stored_once_and_last_answer_wins(
     assert second_name.lower().replace(" ", "_") in files[0].parent.name.lower().replace(" ", "_")
 
 
-def test_duplicate_update_is_answered_once(
-    services: Services, chat: PlaygroundClient, datasets: Path
-) -> None:
+def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Path) -> None:
     """The same update_id delivered again: no second job, no second answer."""
     first = chat.send(108, file=_photo(datasets, "pets-dev/samoyed", 3))
     chat.wait_for(108, _replies())
@@ -253,15 +202,15 @@ def test_duplicate_update_is_answered_once(
 
 
 def test_bot_restart_mid_job_still_answers_once(
-    services: Services, chat: PlaygroundClient, datasets: Path
+    bot: Bot, chat: PlaygroundClient, datasets: Path
 ) -> None:
     """Kill the bot right after it queued a photo: the worker answers; the restarted bot
     neither loses nor repeats it, even when Telegram redelivers the update."""
     first = chat.send(109, file=_photo(datasets, "pets-dev/pug", 2))
     chat.wait_for(109, lambda ev: any(e["type"] == "action" for e in ev))
-    services.kill_bot()
+    bot.kill()
     chat.wait_for(109, _replies())
-    services.start_bot()
+    bot.start()
     chat.redeliver(first["update_id"])
     later = chat.send(109, file=_photo(datasets, "pets-dev/samoyed", 2))
     replies = _sent(chat.wait_for(109, _replies(2)))
@@ -269,28 +218,44 @@ def test_bot_restart_mid_job_still_answers_once(
     assert targets == [first["message"]["message_id"], later["message"]["message_id"]]
 
 
-def test_low_confidence_and_rate_limit(
-    services: Services, chat: PlaygroundClient, datasets: Path
+def test_bot_killed_before_queueing_loses_nothing(
+    bot: Bot, chat: PlaygroundClient, datasets: Path
 ) -> None:
+    """Kill the bot while its handler still downloads a photo (nothing queued yet): the update
+    was never confirmed to Telegram, so the restarted bot is sent it again and answers once."""
+    before = chat.held_downloads()
+    chat.hold_downloads(True)
+    try:
+        sent = chat.send(112, file=_photo(datasets, "pets-dev/pug", 3))
+        _eventually(lambda: chat.held_downloads() > before, timeout=60)
+        bot.kill()
+    finally:
+        chat.hold_downloads(False)
+    bot.start()
+    chat.wait_for(112, _replies())
+    time.sleep(2)  # a second answer would come right after the first
+    replies = _sent(chat.events(112))
+    assert [m["reply_to_message"]["message_id"] for m in replies] == [sent["message"]["message_id"]]
+
+
+def test_low_confidence_and_rate_limit(bot: Bot, chat: PlaygroundClient, datasets: Path) -> None:
     """With LOW_CONFIDENCE=1 every answer is "not sure"; the third message in a window of two
     gets the polite rate-limit reply and no answer."""
-    services.kill_bot()
-    services.start_bot(LOW_CONFIDENCE="1", RATE_LIMIT_COUNT="2", RATE_LIMIT_SECONDS="600")
+    bot.kill()
+    bot.start(LOW_CONFIDENCE="1", RATE_LIMIT_COUNT="2", RATE_LIMIT_SECONDS="600")
     try:
         for index in range(3):
             chat.send(110, file=_photo(datasets, "pets-dev/Siamese", index))
         replies = _sent(chat.wait_for(110, _replies(3)))
     finally:
-        services.kill_bot()
-        services.start_bot()
+        bot.kill()
+        bot.start()
     texts = [m.get("caption") or m["text"] for m in replies]
     assert sum(t.startswith("Easy there!") for t in texts) == 1
     assert sum(t.startswith("🤔 Not sure. My best guess:") for t in texts) == 2
 
 
-def test_commands_start_help_and_non_admin_refused(
-    services: Services, chat: PlaygroundClient
-) -> None:
+def test_commands_start_help_and_non_admin_refused(chat: PlaygroundClient) -> None:
     """/start and /help answer; /retrain and /stats from a non-admin are refused."""
     for text in ("/start", "/help", "/retrain steps=10", "/stats"):
         chat.send(111, text=text, first_name="Ana")
@@ -309,7 +274,7 @@ CHROMIUM_FLAGS = [
 
 
 def test_playground_page_in_headless_chromium(
-    services: Services, datasets: Path, tmp_path: Path
+    emulator_url: str, datasets: Path, tmp_path: Path
 ) -> None:
     """The web chat: upload a photo, see the breed, press ✅ and see the thanks."""
     from playwright.sync_api import expect, sync_playwright
@@ -326,7 +291,7 @@ def test_playground_page_in_headless_chromium(
         )
         try:
             page = browser.new_page()
-            page.goto(f"{services.url}/")
+            page.goto(f"{emulator_url}/")
             page.set_input_files("#file", photo)
             page.click("#send-photo")
             answer = page.locator(".msg.bot .text").first
@@ -349,7 +314,7 @@ def _zip_of(folder: Path, labels_csv: Path | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def test_retrain_bad_options_and_corrupt_zip(services: Services, chat: PlaygroundClient) -> None:
+def test_retrain_bad_options_and_corrupt_zip(chat: PlaygroundClient) -> None:
     """Unknown or out-of-range options are named; a corrupt zip gets a clear failure."""
     chat.send(ADMIN, file=b"PK\x03\x04 not really a zip", kind="document",
               filename="data.zip", mime_type="application/zip",
@@ -375,10 +340,12 @@ def test_retrain_bad_options_and_corrupt_zip(services: Services, chat: Playgroun
 
 
 def test_admin_retrain_progress_then_live_then_rollback(
-    services: Services, chat: PlaygroundClient, datasets: Path
+    chat: PlaygroundClient, datasets: Path, celery_client: Celery
 ) -> None:
     """A labels.csv zip as a reply target: progress edits, the new version live, then
     /models, /stats, /rollback and /promote through the control queue."""
+    versions = celery_client.send_task(contract.LIST_MODELS).get(timeout=30)
+    new = max(contract.ModelVersion.from_dict(v).version for v in versions) + 1
     csv_dir = datasets / "csv-sample"
     cursor = chat.events(ADMIN)[-1]["seq"] if chat.events(ADMIN) else 0
     upload = chat.send(ADMIN, file=_zip_of(csv_dir / "train", csv_dir / "labels.csv"),
@@ -388,7 +355,7 @@ def test_admin_retrain_progress_then_live_then_rollback(
               reply_to_message_id=upload["message"]["message_id"])  # fmt: skip
 
     def finished(events: list[dict[str, Any]]) -> bool:
-        return any("Model v1 trained" in e["message"].get("text", "") for e in events
+        return any(f"Model v{new} trained" in e["message"].get("text", "") for e in events
                    if e["type"] == "edited")  # fmt: skip
 
     events = chat.wait_for(ADMIN, finished, timeout=300, after=cursor)
@@ -402,18 +369,16 @@ def test_admin_retrain_progress_then_live_then_rollback(
     assert matrix
 
     cursor = chat.events(ADMIN)[-1]["seq"]
-    for text in ("/models", "/stats", "/rollback", "/promote 1"):
+    for text in ("/models", "/stats", "/rollback", f"/promote {new}"):
         chat.send(ADMIN, text=text, user_id=ADMIN)
         got = chat.wait_for(ADMIN, _replies(), after=cursor)
         cursor = got[-1]["seq"]
         reply = _sent(got)[0]["text"]
         if text == "/models":
-            assert "▶ v1" in reply and "• v0" in reply
+            assert f"▶ v{new}" in reply and "• v0" in reply
         elif text == "/stats":
-            assert "Active model: v1" in reply and "Jobs today:" in reply
+            assert f"Active model: v{new}" in reply and "Jobs today:" in reply
         elif text == "/rollback":
             assert reply == "Model v0 is active now."
         else:
-            assert reply == "Model v1 is active now."
-    chat.send(ADMIN, text="/promote 0", user_id=ADMIN)
-    chat.wait_for(ADMIN, _replies(), after=cursor)
+            assert reply == f"Model v{new} is active now."

@@ -13,6 +13,7 @@ from bot.i18n import STRINGS, pick_language, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
 from bot.settings import BotSettings
 from worker import contract
+from worker.settings import WorkerSettings
 
 
 def test_retrain_options_map_to_retrain_py_names() -> None:
@@ -112,3 +113,13 @@ def test_build_app_without_token_points_at_the_playground() -> None:
     """No token: a clear error that names the playground."""
     with pytest.raises(ValueError, match="playground"):
         build_app(BotSettings(_env_file=None))
+
+
+def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose passes `TELEGRAM_BOT_TOKEN=` when there is none: both sides read it as unset."""
+    for name in ("TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "PLAYGROUND_PORT", "REDIS_URL"):
+        monkeypatch.setenv(name, "")
+    bot, worker = BotSettings(_env_file=None), WorkerSettings(_env_file=None)
+    assert bot.telegram_bot_token is None and worker.telegram_bot_token is None
+    assert bot.telegram_api_url == worker.telegram_api_url == "https://api.telegram.org"
+    assert bot.playground_port == 8081 and worker.redis_url is None

@@ -33,7 +33,15 @@ def _copy_classes(src: Path, dst: Path, classes: list[str], per_class: int) -> P
 
 
 @pytest.fixture(scope="module")
-def flowers_run(datasets: Path, breedbot_home: Path, tmp_path_factory) -> train.TrainResult:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own bottleneck cache: other modules retrain flowers-dev too."""
+    return tmp_path_factory.mktemp("bottlenecks")
+
+
+@pytest.fixture(scope="module")
+def flowers_run(
+    datasets: Path, breedbot_home: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> train.TrainResult:
     out = tmp_path_factory.mktemp("runs") / "flowers"
     seen: list[tuple[str, int, int]] = []
     result = train.retrain(
@@ -41,6 +49,7 @@ def flowers_run(datasets: Path, breedbot_home: Path, tmp_path_factory) -> train.
         out,
         FAST,
         home=breedbot_home,
+        bottleneck_dir=cache,
         progress=lambda stage, done, total, acc: seen.append((stage, done, total)),
     )
     result.metrics["_progress"] = seen
@@ -81,10 +90,12 @@ def test_retrain_writes_a_servable_folder(flowers_run: train.TrainResult) -> Non
 
 
 def test_second_run_extracts_nothing(
-    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, tmp_path: Path
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, cache: Path, tmp_path: Path
 ) -> None:
     assert flowers_run.bottlenecks_computed > 0
-    again = train.retrain(datasets / "flowers-dev", tmp_path / "again", FAST, home=breedbot_home)
+    again = train.retrain(
+        datasets / "flowers-dev", tmp_path / "again", FAST, home=breedbot_home, bottleneck_dir=cache
+    )
     assert again.bottlenecks_computed == 0
     assert again.bottlenecks_cached == flowers_run.bottlenecks_computed
     # Same data, same seed: the same model.
@@ -92,7 +103,7 @@ def test_second_run_extracts_nothing(
 
 
 def test_cache_is_keyed_by_content(
-    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, tmp_path: Path
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, cache: Path, tmp_path: Path
 ) -> None:
     """Renamed files reuse vectors; a replaced image and a corrupt entry are recomputed."""
     src = datasets / "flowers-dev"
@@ -102,7 +113,7 @@ def test_cache_is_keyed_by_content(
         for i, f in enumerate(sorted((src / c).iterdir())[:8]):
             shutil.copy(f, data_dir / f"renamed_{c}" / f"photo_{i}.jpg")
     hp = HParams(how_many_training_steps=50, flip_left_right=False)
-    first = train.retrain(data_dir, tmp_path / "a", hp, home=breedbot_home)
+    first = train.retrain(data_dir, tmp_path / "a", hp, home=breedbot_home, bottleneck_dir=cache)
     assert first.bottlenecks_computed == 0  # same bytes as in flowers-dev, other names
 
     # Replace one photo by new bytes under the same name: its old vector must not be reused.
@@ -112,11 +123,9 @@ def test_cache_is_keyed_by_content(
     other = sorted((data_dir / "renamed_roses").iterdir())[0]
     sha = hashlib.sha256(other.read_bytes()).hexdigest()
     backbone_id = first.metrics["backbone"]["identity"]
-    entry = features.vector_path(
-        breedbot_home / "bottlenecks" / features.namespace(backbone_id, features.ORIGINAL), sha
-    )
+    entry = features.vector_path(cache / features.namespace(backbone_id, features.ORIGINAL), sha)
     entry.write_bytes(b"not a numpy file")
-    second = train.retrain(data_dir, tmp_path / "b", hp, home=breedbot_home)
+    second = train.retrain(data_dir, tmp_path / "b", hp, home=breedbot_home, bottleneck_dir=cache)
     assert second.bottlenecks_computed == 2
     assert features.read_vector(entry, 1280) is not None
 

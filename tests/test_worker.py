@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -18,17 +19,19 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker import contract
+from bot.fake_api import PlaygroundClient
+from worker import contract, outbox
 from worker.celery_app import config, create_app
 from worker.cli import zip_dataset
 from worker.processes import stop_group
 from worker.redis_server import free_port
 from worker.settings import WorkerSettings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot")]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +240,6 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
         "VISIBILITY_TIMEOUT": "5",
         "UNACKED_RESTORE_INTERVAL": "1",
         "WORKER_CONCURRENCY": "2",
-        "BATCH_MAX_SIZE": "1",
     }
     app = create_app(
         WorkerSettings(
@@ -245,23 +247,33 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
             visibility_timeout=5, unacked_restore_interval=1,
         )
     )  # fmt: skip
-    first = spawn_worker("doomed", **fast)
-    jobs = [_classify(app, img) for img in _photos(datasets, "pets-dev/beagle", 30) * 3]
-    keys = [app.backend.get_key_for_task(j.id) for j in jobs]
+    # Two pool threads with one prefetch each hold two jobs; a 1 s gather window (a batch of
+    # 8 never fills) keeps both running long enough to kill the worker in the middle of them.
+    first = spawn_worker("doomed", **fast, BATCH_MAX_SIZE="8", BATCH_WAIT_MS="1000")
+    photos = _photos(datasets, "pets-dev/beagle", 8)
+    # Only what the doomed worker takes is queued while it lives. Kombu's Redis transport pops
+    # a message (BRPOP) before it records it as unacked, so a worker killed between the two
+    # loses that one message for good: a known at-most-once gap of the transport, not
+    # something a redelivery test can assert away. With an empty queue there is no such pop.
+    held = [_classify(app, image) for image in photos[:2]]
+    keys = [app.backend.get_key_for_task(j.id) for j in held]
 
-    def running() -> bool:
-        # One MGET, so the kill lands within a millisecond of seeing a job run.
-        metas = [app.backend.decode_result(m) for m in app.backend.client.mget(keys) if m]
-        return any(m["status"] == "STARTED" for m in metas)
+    def states() -> list[str]:
+        return [app.backend.decode_result(m)["status"] if m else "PENDING"
+                for m in app.backend.client.mget(keys)]  # fmt: skip
 
-    _eventually(running, 60, "a job to be running", interval=0.005)
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait()
+    _eventually(
+        lambda: all(s in ("STARTED", "SUCCESS") for s in states()) and "STARTED" in states(),
+        60,
+        "the doomed worker to run both jobs",
+        interval=0.01,
+    )
+    first.kill()
     # The dead worker's last word: what it finished, and what it had started but not finished.
-    done_before = {j.id for j in jobs if j.state == "SUCCESS"}
-    started = {j.id for j in jobs if j.state == "STARTED"}
+    done_before = {j.id for j in held if j.state == "SUCCESS"}
+    started = {j.id for j in held if j.state == "STARTED"}
     assert started, "no job was running when the worker was killed"
-    assert len(done_before) < len(jobs)
+    jobs = held + [_classify(app, image) for image in photos[2:]]
     second = spawn_worker("rescuer", **fast)
     answers = {j.id: _answer(j, timeout=120) for j in jobs}
     assert all(a.error is None and a.top_k for a in answers.values())
@@ -271,6 +283,57 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
     assert not (ran_by_first & ran_by_second), "a job was answered twice"
     assert done_before <= ran_by_first
     app.close()
+
+
+def _outbox_entry(client: redis.Redis, outbox_id: str, signature: dict[str, Any]) -> None:
+    """What the bot writes before it publishes a classify chain (bot/jobs.py)."""
+    entry = contract.OutboxEntry(signature=json.loads(json.dumps(signature)))
+    client.hset(contract.OUTBOX_JOBS, outbox_id, json.dumps(entry.to_dict()))
+    client.zadd(contract.OUTBOX_DUE, {outbox_id: time.time()})
+
+
+def test_lost_classify_message_is_published_again(
+    spawn_worker, redis_server, emulator_url, datasets
+):
+    """A classify chain in the outbox whose message never reached a worker (lost between BRPOP
+    and the unacked hash) is published again by a worker's sweep and answered once."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/6"
+    spawn_worker("sweeper", REDIS_URL=url, OUTBOX_RESCUE_SECONDS="1")
+    app = create_app(WorkerSettings(redis_url=url))
+    client = redis.Redis.from_url(url)
+    request = contract.ClassifyRequest(
+        image_b64=contract.encode_bytes(_photos(datasets, "pets-dev/pug", 1)[0])
+    )
+    target = contract.ReplyTo(chat_id=7301, message_id=1, key="photo:7301:1")
+    reply = {"reply_to": target.to_dict(), "kind": "classify", "outbox_id": "lost-1"}
+    chain = app.signature(contract.CLASSIFY, args=[request.to_dict()]) | app.signature(
+        contract.REPLY, kwargs=reply
+    )
+    _outbox_entry(client, "lost-1", chain)  # ...and never published: the message was lost
+    chat = PlaygroundClient(emulator_url)
+    try:
+        events = chat.wait_for(7301, lambda ev: any(e["type"] == "sent" for e in ev), timeout=60)
+        caption = next(e for e in events if e["type"] == "sent")["message"]["caption"]
+        assert "%" in caption and "Model v" in caption  # a breed answer, whichever version
+        _eventually(lambda: not client.hlen(contract.OUTBOX_JOBS), 30, "the outbox to empty")
+        time.sleep(2)  # a second answer would follow right away
+        assert [e["type"] for e in chat.events(7301)].count("sent") == 1
+    finally:
+        chat.close()
+        client.close()
+        app.close()
+
+
+def test_outbox_sweep_gives_up_after_max_attempts(redis_server):
+    """An entry that is never answered is published again max_attempts times, then dropped."""
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    published: list[dict[str, Any]] = []
+    _outbox_entry(client, "never", {"task": contract.CLASSIFY, "args": [], "kwargs": {}})
+    rounds = [outbox.sweep(client, published.append, 0, 2, now=time.time() + i) for i in range(4)]
+    assert rounds == [1, 1, 0, 0]
+    assert published == [published[0]] * 2 and published[0]["task"] == contract.CLASSIFY
+    assert not client.exists(contract.OUTBOX_JOBS, contract.OUTBOX_DUE)
+    client.close()
 
 
 def test_flower_lists_workers_behind_basic_auth(worker, service_env, tmp_path):
@@ -311,7 +374,8 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         "VAR_DIR": str(tmp_path / "var"),
         "BREEDBOT_HOME": str(breedbot_home),
         "FLOWER_PORT": str(free_port()),
-        "UP_BOT": "0",
+        "PLAYGROUND_PORT": str(free_port()),
+        "TELEGRAM_BOT_TOKEN": "",  # as compose passes it: empty means none, so the playground
     }
     up = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "up"],
@@ -331,6 +395,8 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         _eventually(lambda: any("Flower:" in line for line in lines), 60, "the stack to start")
         assert any("password" in line for line in lines)
         assert (tmp_path / "var" / "redis" / "url").is_file()
+        page = f"http://127.0.0.1:{env['PLAYGROUND_PORT']}/"
+        assert f"[up] playground: open {page}\n" in lines
         pug = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
         # `breedbot classify` finds the embedded Redis by itself (REDIS_URL unset).
         cli = subprocess.run(
@@ -338,9 +404,16 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert re.search(rf"^{pug.name}: Pug \(score = 0\.\d\d\)$", cli.stdout, re.M), cli
+        # The playground's bot takes the photo, and the worker answers through the emulator.
+        with contextlib.closing(PlaygroundClient(page)) as chat:
+            chat.send(7, file=pug.read_bytes())
+            events = chat.wait_for(7, lambda ev: any(e["type"] == "sent" for e in ev), 120)
+        reply = next(e["message"] for e in events if e["type"] == "sent")
+        assert reply["caption"].startswith("Pug — ")
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "redis-server" in names and "worker" in names and "flower" in names
+        for service in ("redis-server", "worker", "flower", "playground"):
+            assert service in names
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)

@@ -6,6 +6,7 @@ The model is loaded by the signal handlers below, inside the process that serves
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -13,6 +14,7 @@ from celery.concurrency import get_implementation
 
 from worker import contract
 from worker.settings import WorkerSettings, get_settings
+from worker.transport import TRANSPORT
 
 JSON_ONLY = ["json"]
 
@@ -33,6 +35,8 @@ def config(settings: WorkerSettings) -> dict[str, Any]:
     control = _limits(settings.control_soft_time_limit, settings.control_time_limit)
     return {
         "broker_url": url,
+        # kombu's Redis transport, fixed to survive a Redis restart (see worker/transport.py).
+        "broker_transport": TRANSPORT if url.startswith("redis://") else None,
         "result_backend": url,
         "broker_connection_retry_on_startup": True,
         # JSON everywhere: a pickle message is refused before it is deserialised.
@@ -83,6 +87,12 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 app = create_app()
 
 
+@signals.after_setup_logger.connect
+def _quiet_http_client(**_: Any) -> None:
+    # httpx logs every request URL at INFO, and Bot API URLs carry the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 @signals.celeryd_after_setup.connect
 def _load_before_consuming(instance: Any = None, **_: Any) -> None:
     # Runs once logging is set up and before the consumer starts. A prefork parent only forks
@@ -91,6 +101,19 @@ def _load_before_consuming(instance: Any = None, **_: Any) -> None:
         from worker import serving
 
         serving.holder().start()
+
+
+@signals.worker_ready.connect
+def _start_outbox_sweeper(**_: Any) -> None:
+    from worker import outbox, replies
+
+    settings = get_settings()
+    outbox.start_sweeper(
+        replies.redis_client(),
+        lambda signature: app.signature(signature).apply_async(),
+        settings.outbox_rescue_seconds,
+        settings.outbox_max_attempts,
+    )
 
 
 @signals.worker_process_init.connect

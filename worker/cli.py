@@ -1,4 +1,4 @@
-"""`breedbot`: the model commands plus the service ones (worker, flower, up, classify, ...).
+"""`breedbot`: the model commands plus the service ones (worker, flower, up, bot, playground, ...).
 
 `classify`, `retrain --via-queue`, `models`, `promote` and `rollback` go through the real queue,
 by task name, exactly as the bot does.
@@ -74,6 +74,22 @@ def cmd_up(_args: argparse.Namespace) -> int:
     from worker import stack
 
     return stack.run(get_settings())
+
+
+def cmd_bot(_args: argparse.Namespace) -> int:
+    """Run the Telegram bot (TELEGRAM_BOT_TOKEN): long polling, or a webhook with WEBHOOK_URL."""
+    from bot import app as bot_app  # the bot's packages, only for this command
+
+    bot_app.main()
+    return 0
+
+
+def cmd_playground(args: argparse.Namespace) -> int:
+    """Run the playground: a local Telegram emulator, its web chat page and the real bot."""
+    from bot import playground
+
+    playground.main(args.rest)
+    return 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -222,6 +238,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
     sub.add_parser("up", help="run Redis, a worker, Flower and the bot").set_defaults(func=cmd_up)
+    sub.add_parser("bot", help="run the Telegram bot").set_defaults(func=cmd_bot)
+    # Its own options (--host, --port, --help) are bot.playground's: passed through as they are.
+    p = sub.add_parser("playground", help="run the bot against a local emulator", add_help=False)
+    p.set_defaults(func=cmd_playground, passes_rest=True)
 
     for name, func, helptext in (
         ("classify", cmd_classify, "classify images through the queue"),
@@ -252,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `breedbot` console script."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return args.func(args)
     # DatasetError is a ValueError and AccuracyGateError a RuntimeError: no TensorFlow import here.

@@ -54,6 +54,15 @@ def photo_key(photo_id: str) -> str:
     return f"breedbot:photo:{photo_id}"
 
 
+# The outbox: every classify chain the bot publishes is also kept here until its reply task has
+# run. Redis hands a message to a worker (BRPOP) before the worker records it as unacked, so a
+# worker killed in between loses it for good; workers re-publish entries that stay unanswered
+# (worker/outbox.py). Only idempotent jobs go here: a re-run classify is answered once anyway.
+OUTBOX_DUE = "breedbot:outbox:due"  # sorted set: outbox id -> time it was (re-)published
+OUTBOX_JOBS = "breedbot:outbox:jobs"  # hash: outbox id -> OutboxEntry JSON
+OUTBOX_KINDS = frozenset({"classify"})
+
+
 # Custom Celery state for retrain progress; `meta` is a `Progress.to_dict()`.
 PROGRESS_STATE = "PROGRESS"
 
@@ -214,3 +223,11 @@ class Stats(_Payload):
     jobs_today: int
     avg_latency_ms: float | None
     errors_today: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxEntry(_Payload):
+    """A published job chain (a Celery signature dict) kept until its reply task ran."""
+
+    signature: dict[str, Any]
+    attempts: int = 0  # re-publications so far

@@ -37,8 +37,13 @@ def decode_inline(text: str, cap: int) -> bytes:
 
 @functools.cache
 def _client(pid: int) -> httpx.Client:
-    # One connection pool per process (the pid key gives a forked child its own).
+    # The pid key gives a forked child its own pool: sockets must not cross a fork.
     return httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True)
+
+
+def http_client() -> httpx.Client:
+    """This process's one HTTP client for the Bot API (downloads here, replies in replies.py)."""
+    return _client(os.getpid())
 
 
 def download_telegram_file(file_id: str, cap: int, settings: WorkerSettings) -> bytes:
@@ -47,7 +52,7 @@ def download_telegram_file(file_id: str, cap: int, settings: WorkerSettings) -> 
         raise InputError("no_token", "TELEGRAM_BOT_TOKEN is not set on the worker")
     token = settings.telegram_bot_token.get_secret_value()
     root = settings.telegram_api_url.rstrip("/")
-    client = _client(os.getpid())
+    client = http_client()
     try:
         reply = client.get(f"{root}/bot{token}/getFile", params={"file_id": file_id}).json()
         if not reply.get("ok"):
@@ -70,19 +75,21 @@ def download_telegram_file(file_id: str, cap: int, settings: WorkerSettings) -> 
     return b"".join(chunks)
 
 
+def _input_bytes(
+    inline: str | None, file_id: str | None, cap: int, settings: WorkerSettings
+) -> bytes:
+    if inline is not None:
+        return decode_inline(inline, cap)
+    if file_id:
+        return download_telegram_file(file_id, cap, settings)
+    raise InputError("bad_payload", "the request has neither inline bytes nor a file id")
+
+
 def image_bytes(request: contract.ClassifyRequest, settings: WorkerSettings) -> bytes:
     """The photo of a classify request."""
-    if request.image_b64 is not None:
-        return decode_inline(request.image_b64, contract.MAX_IMAGE_BYTES)
-    if request.file_id:
-        return download_telegram_file(request.file_id, contract.MAX_IMAGE_BYTES, settings)
-    raise InputError("bad_payload", "the request has neither image bytes nor a file id")
+    return _input_bytes(request.image_b64, request.file_id, contract.MAX_IMAGE_BYTES, settings)
 
 
 def dataset_bytes(ref: contract.DatasetRef, settings: WorkerSettings) -> bytes:
     """The zip of a retrain request."""
-    if ref.zip_b64 is not None:
-        return decode_inline(ref.zip_b64, contract.MAX_INLINE_DATASET_BYTES)
-    if ref.file_id:
-        return download_telegram_file(ref.file_id, contract.MAX_INLINE_DATASET_BYTES, settings)
-    raise InputError("bad_payload", "the dataset has neither zip bytes nor a file id")
+    return _input_bytes(ref.zip_b64, ref.file_id, contract.MAX_INLINE_DATASET_BYTES, settings)

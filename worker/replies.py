@@ -19,19 +19,21 @@ from typing import Any
 
 import httpx
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from bot import render
 from bot.i18n import t
 from bot.keyboards import feedback_keyboard
-from worker import contract, fetch, serving
+from worker import contract, fetch, outbox, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# "sending" expires so that a worker dying mid-send does not swallow the reply forever;
-# "sent" lives long enough to cover any redelivery.
-SENDING_TTL = 600
+# "sending" outlasts a send (a Bot API call times out after 30 s) and then expires, so that a
+# worker dying mid-send does not swallow the reply; "sent" covers any redelivery.
+SENDING_TTL = 45
 SENT_TTL = 7 * 24 * 3600
 ALBUM_TTL = 3600
 
@@ -40,15 +42,25 @@ class TelegramError(Exception):
     """The Bot API answered `ok: false`."""
 
 
-@functools.cache
-def _http(pid: int) -> httpx.Client:
-    # One pool per process; the pid key gives a forked child its own.
-    return httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+class ReplyPending(Exception):
+    """Another delivery holds the claim on this reply: retry until it is sent or has expired."""
+
+
+# Retries 1, 2, 4, 5, 5 ... s apart outlast a claim left by a dead worker (15 retries: 67 s), so
+# its redelivered reply is sent once the claim expires instead of being dropped. Countdowns stay
+# short: a retry waits unacked in the worker, and must do so for less than the visibility timeout.
+RETRY = {"retry_backoff": True, "retry_backoff_max": 5, "retry_jitter": False, "max_retries": 15}
+# Ride out a Redis restart (seconds with AOF): a reply sent but not yet marked "sent" would
+# otherwise keep a stale claim, and be sent again once it expired.
+REDIS_RETRY = {
+    "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+}
 
 
 @functools.cache
 def _redis(url: str, pid: int) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, decode_responses=True)
+    return redis.Redis.from_url(url, socket_timeout=10, decode_responses=True, **REDIS_RETRY)
 
 
 def redis_client() -> redis.Redis:
@@ -66,9 +78,9 @@ def call(method: str, params: dict[str, Any], files: dict[str, Any] | None = Non
     if files:
         # Multipart: nested objects travel as JSON strings, as the Bot API expects.
         form = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in params.items()}
-        response = _http(os.getpid()).post(url, data=form, files=files)
+        response = fetch.http_client().post(url, data=form, files=files)
     else:
-        response = _http(os.getpid()).post(url, json=params)
+        response = fetch.http_client().post(url, json=params)
     body = response.json()
     if not body.get("ok"):
         raise TelegramError(f"{method}: {body.get('description')}")
@@ -81,6 +93,8 @@ def once(key: str) -> Iterator[bool]:
     client = redis_client()
     name = f"breedbot:reply:{key}"
     if not client.set(name, "sending", nx=True, ex=SENDING_TTL):
+        if client.get(name) == "sending":
+            raise ReplyPending(key)
         log.info("reply %s already sent; skipping", key)
         yield False
         return
@@ -227,9 +241,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
 
 @app.task(
     name=contract.REPLY,
-    autoretry_for=(httpx.TransportError,),
-    retry_backoff=True,
-    max_retries=5,
+    autoretry_for=(httpx.TransportError, ReplyPending),
+    **RETRY,
 )
 def reply(
     result: Any,
@@ -239,9 +252,21 @@ def reply(
     photo_id: str | None = None,
     low_confidence: float = 0.5,
     album: dict[str, int] | None = None,
+    outbox_id: str | None = None,
 ) -> None:
     """Send a finished job's answer to its chat, once per `reply_to["key"]`."""
-    target = contract.ReplyTo.from_dict(reply_to)
+    _reply(result, contract.ReplyTo.from_dict(reply_to), kind, photo_id, low_confidence, album)
+    outbox.done(redis_client(), outbox_id)
+
+
+def _reply(
+    result: Any,
+    target: contract.ReplyTo,
+    kind: str,
+    photo_id: str | None,
+    low_confidence: float,
+    album: dict[str, int] | None,
+) -> None:
     language = target.language
     if kind == "classify" and album:
         results = _album_results(result, target, album)
@@ -272,10 +297,21 @@ def reply(
             raise ValueError(f"unknown reply kind {kind!r}")
 
 
-@app.task(name=contract.REPLY_FAILED)
-def reply_failed(task_id: str, *, reply_to: dict[str, Any], kind: str, **_: Any) -> None:
+@app.task(name=contract.REPLY_FAILED, autoretry_for=(ReplyPending,), **RETRY)
+def reply_failed(
+    task_id: str,
+    *,
+    reply_to: dict[str, Any],
+    kind: str,
+    outbox_id: str | None = None,
+    **_: Any,
+) -> None:
     """Errback: tell the chat its job failed (once), without internals."""
-    target = contract.ReplyTo.from_dict(reply_to)
+    _report_failure(task_id, contract.ReplyTo.from_dict(reply_to), kind)
+    outbox.done(redis_client(), outbox_id)
+
+
+def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
     failure = app.AsyncResult(task_id).result
     log.error("%s job %s failed: %r", kind, task_id, failure)
     reason = type(failure).__name__ if isinstance(failure, Exception) else "unknown error"

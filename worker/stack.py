@@ -1,5 +1,8 @@
 """`make up`: Redis (unless REDIS_URL), one worker on every queue, Flower, and the bot.
 
+Without TELEGRAM_BOT_TOKEN the bot is the playground: the real bot against a local Telegram
+emulator with a web chat page, and the worker sends its replies to that emulator.
+
 Each service runs in its own process group, so stopping one also stops whatever it spawned; on
 Ctrl-C or SIGTERM (or when any service dies) they are stopped in reverse order: TERM, a grace
 period, then KILL. Children also get PR_SET_PDEATHSIG, so even a SIGKILLed runner leaves none.
@@ -14,14 +17,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from types import FrameType
 
 from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer
+from worker.redis_server import RedisServer, free_port
 from worker.settings import EMBEDDED_URL_FILE, WorkerSettings
 
 GRACE_SECONDS = 20.0
+CLI = [sys.executable, "-m", "worker.cli"]
 
 
 @dataclass
@@ -31,26 +34,34 @@ class Service:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    url: str = ""  # where a person opens it, printed once it started
     process: subprocess.Popen[bytes] | None = None
 
 
-def bot_command(settings: WorkerSettings) -> list[str] | None:
-    """The bot (with a token) or the local playground (without); None until bot/ provides them."""
-    module = "bot.app" if settings.telegram_bot_token else "bot.playground"
-    return [sys.executable, "-m", module] if find_spec(module) else None
+def bot_service(settings: WorkerSettings) -> tuple[Service, dict[str, str]]:
+    """The bot (with a token) or the playground (without), and what the worker needs to reach it."""
+    if settings.telegram_bot_token:
+        return Service("bot", [*CLI, "bot"]), {}
+    # Imported here: only this branch needs the bot's packages.
+    from bot.playground import playground_env
+    from bot.settings import BotSettings
+
+    # The worker must know the emulator's address before it starts: pick the port here.
+    port = BotSettings().playground_port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    playground = Service("playground", [*CLI, "playground", "--port", str(port)], url=f"{url}/")
+    return playground, playground_env(url)
 
 
 def services(settings: WorkerSettings, flower_auth: str) -> list[Service]:
     """The stack, in start order; add a service here to have `make up` run it."""
-    cli = [sys.executable, "-m", "worker.cli"]
+    bot, telegram_env = bot_service(settings) if settings.up_bot else (None, {})
     stack = [
-        Service("worker", [*cli, "worker"]),
-        Service("flower", [*cli, "flower"], {"FLOWER_BASIC_AUTH": flower_auth}),
+        # Replies and uploads go through the bot's Telegram: the real one or the emulator.
+        Service("worker", [*CLI, "worker"], telegram_env),
+        Service("flower", [*CLI, "flower"], {"FLOWER_BASIC_AUTH": flower_auth}),
     ]
-    bot = bot_command(settings) if settings.up_bot else None
-    if bot:
-        stack.append(Service("bot", bot))
-    return stack
+    return [*stack, bot] if bot else stack
 
 
 def _start(service: Service, base_env: dict[str, str]) -> None:
@@ -92,6 +103,9 @@ def run(settings: WorkerSettings) -> int:
             + ("" if auth else f", password {password} (generated; set FLOWER_BASIC_AUTH)"),
             flush=True,
         )
+        for service in stack:
+            if service.url:
+                print(f"[up] {service.name}: open {service.url}", flush=True)
         while not stopping:
             dead = [s for s in stack if s.process and s.process.poll() is not None]
             if dead:
@@ -108,4 +122,5 @@ def run(settings: WorkerSettings) -> int:
             redis_server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        print("[up] stopped", flush=True)
     return code

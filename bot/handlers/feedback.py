@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from telegram import InlineKeyboardMarkup, Update
 
@@ -13,20 +14,34 @@ from bot.jobs import publish, task
 from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, feedback_keyboard, parse_feedback
 from worker import contract
 
+log = logging.getLogger(__name__)
+
+
+def _valid(choice: str, n_guesses: int) -> bool:
+    """A choice the keyboards offer: right, wrong, other, or the index of a later guess."""
+    return choice in {RIGHT, WRONG, OTHER} or (choice.isdecimal() and 0 < int(choice) < n_guesses)
+
 
 async def on_button(update: Update, context: Context) -> None:
     """Handle one feedback button; the latest answer for a photo is the one that counts."""
     query = update.callback_query
     assert query is not None and query.data is not None
     language = language_of(update)
-    photo_id, choice = parse_feedback(query.data)
+    try:
+        photo_id, choice = parse_feedback(query.data)
+    except ValueError:
+        photo_id, choice = "", ""
     key = contract.photo_key(photo_id)
     redis = redis_of(context)
-    stored = await redis.hget(key, "labels")
-    if stored is None:
+    stored, chat_id = await redis.hmget(key, "labels", "chat_id") if photo_id else (None, None)
+    names: list[list[str]] = json.loads(stored) if stored else []  # [label, display name]
+    chat = update.effective_chat
+    if not _valid(choice, len(names)) or chat is None or chat_id != str(chat.id):
+        # Forged (another chat's photo), malformed or expired: one answer for all, which tells
+        # a forger nothing about which photo ids exist.
+        log.warning("refused feedback %r from user %s", query.data, query.from_user.id)
         await query.answer(t(language, "feedback_gone"))
         return
-    names: list[list[str]] = json.loads(stored)  # [label, display name], best first
     if choice == WRONG:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))

@@ -6,22 +6,52 @@ import logging
 import time
 from collections import deque
 
+from redis.exceptions import RedisError
 from telegram import Update
-from telegram.ext import ApplicationHandlerStop
+from telegram.ext import Application, ApplicationHandlerStop
 
 from bot.context import Context, redis_of, settings_of
 from bot.i18n import pick_language, t
 
 log = logging.getLogger(__name__)
 SEEN_TTL = 7 * 24 * 3600
+HANDLED = "done"
+
+
+def _seen_key(bot_id: int, update_id: int) -> str:
+    return f"breedbot:update:{bot_id}:{update_id}"
 
 
 async def drop_duplicates(update: Update, context: Context) -> None:
-    """Stop an update whose id was already handled (Telegram may deliver one twice)."""
-    key = f"breedbot:update:{context.bot.id}:{update.update_id}"
-    if not await redis_of(context).set(key, 1, nx=True, ex=SEEN_TTL):
+    """Stop an update that was handled already, or is being handled by this process.
+
+    An update claimed by another bot process but never marked handled was cut short by that
+    process's death (only one process polls a token): it is handled again.
+    """
+    redis = redis_of(context)
+    key = _seen_key(context.bot.id, update.update_id)
+    instance = context.bot_data.instance
+    if await redis.set(key, instance, nx=True, ex=SEEN_TTL):
+        return
+    owner = await redis.get(key)
+    if owner in (HANDLED, instance):
         log.info("dropping duplicate update %s", update.update_id)
         raise ApplicationHandlerStop
+    log.info("update %s was cut short by a previous bot process; handling it", update.update_id)
+    await redis.set(key, instance, ex=SEEN_TTL)
+
+
+async def mark_handled(application: Application, updates: list[Update]) -> None:
+    """Record that these updates were handled, so a redelivery after a restart is dropped."""
+    redis = application.bot_data.redis
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for update in updates:
+                pipe.set(_seen_key(application.bot.id, update.update_id), HANDLED, ex=SEEN_TTL)
+            await pipe.execute()
+    except RedisError as error:
+        # Best effort: within this process the claims already stop duplicates.
+        log.warning("could not mark %d updates handled: %s", len(updates), error)
 
 
 async def rate_limit(update: Update, context: Context) -> None:

@@ -1,0 +1,71 @@
+"""kombu's Redis transport with one fix: losing Redis no longer takes the worker down.
+
+When the broker connection drops (a Redis restart), Celery closes the channel. kombu's channel
+then tries to put the messages it delivered back on their queues, and later to ack the tasks
+that were still running, through a connection that is gone: `AttributeError: 'NoneType' object
+has no attribute 'hostname'` (or `'client'`), which Celery treats as unrecoverable, so the
+worker exits and every queued job waits (seen in tests/test_reliability.py::
+test_redis_restarted_mid_run). Those messages are still in Redis' unacked hash; any worker's
+`restore_visible` puts them back once the visibility timeout has passed (photo jobs come back
+sooner through worker/outbox.py), which is what this transport leaves them to.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kombu.transport import redis
+
+log = logging.getLogger(__name__)
+TRANSPORT = "worker.transport:Transport"
+
+
+class QoS(redis.QoS):
+    """Redis QoS that leaves delivered messages in Redis once their connection is gone."""
+
+    def _connection_lost(self) -> bool:
+        transport = self.channel.connection
+        return transport is None or transport.client is None
+
+    def restore_unacked(self, client: object = None) -> None:
+        """Put delivered messages back on their queues, unless the broker connection is lost."""
+        if client is None and self._connection_lost():
+            log.warning(
+                "broker connection lost: %d delivered messages wait in Redis' unacked hash "
+                "and are redelivered after the visibility timeout",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return
+        super().restore_unacked(client)
+
+    def ack(self, delivery_tag: str) -> None:
+        """Acknowledge, unless the message came over a connection that is gone.
+
+        A task still running when the connection dropped finishes later; its message is in
+        Redis' unacked hash and is delivered again (a classify or reply re-run answers nothing
+        twice: replies are keyed).
+        """
+        if self._connection_lost():
+            log.warning("not acking %s: its broker connection was lost", delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject, unless the message came over a connection that is gone (as for `ack`)."""
+        if self._connection_lost():
+            log.warning("not rejecting %s: its broker connection was lost", delivery_tag)
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+
+class Channel(redis.Channel):
+    """A Redis channel using the QoS above."""
+
+    QoS = QoS
+
+
+class Transport(redis.Transport):
+    """The Redis transport using the channel above (`broker_transport` for redis:// URLs)."""
+
+    Channel = Channel
