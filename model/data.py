@@ -123,9 +123,14 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+def _is_dir(info: zipfile.ZipInfo) -> bool:
+    # ZipInfo.is_dir() raises IndexError on an entry with an empty name (found by Hypothesis).
+    return info.filename.endswith("/")
+
+
 def _check_central_directory(infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
     """Refuse archives whose declared sizes already break the limits."""
-    files = [info for info in infos if not info.is_dir()]
+    files = [info for info in infos if not _is_dir(info)]
     if not files:
         raise DatasetError("The zip archive is empty: put the class folders or labels.csv in it.")
     if len(files) > limits.max_files:
@@ -189,7 +194,7 @@ def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> 
         return "not a regular file (not extracted)"
     dest = target.joinpath(rel)
     try:
-        if info.is_dir():
+        if _is_dir(info):
             dest.mkdir(parents=True, exist_ok=True)
             return None
         dest.parent.mkdir(parents=True, exist_ok=True)

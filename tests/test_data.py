@@ -351,6 +351,7 @@ def hostile_zip(path: Path, pool: list[Path]) -> Path:
         zf.writestr("cats/../../evil2.jpg", pool[7].read_bytes())
         zf.writestr("/tmp/absolute_evil.jpg", pool[7].read_bytes())
         zf.writestr("C:\\windows\\evil.jpg", pool[7].read_bytes())
+        zf.writestr(zipfile.ZipInfo(""), pool[7].read_bytes())  # no name (is_dir() raises on it)
         link = zipfile.ZipInfo("dogs/link.jpg")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(link, "/etc/passwd")
@@ -372,10 +373,11 @@ def test_hostile_entries_are_skipped_and_nothing_escapes(tmp_path: Path, pool: l
     for name in ("../evil.jpg", "cats/../../evil2.jpg", "/tmp/absolute_evil.jpg"):
         assert skipped[name] == "unsafe path in archive (not extracted)"
     assert skipped["C:\\windows\\evil.jpg"] == "unsafe path in archive (not extracted)"
+    assert skipped[""] == "unsafe path in archive (not extracted)"
     assert skipped["dogs/link.jpg"] == "symbolic link in archive (not extracted)"
     assert skipped["cats/more.zip"] == "nested archive (not extracted)"
     assert skipped["cats/sneaky.jpg"] == "nested archive (not extracted)"
-    assert len(skipped) == 7
+    assert len(skipped) == 8
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert [p for p in written if "evil" in p or "inner" in p or "link" in p] == []
     assert not Path("/tmp/absolute_evil.jpg").exists()
