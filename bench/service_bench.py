@@ -1,7 +1,8 @@
 """Service bench: photos through the real queue at several client concurrencies.
 
-Starts an embedded redis-server and one `breedbot worker` (threads pool, gather-loop batching),
-then sends the same photos with 1, 8 and 32 jobs in flight and reports p50/p95 latency (send to
+For each inference engine (`--engines`, default litert and tf), starts an embedded redis-server
+and one `breedbot worker` (threads pool, gather-loop batching) serving through it, then sends the
+same photos with 1, 8 and 32 jobs in flight and reports p50/p95 latency (send to
 result seen) and throughput, next to the raw model's batch-1 and batch-32 rates measured in this
 run (Classifier.predict on the same bytes, decode included, while the worker idles), the worker's
 RSS, and classify latency while a retrain runs on the same worker.
@@ -81,11 +82,11 @@ def run_load(
     return latencies, time.perf_counter() - started, timings
 
 
-def raw_rates(photos: list[bytes], home: Path | None, reps: int = 3) -> dict[str, float]:
+def raw_rates(photos: list[bytes], home: Path | None, engine: str, reps: int = 3) -> dict:
     """Classifier.predict images/s at batch 1 and 32 (same bytes, decode included)."""
     from model.predict import load_classifier
 
-    classifier = load_classifier(home=home)
+    classifier = load_classifier(home=home, engine=engine)
     classifier.warm_up()
     rates = {}
     for batch in (1, 32):
@@ -124,15 +125,34 @@ def during_retrain(app, photos: list[bytes], concurrency: int) -> dict:
     }
 
 
-def main() -> None:
-    """Start Redis and a worker, run every measurement, print and record the figures."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--photos", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
-    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
-    photos = [f.read_bytes() for f in files[:: max(1, len(files) // args.photos)]][: args.photos]
-    home = Path(os.environ["BREEDBOT_HOME"]) if os.environ.get("BREEDBOT_HOME") else None
+def through_queue(app, photos: list[bytes], concurrency: int, raw_32: float, processes) -> dict:
+    """One load run at `concurrency` jobs in flight: latency, throughput and busy cores."""
+    cpu_before = {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
+    latencies, wall, timings = run_load(app, photos, concurrency)
+    cpu = {
+        k: round((sum(p.cpu_times()[:2]) - cpu_before[k]) / wall, 2) for k, p in processes.items()
+    }
+    rate = len(latencies) / wall
+    return {
+        "concurrency": concurrency,
+        "photos": len(latencies),
+        **percentiles(latencies),
+        "images_per_s": round(rate, 1),
+        "vs_raw_batch_32": round(rate / raw_32, 2),
+        "mean_batch": round(statistics.fmean(t["batch_size"] for t in timings), 1),
+        "in_task_p50_ms": round(statistics.median(t["total"] for t in timings), 1),
+        # Forward pass + decode per image inside the worker, to compare with raw.
+        "worker_predict_ms_per_image": round(
+            statistics.fmean((t["model"] + t["decode"]) / t["batch_size"] for t in timings), 2
+        ),
+        "cores_busy": cpu,
+    }
+
+
+def measure(
+    engine: str, photos: list[bytes], concurrencies: list[int], home: Path | None, retrain: bool
+) -> dict:
+    """Redis and one worker serving through `engine`: raw rates, load runs, optional retrain."""
     with (
         tempfile.TemporaryDirectory(prefix="service-bench-") as tmp,
         RedisServer(Path(tmp) / "redis") as server,
@@ -143,9 +163,9 @@ def main() -> None:
             "REDIS_URL": server.url,
             "VAR_DIR": str(Path(tmp) / "var"),
             "BOTTLENECK_DIR": str(Path(tmp) / "bn"),
+            "INFERENCE_ENGINE": engine,
         }
-        settings = WorkerSettings(redis_url=server.url)
-        app = create_app(settings)
+        app = create_app(WorkerSettings(redis_url=server.url))
         with (Path(tmp) / "worker.log").open("ab") as log:
             worker = spawn(
                 [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"],
@@ -156,56 +176,52 @@ def main() -> None:
                 if worker.poll() is not None:
                     raise RuntimeError((Path(tmp) / "worker.log").read_text()[-3000:])
             run_load(app, photos[:40], 8)  # warm-up: connections, batch shapes
-            rates = raw_rates(photos, home)
-            runs = []
+            rates = raw_rates(photos, home, engine)
             processes = {
                 "worker": psutil.Process(worker.pid),
                 "client": psutil.Process(),
                 "redis": psutil.Process(server.process.pid),
             }
-            for concurrency in args.concurrency:
-                cpu_before = {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
-                latencies, wall, timings = run_load(app, photos, concurrency)
-                cpu = {
-                    k: round((sum(p.cpu_times()[:2]) - cpu_before[k]) / wall, 2)
-                    for k, p in processes.items()
-                }
-                rate = len(latencies) / wall
-                runs.append(
-                    {
-                        "concurrency": concurrency,
-                        "photos": len(latencies),
-                        **percentiles(latencies),
-                        "images_per_s": round(rate, 1),
-                        "vs_raw_batch_32": round(rate / rates["batch_32_images_per_s"], 2),
-                        "mean_batch": round(statistics.fmean(t["batch_size"] for t in timings), 1),
-                        "in_task_p50_ms": round(statistics.median(t["total"] for t in timings), 1),
-                        # Forward pass + decode per image inside the worker, to compare with raw.
-                        "worker_predict_ms_per_image": round(
-                            statistics.fmean(
-                                (t["model"] + t["decode"]) / t["batch_size"] for t in timings
-                            ),
-                            2,
-                        ),
-                        "cores_busy": cpu,
-                    }
-                )
-            retrain = during_retrain(app, photos, 4)
+            raw_32 = rates["batch_32_images_per_s"]
+            runs = [through_queue(app, photos, c, raw_32, processes) for c in concurrencies]
+            during = during_retrain(app, photos, 4) if retrain else None
             memory = psutil.Process(worker.pid).memory_info()
             peak = _peak_rss_mb(worker.pid)
         finally:
             stop_group(worker, 30)
             app.close()
+    return {
+        "engine": engine,
+        "raw_model": rates,
+        "through_queue": runs,
+        "classify_during_retrain": during,
+        "worker_rss_mb": round(memory.rss / 2**20),
+        "worker_peak_rss_mb": peak,
+    }
+
+
+def main() -> None:
+    """Run every measurement for each engine, print and record the figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--engines", nargs="+", default=["litert", "tf"])
+    args = parser.parse_args()
+    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
+    photos = [f.read_bytes() for f in files[:: max(1, len(files) // args.photos)]][: args.photos]
+    home = Path(os.environ["BREEDBOT_HOME"]) if os.environ.get("BREEDBOT_HOME") else None
+    # The retrain-beside-photos run only for the first engine: it takes a while.
+    engines = [
+        measure(engine, photos, args.concurrency, home, retrain=i == 0)
+        for i, engine in enumerate(args.engines)
+    ]
+    settings = WorkerSettings()
     result = {
         "bench": "service",
         "machine": machine(),
         "pool": f"threads x {settings.worker_concurrency}, gather-loop batching "
         f"(max {settings.batch_max_size}, wait {settings.batch_wait_ms} ms)",
-        "raw_model": rates,
-        "through_queue": runs,
-        "classify_during_retrain": retrain,
-        "worker_rss_mb": round(memory.rss / 2**20),
-        "worker_peak_rss_mb": peak,
+        "engines": engines,
     }
     emit("service_bench", result, markdown(result))
 
@@ -222,30 +238,36 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 def markdown(result: dict) -> str:
     """The docs/BENCHMARKS.md section."""
-    raw = result["raw_model"]
-    rows = "\n".join(
-        f"| {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | {r['images_per_s']} "
-        f"| {r['vs_raw_batch_32']}× |"
-        for r in result["through_queue"]
-    )
-    during = result["classify_during_retrain"]
-    return (
+    first = result["engines"][0]
+    parts = [
         "## Service (`bench/service_bench.py`)\n\n"
-        f"Machine: {result['machine']}. One worker, {result['pool']}, embedded Redis. "
-        f"{result['through_queue'][0]['photos']} pets-dev photos per run, JSON + base64 through "
-        "Redis; latency is send → result seen by the client.\n\n"
-        f"Raw model in the same run (Classifier.predict, decode included): batch 1 "
-        f"**{raw['batch_1_images_per_s']} img/s**, batch 32 **{raw['batch_32_images_per_s']} "
-        "img/s**.\n\n"
-        "| in flight | p50 ms | p95 ms | img/s | vs raw batch 32 |\n|---|---|---|---|---|\n"
-        f"{rows}\n\n"
-        f"Classify while a retrain (flowers-dev, 400 steps) runs on the same worker, "
-        f"{during['concurrency']} in flight: p50 **{during['p50_ms']} ms**, p95 "
-        f"**{during['p95_ms']} ms** ({during['photos_answered']} photos during "
-        f"{during['retrain_seconds_observed']} s of retrain).\n\n"
-        f"Worker RSS after the runs: {result['worker_rss_mb']} MB (peak "
-        f"{result['worker_peak_rss_mb']} MB)."
+        f"Machine: {result['machine']}. One worker per engine, {result['pool']}, embedded Redis, "
+        f"the zero-shot model. {first['through_queue'][0]['photos']} pets-dev photos per run, "
+        "JSON + base64 through Redis; latency is send → result seen by the client. Raw = "
+        "Classifier.predict through the same engine in the same run, decode included."
+    ]
+    for e in result["engines"]:
+        raw = e["raw_model"]
+        rows = "\n".join(
+            f"| {r['concurrency']} | {r['p50_ms']} | {r['p95_ms']} | {r['images_per_s']} "
+            f"| {r['vs_raw_batch_32']}× | {r['mean_batch']} |"
+            for r in e["through_queue"]
+        )
+        parts.append(
+            f"**Engine `{e['engine']}`**: raw batch 1 **{raw['batch_1_images_per_s']} img/s**, "
+            f"batch 32 **{raw['batch_32_images_per_s']} img/s**; worker RSS "
+            f"{e['worker_rss_mb']} MB (peak {e['worker_peak_rss_mb']} MB).\n\n"
+            "| in flight | p50 ms | p95 ms | img/s | vs raw batch 32 | mean batch |\n"
+            "|---|---|---|---|---|---|\n" + rows
+        )
+    during = first["classify_during_retrain"]
+    parts.append(
+        f"Classify while a retrain (flowers-dev, 400 steps) runs on the same worker "
+        f"(`{first['engine']}`), {during['concurrency']} in flight: p50 **{during['p50_ms']} "
+        f"ms**, p95 **{during['p95_ms']} ms** ({during['photos_answered']} photos during "
+        f"{during['retrain_seconds_observed']} s of retrain)."
     )
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

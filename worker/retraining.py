@@ -177,6 +177,8 @@ def run(
                 home=settings.breedbot_home,
                 bottleneck_dir=settings.bottleneck_dir,
                 progress=report,
+                engine=settings.inference_engine,
+                num_threads=settings.litert_threads,
             )
             report("evaluating", 0, 1, result.validation_accuracy)
             dataset = data.load_dataset(

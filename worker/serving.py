@@ -47,10 +47,20 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class ModelHolder:
     """The active version's classifier in this process, kept current by a watcher thread."""
 
-    def __init__(self, root: Path, *, home: Path | None = None, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        home: Path | None = None,
+        interval: float = 1.0,
+        engine: str = "auto",
+        num_threads: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.home = home
         self.interval = interval
+        self.engine = engine
+        self.num_threads = num_threads
         self._served: Served | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
@@ -58,10 +68,20 @@ class ModelHolder:
 
     def _load(self, version: int) -> Served:
         started = time.perf_counter()
-        classifier = load_classifier(registry.version_dir(self.root, version), home=self.home)
+        classifier = load_classifier(
+            registry.version_dir(self.root, version),
+            home=self.home,
+            engine=self.engine,
+            num_threads=self.num_threads,
+        )
         classifier.warm_up()
         seconds = time.perf_counter() - started
-        log.info("serving model version %s (%.1f s to load)", version, seconds)
+        log.info(
+            "serving model version %s through %s (%.1f s to load)",
+            version,
+            classifier.engine,
+            seconds,
+        )
         return Served(version, classifier)
 
     def current(self) -> Served:
@@ -117,7 +137,11 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
     # Keyed by pid so that a forked child never reuses its parent's TensorFlow objects.
     settings = get_settings()
     holder = ModelHolder(
-        settings.models_root, home=settings.breedbot_home, interval=settings.reload_interval
+        settings.models_root,
+        home=settings.breedbot_home,
+        interval=settings.reload_interval,
+        engine=settings.inference_engine,
+        num_threads=settings.litert_threads,
     )
     return holder, Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,10 @@ class WorkerSettings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=2, le=256)
     batch_max_size: int = Field(default=32, ge=1, le=256)
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Inference and bottleneck extraction: "auto" is TensorFlow on a GPU, else LiteRT (XNNPACK);
+    # LITERT_THREADS sizes each interpreter (None: every core the process may use).
+    inference_engine: Literal["auto", "tf", "litert"] = "auto"
+    litert_threads: int | None = Field(default=None, ge=1)
 
     # Time limits in seconds (soft, hard) per kind of task.
     classify_soft_time_limit: float = Field(default=30, gt=0)
