@@ -40,7 +40,14 @@ def sweep(
     max_attempts: int,
     now: float | None = None,
 ) -> int:
-    """Publish again each entry unanswered for `rescue_after` s; returns how many were."""
+    """Publish again each entry unanswered for `rescue_after` s; returns how many were.
+
+    Nothing is swept while photo jobs wait in the queue: after an outage every entry is old, but
+    most are still queued, and re-publishing them would run each photo twice. A lost message is
+    not in the queue, so it is re-published once the backlog has drained.
+    """
+    if client.llen(contract.QUEUE_INFER):
+        return 0
     now = time.time() if now is None else now
     republished = 0
     for outbox_id in client.zrangebyscore(contract.OUTBOX_DUE, "-inf", now - rescue_after):
