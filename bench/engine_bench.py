@@ -4,8 +4,8 @@ Run: `.venv/bin/python bench/engine_bench.py` (add `--home DIR` to reuse a backb
 Prints JSON and updates the `engine_bench` section of docs/BENCHMARKS.md with:
 photos/s at batch 1 and 32 per engine (real photos, model only: pixels in, answers out),
 hidden-split accuracy per engine on the shared dev sets, and cold retrain time on pets-dev
-through each extraction engine. Queue throughput per engine needs the worker: run
-bench/service_bench.py with the worker's engine setting set to each engine.
+through each extraction engine. Queue throughput per engine needs a worker per engine:
+bench/service_bench.py measures it (`INFERENCE_ENGINE` set to each).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ def markdown(result: dict) -> str:
         f"alone (2 threads, no model) takes {cold['decode_only_s']} s of either extraction. "
         f"One-time conversion of the backbone to LiteRT: {result['backbone_conversion_s']} s.",
         "",
-        "Queue throughput per engine is not measured here: it needs the worker "
-        "(bench/service_bench.py with the worker's engine set to each engine).",
+        "Queue throughput per engine: see the Service section (bench/service_bench.py runs "
+        "one worker per engine, `INFERENCE_ENGINE=litert` and `tf`).",
         "",
         f"Peak RSS of the bench process: {result['peak_rss_mb']:.0f} MB.",
     ]
