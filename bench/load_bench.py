@@ -132,8 +132,9 @@ def run(n_photos: int = 1000, users: int = 50, soak_minutes: float = 0) -> dict:
 def markdown(result: dict) -> str:
     """The docs/BENCHMARKS.md section for a load result."""
     p = result["update_to_reply"]
+    title = "Soak" if "soak" in result else "Load"
     lines = [
-        "## Load: photos from many users through the emulator, real bot and one worker\n",
+        f"## {title}: photos from many users through the emulator, real bot and one worker\n",
         f"{result['photos']} photos from {result['users']} users, each sending its next photo "
         f"as soon as the previous one is answered (closed loop: the stack sets the rate); "
         f"{result['machine']}.\n",
