@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/service_bench.py
 	$(PY) bench/bot_bench.py
 
-# Every fault, bad-input, security and load scenario at full size (about 20 min on 2 cores);
+# Every fault, bad-input, security and load scenario at full size (about 8 min on 2 cores);
 # rewrites the table in docs/RELIABILITY.md. CI runs the reduced form inside `make test`.
 reliability: $(STAMP)
 	$(PY) bench/reliability.py
