@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(PY) bench/retrain_bench.py
 	$(PY) bench/service_bench.py
 	$(PY) bench/bot_bench.py
+	$(PY) bench/engine_bench.py
+	$(PY) bench/load_bench.py
 
 # Every fault, bad-input, security and load scenario at full size (about 8 min on 2 cores);
 # rewrites the table in docs/RELIABILITY.md. CI runs the reduced form inside `make test`.
