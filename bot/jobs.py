@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from typing import Any
@@ -54,7 +53,7 @@ async def submit(
     job.link_error(task(context, contract.REPLY_FAILED, **reply_kwargs))
     chain = job | task(context, contract.REPLY, **reply_kwargs)
     if outbox_id is not None:
-        entry = json.dumps(contract.OutboxEntry(signature=json.loads(json.dumps(chain))).to_dict())
+        entry = contract.OutboxEntry(signature=chain).to_json()
         async with redis_of(context).pipeline(transaction=True) as pipe:
             pipe.hset(contract.OUTBOX_JOBS, outbox_id, entry)
             pipe.zadd(contract.OUTBOX_DUE, {outbox_id: time.time()})

@@ -287,8 +287,7 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
 
 def _outbox_entry(client: redis.Redis, outbox_id: str, signature: dict[str, Any]) -> None:
     """What the bot writes before it publishes a classify chain (bot/jobs.py)."""
-    entry = contract.OutboxEntry(signature=json.loads(json.dumps(signature)))
-    client.hset(contract.OUTBOX_JOBS, outbox_id, json.dumps(entry.to_dict()))
+    client.hset(contract.OUTBOX_JOBS, outbox_id, contract.OutboxEntry(signature).to_json())
     client.zadd(contract.OUTBOX_DUE, {outbox_id: time.time()})
 
 

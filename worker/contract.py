@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -231,3 +232,12 @@ class OutboxEntry(_Payload):
 
     signature: dict[str, Any]
     attempts: int = 0  # re-publications so far
+
+    def to_json(self) -> str:
+        """The JSON stored in OUTBOX_JOBS; a Celery signature (a dict) serialises as it is."""
+        return json.dumps({"signature": self.signature, "attempts": self.attempts})
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Inverse of `to_json`."""
+        return cls.from_dict(json.loads(text))

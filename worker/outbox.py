@@ -10,7 +10,6 @@ classify job is harmless: the reply is keyed and sent once.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -55,7 +54,7 @@ def sweep(
         if raw is None:  # answered meanwhile
             client.zrem(contract.OUTBOX_DUE, outbox_id)
             continue
-        entry = contract.OutboxEntry.from_dict(json.loads(raw))
+        entry = contract.OutboxEntry.from_json(raw)
         if entry.attempts >= max_attempts:
             log.error(
                 "job %s unanswered after %d re-publications; giving up", outbox_id, max_attempts
@@ -63,7 +62,7 @@ def sweep(
             done(client, outbox_id)
             continue
         again = contract.OutboxEntry(entry.signature, entry.attempts + 1)
-        client.pipeline().hset(contract.OUTBOX_JOBS, outbox_id, json.dumps(again.to_dict())).zadd(
+        client.pipeline().hset(contract.OUTBOX_JOBS, outbox_id, again.to_json()).zadd(
             contract.OUTBOX_DUE, {outbox_id: now}
         ).execute()
         log.warning("job %s unanswered for %.0f s: publishing it again", outbox_id, rescue_after)
