@@ -45,9 +45,30 @@ async def poll(application: Application, timeout: int = POLL_TIMEOUT) -> None:
         backoff = 1.0
         if not updates:
             continue
-        await asyncio.gather(*(application.process_update(update) for update in updates))
+        await handle_batch(application, updates)
         await guards.mark_handled(application, updates)
         offset = updates[-1].update_id + 1
+
+
+async def handle_batch(application: Application, updates: tuple[Update, ...]) -> None:
+    """Handle a batch: each chat's updates in order, different chats concurrently."""
+    await asyncio.gather(*(_in_order(application, chat) for chat in _by_chat(updates)))
+
+
+def _by_chat(updates: tuple[Update, ...]) -> list[list[Update]]:
+    """Group a batch by chat, keeping Telegram's order within each chat."""
+    chats: dict[object, list[Update]] = {}
+    for update in updates:
+        chat = update.effective_chat
+        key = ("chat", chat.id) if chat else ("update", update.update_id)
+        chats.setdefault(key, []).append(update)
+    return list(chats.values())
+
+
+async def _in_order(application: Application, updates: list[Update]) -> None:
+    # One after another, so a chat's "/start" then "/help" are answered in that order.
+    for update in updates:
+        await application.process_update(update)
 
 
 async def run(application: Application) -> None:

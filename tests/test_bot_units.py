@@ -1,16 +1,21 @@
-"""Bot pieces without any service: options, language, texts, keyboards, settings, handlers."""
+"""Bot pieces without Redis or workers: options, language, texts, keyboards, settings, handlers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from telegram import Update
+from telegram.ext import ApplicationBuilder, MessageHandler, filters
 
 from bot import render
 from bot.app import build_app
 from bot.handlers.admin import OptionsError, parse_retrain_options
 from bot.i18n import STRINGS, pick_language, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
+from bot.playground import PLAYGROUND_TOKEN
+from bot.polling import handle_batch
 from bot.settings import BotSettings
 from worker import contract
 from worker.settings import WorkerSettings
@@ -123,3 +128,43 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     assert bot.telegram_bot_token is None and worker.telegram_bot_token is None
     assert bot.telegram_api_url == worker.telegram_api_url == "https://api.telegram.org"
     assert bot.playground_port == 8081 and worker.redis_url is None
+
+
+def test_batch_keeps_each_chats_order_and_runs_chats_concurrently(emulator_url: str) -> None:
+    """A slow first update holds back the rest of its chat, but not another chat's updates."""
+    application = (
+        ApplicationBuilder().token(PLAYGROUND_TOKEN).base_url(f"{emulator_url}/bot").build()
+    )
+    handled: list[tuple[int, str]] = []
+
+    async def record(update: Update, _: object) -> None:
+        message = update.effective_message
+        assert message is not None and message.text is not None
+        if message.text == "slow":
+            await asyncio.sleep(0.2)
+        handled.append((message.chat_id, message.text))
+
+    application.add_handler(MessageHandler(filters.TEXT, record))
+    texts = [(1, "slow"), (2, "a"), (1, "fast"), (2, "b")]
+    updates = tuple(
+        Update.de_json(
+            {
+                "update_id": number,
+                "message": {
+                    "message_id": number,
+                    "date": 0,
+                    "chat": {"id": chat, "type": "private"},
+                    "text": text,
+                },
+            },
+            application.bot,
+        )
+        for number, (chat, text) in enumerate(texts)
+    )
+
+    async def main() -> None:
+        async with application:
+            await handle_batch(application, updates)
+
+    asyncio.run(main())
+    assert handled == [(2, "a"), (2, "b"), (1, "slow"), (1, "fast")]
