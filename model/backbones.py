@@ -8,6 +8,7 @@ or not (tfhub.dev / Kaggle URL, local SavedModel directory), is then loaded with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -324,16 +325,33 @@ class Backbone:
         return np.concatenate(features), np.concatenate(logits) if with_logits else None
 
 
+def imagenet_head(module: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ImageNet classifier (kernel [D,1000], bias) on a named backbone's features, else None."""
+    if not hasattr(module, "features_and_logits"):
+        return None
+    found = {v.name.split(":")[0]: v.numpy() for v in module.variables}
+    return found["classifier_kernel"], found["classifier_bias"]
+
+
 def load_backbone(handle: str = DEFAULT_BACKBONE, home: Path | None = None) -> Backbone:
     """Load a named backbone (exported under `home` on first use) or any TF Hub handle."""
     resolved = resolve_handle(handle, home or default_home())
-    module = hub.load(resolved)
-    probe = module(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))  # also traces the function once
+    identity = _identity(handle, resolved)
+    module, feature_dim = _load_module(resolved, identity)
     return Backbone(
         handle=handle,
         path=resolved,
-        identity=_identity(handle, resolved),
-        feature_dim=int(probe.shape[-1]),
+        identity=identity,
+        feature_dim=feature_dim,
         has_imagenet=hasattr(module, "features_and_logits"),
         module=module,
     )
+
+
+# A worker retrains again and again: loading and tracing a backbone costs most of a second.
+# Keyed by identity too, so a local SavedModel changed in place is loaded afresh.
+@functools.lru_cache(maxsize=4)
+def _load_module(resolved: str, identity: str) -> tuple[Any, int]:
+    module = hub.load(resolved)
+    probe = module(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))  # also traces the function once
+    return module, int(probe.shape[-1])

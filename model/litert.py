@@ -1,10 +1,13 @@
 """CPU inference through LiteRT (the TFLite interpreter with its XNNPACK delegate).
 
-Conversion: a backbone (for bottleneck extraction), or a backbone with its softmax head and the
-ImageNet logits of the pet gate (for serving), becomes a .tflite file in float or full int8 form.
-Full int8 is calibrated on real photos and keeps float32 inputs and outputs, so both forms take
-the same pixels as the TensorFlow path. The graphs stop at logits; `classification` turns them
-into the dict `ClassifierModule.classify_images` returns, so the two engines share one interface.
+A model runs as three .tflite files: the backbone (pixels -> features), then on its features the
+softmax head and the pet gate (the backbone's ImageNet classifier), each in float or full int8
+form. The backbone files depend only on the backbone (float) or on the calibration photos (int8),
+so they are converted once into BREEDBOT_HOME and a version gets its own links to them; only its
+small head is converted per version. Full int8 is calibrated on real photos and keeps float32
+inputs and outputs, so both forms take the same pixels as the TensorFlow path. The graphs stop at
+logits; `classification` turns them into the dict `ClassifierModule.classify_images` returns, so
+the two engines share one interface.
 
 Runtime: `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated). An
 interpreter is not thread-safe, so a `Runner` keeps one per calling thread.
@@ -12,12 +15,14 @@ interpreter is not thread-safe, so a `Runner` keeps one per calling thread.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +30,27 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from model import backbones, imagenet, serving
+from model import backbones, imagenet
 from model.images import IMAGE_SIZE, to_float
 
 ENGINES = ("auto", "tf", "litert")
 FLOAT, INT8 = "float", "int8"
 PRECISIONS = (FLOAT, INT8)
 
-# Inside a version folder, next to the SavedModel.
+# Inside a version folder, next to the SavedModel: one file per part and precision.
 VERSION_DIR = "litert"
-CLASSIFIER_FILES = {FLOAT: "classifier_float.tflite", INT8: "classifier_int8.tflite"}
+BACKBONE, HEAD, GATE = "backbone", "head", "gate"
 # Under BREEDBOT_HOME, one folder per backbone identity.
 FEATURES_FILE = "features_float.tflite"
-ZERO_SHOT_FILE = "zero_shot_float.tflite"
+GATE_FILE = "gate_float.tflite"
 # Bump when the converted graphs change, so stale conversions in BREEDBOT_HOME are not reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 # Interpreter batch per precision, from photos/s on 2 cores with real photos at batch 1, 4, 8, 32:
 # float 190, 193, 179, 166 (XNNPACK float gains nothing from batching); int8 390, 402, 438, 430.
 BATCH_SIZES = {FLOAT: 1, INT8: 8}
+# Rows per call of the head and the gate: a matrix product, so one call per batch.
+FEATURE_BATCH = 32
 # Photos of the version's training split that calibrate its int8 form. On pets-dev, 16, 64 and 256
 # gave 99.7, 99.5 and 99.5 % top-1 agreement with float over all 599 photos, for 2.6, 5 and 15 s.
 CALIBRATION_IMAGES = 32
@@ -54,6 +61,7 @@ MAX_INT8_ACCURACY_LOSS = 0.01
 MIN_INT8_AGREEMENT = 0.98
 
 _IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
+_PET_IDS = list(imagenet.PET_CLASS_IDS)
 _PET_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.PET_CLASS_IDS)
 
 
@@ -76,23 +84,19 @@ def features_graph(backbone: Any) -> tf.types.experimental.ConcreteFunction:
     return features.get_concrete_function()
 
 
-def classifier_graph(
-    backbone: Any, kernel: np.ndarray, bias: np.ndarray, *, head_on_logits: bool = False
+def dense_graph(
+    kernel: np.ndarray, bias: np.ndarray, output: str
 ) -> tf.types.experimental.ConcreteFunction:
-    """images -> {"logits" of the head, "imagenet_logits" of the pet gate when there are any}."""
+    """features -> {output: features @ kernel + bias}: a head or the pet gate."""
     kernel = tf.constant(kernel, tf.float32)
     bias = tf.constant(bias, tf.float32)
-    has_imagenet = hasattr(backbone, "features_and_logits")
+    spec = tf.TensorSpec([None, kernel.shape[0]], tf.float32, name="features")
 
-    @tf.function(input_signature=[_IMAGES_SPEC], autograph=False)
-    def logits(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        if not has_imagenet:
-            return {"logits": tf.matmul(backbone(images), kernel) + bias}
-        out = backbone.features_and_logits(images)
-        head_in = out["logits"] if head_on_logits else out["feature_vector"]
-        return {"logits": tf.matmul(head_in, kernel) + bias, "imagenet_logits": out["logits"]}
+    @tf.function(input_signature=[spec], autograph=False)
+    def dense(features: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {output: tf.matmul(features, kernel) + bias}
 
-    return logits.get_concrete_function()
+    return dense.get_concrete_function()
 
 
 def convert(
@@ -101,17 +105,21 @@ def convert(
     path: Path,
     calibration: np.ndarray | None = None,
 ) -> Path:
-    """Write `graph` as float .tflite, or as full int8 calibrated on `calibration` pixels.
+    """Write `graph` as float .tflite, or as full int8 calibrated on `calibration` inputs.
 
-    `owner` is the object holding the graph's variables. int8 keeps float32 inputs and outputs.
+    `owner` is the object holding the graph's variables (None for constants only). int8 keeps
+    float32 inputs and outputs.
     The file is written under a temporary name and renamed, so readers never see a partial one.
     """
+    # The converter saves the graph through its owner (without one it takes a deprecated path
+    # that drops the signature); a graph of constants only needs an empty one.
+    owner = tf.Module() if owner is None else owner
     converter = tf.lite.TFLiteConverter.from_concrete_functions([graph], owner)
     if calibration is not None:
         if len(calibration) == 0:
             raise ValueError("int8 calibration needs at least one photo")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        converter.representative_dataset = lambda: ([row[None]] for row in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     write_atomically(Path(path), converter.convert())
     return Path(path)
@@ -138,10 +146,10 @@ def home_dir(home: Path, backbone_identity: str) -> Path:
 
 
 class Runner:
-    """A .tflite model run batch-wise, one interpreter per calling thread.
+    """A .tflite model with one input, run batch-wise, one interpreter per calling thread.
 
     Each interpreter keeps one input batch size: resizing one re-plans XNNPACK (up to a second),
-    so a batch runs as full chunks of `batch_size` and the remainder one image at a time.
+    so a batch runs as full chunks of `batch_size` and the remainder one row at a time.
     """
 
     def __init__(self, path: Path, *, num_threads: int | None = None, batch_size: int = 1):
@@ -149,7 +157,9 @@ class Runner:
         self.num_threads = num_threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self._local = threading.local()
-        details = self._runner(1).get_output_details()
+        runner = self._runner(1)
+        (self.input_name,) = runner.get_input_details()
+        details = runner.get_output_details()
         self.output_dims = {name: tuple(d["shape"][1:]) for name, d in details.items()}
 
     def _runner(self, batch: int) -> Any:
@@ -166,17 +176,40 @@ class Runner:
         yield from ((s, self.batch_size) for s in range(0, full, self.batch_size))
         yield from ((s, 1) for s in range(full, n))
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for float32 images [N,224,224,3] in [0,1], concatenated over chunks."""
-        images = np.ascontiguousarray(images, np.float32)
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a float32 batch (pixels in [0,1] or features), over all chunks."""
+        inputs = np.ascontiguousarray(inputs, np.float32)
         parts: dict[str, list[np.ndarray]] = {
             name: [np.zeros((0, *dims), np.float32)] for name, dims in self.output_dims.items()
         }
-        for start, size in self._chunks(len(images)):
-            out = self._runner(size)(images=images[start : start + size])
+        for start, size in self._chunks(len(inputs)):
+            out = self._runner(size)(**{self.input_name: inputs[start : start + size]})
             for name, chunks in parts.items():
                 chunks.append(out[name])
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+class Pipeline:
+    """Backbone, then the head and the pet gate on its features: one model's files as one call.
+
+    Without a head (the zero-shot model) the logits are the gate's on the ImageNet pet classes;
+    without a gate (a backbone with no ImageNet classifier) the gate is unknown.
+    """
+
+    def __init__(self, backbone: Runner, head: Runner | None, gate: Runner | None):
+        self.backbone, self.head, self.gate = backbone, head, gate
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Head logits and, when there is a gate, ImageNet logits for float32 pixels."""
+        features = self.backbone(images)["feature_vector"]
+        out = {}
+        if self.gate is not None:
+            out["imagenet_logits"] = self.gate(features)["imagenet_logits"]
+        if self.head is not None:
+            out["logits"] = self.head(features)["logits"]
+        else:
+            out["logits"] = out["imagenet_logits"][:, _PET_IDS]
+        return out
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -213,8 +246,83 @@ def int8_decision(
     return INT8 if n_test > 0 and keeps_accuracy and agrees else FLOAT
 
 
+def part_file(part: str, precision: str) -> str:
+    """File name of one part (backbone, head, gate) in one precision inside VERSION_DIR."""
+    return f"{part}_{precision}.tflite"
+
+
+def _once(path: Path, make: Callable[[Path], object]) -> Path:
+    """`path` in BREEDBOT_HOME, made by `make` unless an earlier run made it."""
+    if not path.is_file():  # only ever created by an atomic rename, so it is complete
+        make(path)
+    return path
+
+
+def features_file(backbone: backbones.Backbone, home: Path) -> Path:
+    """The backbone as LiteRT float, converted once into BREEDBOT_HOME."""
+    return _once(
+        home_dir(home, backbone.identity) / FEATURES_FILE,
+        lambda path: convert(features_graph(backbone.module), backbone.module, path),
+    )
+
+
+def gate_file(backbone: backbones.Backbone, home: Path) -> Path | None:
+    """The pet gate (ImageNet logits on features) as LiteRT float, made once; None if absent."""
+    weights = backbones.imagenet_head(backbone.module)
+    if weights is None:
+        return None
+    return _once(
+        home_dir(home, backbone.identity) / GATE_FILE,
+        lambda path: convert(dense_graph(*weights, "imagenet_logits"), None, path),
+    )
+
+
+def int8_files(
+    backbone: backbones.Backbone, home: Path, photos: np.ndarray, features: np.ndarray
+) -> dict[str, Path]:
+    """Backbone and gate as full int8, calibrated on `photos` (and their float `features`).
+
+    Named by the photos' content, so a retrain on the same data reuses them and one on other
+    data never does.
+    """
+    tag = hashlib.sha256(np.ascontiguousarray(photos, np.uint8).tobytes()).hexdigest()[:16]
+    where = home_dir(home, backbone.identity)
+    files = {
+        BACKBONE: _once(
+            where / f"features_int8-{tag}.tflite",
+            lambda path: convert(
+                features_graph(backbone.module), backbone.module, path, to_float(photos)
+            ),
+        )
+    }
+    weights = backbones.imagenet_head(backbone.module)
+    if weights is not None:
+        files[GATE] = _once(
+            where / f"gate_int8-{tag}.tflite",
+            lambda path: convert(dense_graph(*weights, "imagenet_logits"), None, path, features),
+        )
+    return files
+
+
+def forget_int8(home: Path, backbone_identity: str) -> None:
+    """Delete the int8 conversions cached for one backbone; each retrain remakes what it needs."""
+    for path in home_dir(home, backbone_identity).glob("*_int8-*.tflite"):
+        path.unlink(missing_ok=True)
+
+
+def _place(source: Path, target: Path) -> Path:
+    """Put a BREEDBOT_HOME file into a version folder: a hard link, or a copy across devices."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
 def export_version(
-    backbone: Any,
+    backbone: backbones.Backbone,
+    home: Path,
     kernel: np.ndarray,
     bias: np.ndarray,
     directory: Path,
@@ -224,29 +332,40 @@ def export_version(
     *,
     num_threads: int | None = None,
 ) -> dict:
-    """Write a version's float and int8 classifiers, measure both on its test split, decide.
+    """Write a version's float and int8 LiteRT files, measure both on its test split, decide.
 
     `calibration` and `test_photos` are decoded uint8 photos [N,224,224,3]: the calibration
-    ones are the version's own training images. The returned dict goes into metrics.json; its
-    "served" entry is the precision to serve.
+    ones are the version's own training images; the int8 head and gate are calibrated on their
+    float features. Only the head is converted here: the backbone and gate files come from
+    BREEDBOT_HOME (see `int8_files`). The returned dict goes into metrics.json; its "served"
+    entry is the precision to serve.
     """
+    if len(calibration) == 0:
+        raise ValueError("int8 calibration needs at least one photo")
     started = time.perf_counter()
-    graph = classifier_graph(backbone, kernel, bias)
     directory = Path(directory)
-    paths = {
-        FLOAT: convert(graph, backbone, directory / CLASSIFIER_FILES[FLOAT]),
-        INT8: convert(graph, backbone, directory / CLASSIFIER_FILES[INT8], to_float(calibration)),
+    float_backbone = features_file(backbone, home)
+    features = Runner(float_backbone, num_threads=num_threads)(to_float(calibration))
+    shared = {(BACKBONE, FLOAT): float_backbone}
+    gate = gate_file(backbone, home)
+    if gate is not None:
+        shared[GATE, FLOAT] = gate
+    int8 = int8_files(backbone, home, calibration, features["feature_vector"])
+    shared.update({(part, INT8): path for part, path in int8.items()})
+    files = {
+        (part, p): _place(path, directory / part_file(part, p))
+        for (part, p), path in shared.items()
     }
+    head = dense_graph(kernel, bias, "logits")
+    for p, inputs in ((FLOAT, None), (INT8, features["feature_vector"])):
+        files[HEAD, p] = convert(head, None, directory / part_file(HEAD, p), inputs)
     convert_seconds = time.perf_counter() - started
-    runners = {
-        p: Runner(path, num_threads=num_threads, batch_size=BATCH_SIZES[p])
-        for p, path in paths.items()
-    }
-    top1: dict[str, list[np.ndarray]] = {p: [np.zeros(0, np.int64)] for p in paths}
+    pipelines = {p: version_pipeline(directory, p, num_threads=num_threads) for p in PRECISIONS}
+    top1: dict[str, list[np.ndarray]] = {p: [np.zeros(0, np.int64)] for p in PRECISIONS}
     for start in range(0, len(test_photos), EVAL_BATCH):
         pixels = to_float(test_photos[start : start + EVAL_BATCH])
-        for p, runner in runners.items():
-            top1[p].append(runner(pixels)["logits"].argmax(1))
+        for p, pipeline in pipelines.items():
+            top1[p].append(pipeline(pixels)["logits"].argmax(1))
     guess = {p: np.concatenate(chunks) for p, chunks in top1.items()}
     n = len(test_labels)
     accuracy = {p: float((g == test_labels).mean()) if n else 0.0 for p, g in guess.items()}
@@ -263,13 +382,29 @@ def export_version(
         "convert_seconds": round(convert_seconds, 3),
         **{
             p: {
-                "file": f"{VERSION_DIR}/{path.name}",
-                "bytes": path.stat().st_size,
+                "files": [f"{VERSION_DIR}/{path.name}" for (_, q), path in files.items() if q == p],
+                "bytes": sum(path.stat().st_size for (_, q), path in files.items() if q == p),
                 "test_accuracy": round(accuracy[p], 4),
             }
-            for p, path in paths.items()
+            for p in PRECISIONS
         },
     }
+
+
+def version_pipeline(
+    directory: Path, precision: str, *, num_threads: int | None = None
+) -> Pipeline | None:
+    """A version's LiteRT model in one precision, or None if the folder lacks its files."""
+    path = {part: Path(directory) / part_file(part, precision) for part in (BACKBONE, HEAD, GATE)}
+    if not (path[BACKBONE].is_file() and path[HEAD].is_file()):
+        return None
+    return Pipeline(
+        Runner(path[BACKBONE], num_threads=num_threads, batch_size=BATCH_SIZES[precision]),
+        Runner(path[HEAD], num_threads=num_threads, batch_size=FEATURE_BATCH),
+        Runner(path[GATE], num_threads=num_threads, batch_size=FEATURE_BATCH)
+        if path[GATE].is_file()
+        else None,
+    )
 
 
 def features_runner(
@@ -280,24 +415,18 @@ def features_runner(
     batch_size: int = 1,
 ) -> Runner:
     """The LiteRT float twin of `backbone.features`, converted once into BREEDBOT_HOME."""
-    path = home_dir(home, backbone.identity) / FEATURES_FILE
-    if not path.is_file():  # only ever created by an atomic rename, so it is complete
-        convert(features_graph(backbone.module), backbone.module, path)
-    return Runner(path, num_threads=num_threads, batch_size=batch_size)
+    return Runner(features_file(backbone, home), num_threads=num_threads, batch_size=batch_size)
 
 
-def zero_shot_runner(
-    backbone: backbones.Backbone,
-    home: Path,
-    *,
-    num_threads: int | None = None,
-    batch_size: int = 1,
-) -> Runner:
+def zero_shot_pipeline(
+    backbone: backbones.Backbone, home: Path, *, num_threads: int | None = None
+) -> Pipeline:
     """The zero-shot pet model (ImageNet head on its pet classes) as LiteRT float, made once."""
-    path = home_dir(home, backbone.identity) / ZERO_SHOT_FILE
-    if not path.is_file():
-        module = serving.zero_shot_module(backbone.module, [])  # labels are not in the graph
-        kernel, bias = module.kernel.numpy(), module.bias.numpy()
-        graph = classifier_graph(backbone.module, kernel, bias, head_on_logits=True)
-        convert(graph, backbone.module, path)
-    return Runner(path, num_threads=num_threads, batch_size=batch_size)
+    gate = gate_file(backbone, home)
+    if gate is None:
+        raise ValueError(f"{backbone.handle} has no ImageNet classifier to answer zero-shot with")
+    return Pipeline(
+        features_runner(backbone, home, num_threads=num_threads),
+        None,
+        Runner(gate, num_threads=num_threads, batch_size=FEATURE_BATCH),
+    )

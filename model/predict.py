@@ -140,8 +140,8 @@ def _tf_classify(module: tf.Module) -> ClassifyFn:
     return classify
 
 
-def _litert_classify(runner: litert.Runner) -> ClassifyFn:
-    return lambda pixels: litert.classification(runner(pixels))
+def _litert_classify(pipeline: litert.Pipeline) -> ClassifyFn:
+    return lambda pixels: litert.classification(pipeline(pixels))
 
 
 def served_precision(model_dir: Path) -> str | None:
@@ -181,19 +181,19 @@ def load_classifier(
             return Classifier(_tf_classify(module), labels, names, None, engine="tf")
         if precision == litert.INT8:
             raise ValueError("the zero-shot model has no int8 form (nothing to calibrate it on)")
-        runner = litert.zero_shot_runner(bb, home, num_threads=num_threads)
-        return Classifier(_litert_classify(runner), labels, names, None, engine="litert-float")
+        pipeline = litert.zero_shot_pipeline(bb, home, num_threads=num_threads)
+        return Classifier(_litert_classify(pipeline), labels, names, None, engine="litert-float")
     model_dir = Path(model_dir)
     labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
     if engine == "litert":
         chosen = served_precision(model_dir) if precision == "auto" else precision
-        path = model_dir / litert.VERSION_DIR / litert.CLASSIFIER_FILES[chosen] if chosen else None
-        if path and path.is_file():
-            batch = litert.BATCH_SIZES[chosen]
-            runner = litert.Runner(path, num_threads=num_threads, batch_size=batch)
+        pipeline = chosen and litert.version_pipeline(
+            model_dir / litert.VERSION_DIR, chosen, num_threads=num_threads
+        )
+        if pipeline:
             return Classifier(
-                _litert_classify(runner), labels, names, model_dir, engine=f"litert-{chosen}"
+                _litert_classify(pipeline), labels, names, model_dir, engine=f"litert-{chosen}"
             )
         log.warning("%s has no LiteRT %s model; serving it through TensorFlow", model_dir, chosen)
     module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))

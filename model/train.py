@@ -246,7 +246,8 @@ def retrain(
         module = serving.ClassifierModule(backbone.module, trained.kernel, trained.bias, labels)
         serving.save(module, work / SAVED_MODEL_DIR)
         litert_report = litert.export_version(
-            backbone.module,
+            backbone,
+            home,
             trained.kernel,
             trained.bias,
             work / litert.VERSION_DIR,

@@ -105,8 +105,11 @@ def test_version_ships_litert_files_and_records_the_decision(pets_version: Path)
     assert report["extraction_engine"] == "litert"
     lite = report["litert"]
     for precision in litert.PRECISIONS:
-        path = pets_version / lite[precision]["file"]
-        assert path.is_file() and path.stat().st_size == lite[precision]["bytes"]
+        paths = [pets_version / name for name in lite[precision]["files"]]
+        parts = (litert.BACKBONE, litert.HEAD, litert.GATE)
+        expected = sorted(litert.part_file(part, precision) for part in parts)
+        assert sorted(p.name for p in paths) == expected
+        assert sum(p.stat().st_size for p in paths) == lite[precision]["bytes"]
     assert lite["int8"]["bytes"] < lite["float"]["bytes"] / 3
     assert lite["calibration_images"] == litert.CALIBRATION_IMAGES
     assert lite["n_test"] == report["n_test"]
@@ -120,6 +123,27 @@ def test_version_ships_litert_files_and_records_the_decision(pets_version: Path)
     )
     assert lite["served"] == expected
     assert load_classifier(pets_version).engine == f"litert-{expected}"
+
+
+def test_backbone_conversions_are_shared_and_keyed_by_calibration_photos(
+    pets_version: Path, backbone: backbones.Backbone, breedbot_home: Path, datasets: Path
+) -> None:
+    """A version links the backbone files of BREEDBOT_HOME; int8 is made once per photo set."""
+    home_files = litert.home_dir(breedbot_home, backbone.identity)
+    version_files = pets_version / litert.VERSION_DIR
+    linked = version_files / litert.part_file(litert.BACKBONE, litert.FLOAT)
+    assert linked.stat().st_ino == (home_files / litert.FEATURES_FILE).stat().st_ino
+    int8 = version_files / litert.part_file(litert.BACKBONE, litert.INT8)
+    (source,) = [p for p in home_files.glob("features_int8-*") if p.samefile(int8)]
+    files = sorted((datasets / "flowers-dev" / "tulips").iterdir())[:2]
+    photos = np.stack([imagelib.decode_image(f.read_bytes()) for f in files])
+    vectors = litert.features_runner(backbone, breedbot_home)(imagelib.to_float(photos))
+    made = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
+    assert made[litert.BACKBONE] != source and made[litert.BACKBONE].is_file()
+    stamps = {part: path.stat().st_mtime_ns for part, path in made.items()}
+    again = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
+    assert {part: path.stat().st_mtime_ns for part, path in again.items()} == stamps
+    assert set(made) == {litert.BACKBONE, litert.GATE}
 
 
 def test_int8_decision_reproduced_through_predict(
