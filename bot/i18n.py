@@ -52,6 +52,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_admin": "Sorry, only admins can do that.",
         "retrain_usage": "Send /retrain with a .zip attached, or reply to a .zip with /retrain.",
         "retrain_bad_options": "I could not read these options:\n{problems}",
+        "option_unknown": "{word}: unknown option (known: {known})",
+        "option_invalid": "{option}: {raw!r} is not a valid {kind}",
+        "option_range": "{option}={raw}: out of range ({low}…{high})",
+        "option_merge": "merge=1 only goes with /retrain feedback",
         "retrain_queued": "⏳ Retrain queued…",
         "progress_download": "⬇️ Downloading the dataset…",
         "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
@@ -124,6 +128,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_admin": "Desculpe, só administradores podem fazer isso.",
         "retrain_usage": "Mande /retrain com um .zip anexado, ou responda a um .zip com /retrain.",
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
+        "option_unknown": "{word}: opção desconhecida (conhecidas: {known})",
+        "option_invalid": "{option}: {raw!r} não é um {kind} válido",
+        "option_range": "{option}={raw}: fora do intervalo ({low}…{high})",
+        "option_merge": "merge=1 só vale junto com /retrain feedback",
         "retrain_queued": "⏳ Retreino na fila…",
         "progress_download": "⬇️ Baixando o conjunto de dados…",
         "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
@@ -147,6 +155,80 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "o arquivo está cortado (incompleto)",
         "error_codes.too_large": "a imagem é grande demais",
         "error_codes.too_small": "a imagem é pequena demais",
+    },
+}
+
+# Problems the worker reports (dataset, accuracy gate, registry, storage, download) by code, with
+# the values it sends; English is the worker's own text, so only other languages are listed here.
+PROBLEMS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "zip_empty": (
+            "O arquivo zip está vazio: coloque nele as pastas das classes ou o labels.csv."
+        ),
+        "zip_too_many_files": (
+            "Zip recusado: {files} arquivos, o limite é {limit}. Envie menos imagens."
+        ),
+        "zip_too_large": (
+            "Zip recusado: descompactado, ele ocupa {total} bytes; o limite é {limit}."
+        ),
+        "zip_encrypted": "O arquivo zip está protegido por senha ({name!r}); envie-o sem senha.",
+        "zip_bomb": (
+            "Zip recusado: {name!r} se expande de {packed} para {size} bytes, mais de {ratio}x "
+            "(uma bomba zip?)."
+        ),
+        "zip_lying_header": "Zip recusado: {name!r} descompacta mais do que o cabeçalho diz.",
+        "zip_unreadable": "Não consigo ler o arquivo zip: {detail}",
+        "csv_column": "{csv} precisa de uma coluna chamada {wanted}; o cabeçalho é {header}.",
+        "csv_no_image_dir": "A pasta de imagens {folder} do {csv} não existe.",
+        "csv_not_utf8": "{csv} não é texto UTF-8: {detail}",
+        "csv_files_missing": (
+            "Nenhum dos {rows} arquivos listados em {csv} foi encontrado em {folder} "
+            "(primeiro: {first}). Coloque as imagens ao lado dele ou em train/."
+        ),
+        "class_control_characters": (
+            "O nome de classe {label!r} contém caracteres de controle; renomeie-o."
+        ),
+        "class_names_clash": (
+            "As classes {first!r} e {second!r} apareceriam ambas como {shown!r}; renomeie ou "
+            "junte as duas."
+        ),
+        "not_found": "{source} não existe.",
+        "not_folder_or_zip": "{name} não é uma pasta nem um arquivo zip.",
+        "no_images": "Nenhuma imagem utilizável em {folder}.",
+        "no_usable_images": (
+            "Nenhuma imagem utilizável em {folder} ({skipped} arquivos ignorados, por exemplo "
+            "{example}: {reason})."
+        ),
+        "one_class": (
+            "São necessárias pelo menos 2 classes, encontrei {found}: {classes}. Coloque as "
+            "imagens de cada classe numa pasta própria."
+        ),
+        "too_few_images": "Cada classe precisa de pelo menos {min} imagens utilizáveis: {short}.",
+        "no_known_classes": (
+            "Nenhuma das classes em {folder} é conhecida pelo modelo (ele conhece: {known}...)."
+        ),
+        "no_training_images": (
+            "Não sobrou imagem de treino legível para a(s) classe(s) {classes}; adicione mais "
+            "imagens ou remova a classe."
+        ),
+        "below_required_accuracy": (
+            "a acurácia de teste {accuracy:.1%} está abaixo da exigida, {required:.1%}; nenhum "
+            "modelo foi gravado"
+        ),
+        "below_minimum": "a acurácia de teste {accuracy:.1%} está abaixo do mínimo {minimum:.1%}",
+        "below_active": (
+            "a acurácia de teste {accuracy:.1%} está abaixo dos {active_accuracy:.1%} da versão "
+            "ativa {version} no mesmo conjunto de teste"
+        ),
+        "no_such_version": "não existe a versão {version} do modelo",
+        "nothing_to_roll_back_to": "não há versão ativa anterior para onde voltar",
+        "storage": (
+            "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
+            "não mudou"
+        ),
+        "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
+        "too_large": "o arquivo passa do limite de {limit_mb} MB",
+        "fetch_failed": "não consegui baixar o arquivo",
     },
 }
 
@@ -174,3 +256,14 @@ def error_reason(language: str, code: str, message: str | None) -> str:
     """Why an image was rejected, translated from its `ImageError` code when we know the code."""
     key = f"error_codes.{code}"
     return t(language, key) if key in STRINGS[DEFAULT_LANGUAGE] else (message or code)
+
+
+def problem_text(language: str, code: str | None, params: dict[str, object], english: str) -> str:
+    """A problem the worker reported, worded in `language`; its English text when we cannot."""
+    template = PROBLEMS.get(language, {}).get(code or "")
+    if template is None:
+        return english
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError, ValueError):  # a worker of another release sent other values
+        return english

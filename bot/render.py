@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from bot.i18n import error_reason, percent, t
+from bot.i18n import error_reason, percent, problem_text, t
 from worker.contract import ClassifyResult, Guess, Progress, RetrainResult
 
 
@@ -91,8 +91,9 @@ def progress_text(progress: Progress, language: str) -> str:
 
 def retrain_text(result: RetrainResult, language: str) -> str:
     """The final status of a retrain: accuracy, weakest classes and whether it went live."""
+    reason = problem_text(language, result.problem, result.params, result.reason)
     if result.error or result.version is None:
-        return t(language, "retrain_failed", reason=result.reason or result.error)
+        return t(language, "retrain_failed", reason=reason or result.error)
     lines = [
         t(language, "retrain_done", version=result.version, pct=percent(result.test_accuracy or 0))
     ]
@@ -103,5 +104,5 @@ def retrain_text(result: RetrainResult, language: str) -> str:
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:
-        lines.append(t(language, "retrain_not_live", reason=result.reason))
+        lines.append(t(language, "retrain_not_live", reason=reason))
     return "\n".join(lines)

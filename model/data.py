@@ -21,8 +21,10 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 from model.images import ImageError, probe_image
+from model.problems import Problem
 
 LABELS_CSV = "labels.csv"
 _IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -40,8 +42,56 @@ _Candidates = list[tuple[Path, str]]
 _Skipped = list[tuple[Path | str, str]]
 
 
-class DatasetError(ValueError):
+class DatasetError(Problem, ValueError):
     """A dataset that cannot be trained on; the message says what to fix."""
+
+    messages: ClassVar[dict[str, str]] = {
+        "zip_empty": "The zip archive is empty: put the class folders or labels.csv in it.",
+        "zip_too_many_files": (
+            "Zip refused: {files} files, the limit is {limit}. Upload fewer images."
+        ),
+        "zip_too_large": "Zip refused: it unpacks to {total} bytes, the limit is {limit}.",
+        "zip_encrypted": (
+            "The zip archive is password-protected ({name!r}); upload it without a password."
+        ),
+        "zip_bomb": (
+            "Zip refused: {name!r} expands {size} bytes from {packed}, more than {ratio}x "
+            "(a zip bomb?)."
+        ),
+        "zip_lying_header": "Zip refused: {name!r} unpacks to more than its header says.",
+        "zip_unreadable": "The zip archive cannot be read: {detail}",
+        "csv_column": "{csv} needs a column named {wanted}; its header is {header}.",
+        "csv_no_image_dir": "Image folder {folder} for {csv} does not exist.",
+        "csv_not_utf8": "{csv} is not UTF-8 text: {detail}",
+        "csv_files_missing": (
+            "None of the {rows} files listed in {csv} were found in {folder} (first: {first}). "
+            "Put the images next to it or in train/."
+        ),
+        "class_control_characters": "Class name {label!r} contains control characters; rename it.",
+        "class_names_clash": (
+            "Classes {first!r} and {second!r} would both be shown as {shown!r}; rename or merge "
+            "them."
+        ),
+        "not_found": "{source} does not exist.",
+        "not_folder_or_zip": "{name} is neither a folder nor a zip archive.",
+        "no_images": "No usable images found in {folder}.",
+        "no_usable_images": (
+            "No usable images found in {folder} ({skipped} files skipped, e.g. {example}: "
+            "{reason})."
+        ),
+        "one_class": (
+            "Need at least 2 classes, found {found}: {classes}. Put each class's images in its "
+            "own folder."
+        ),
+        "too_few_images": "Each class needs at least {min} usable images: {short}.",
+        "no_known_classes": (
+            "None of the classes in {folder} are known to the model (it knows: {known}...)."
+        ),
+        "no_training_images": (
+            "No readable training images left for class(es) {classes}; add more images or "
+            "remove the class."
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -132,29 +182,24 @@ def _check_central_directory(infos: list[zipfile.ZipInfo], limits: ZipLimits) ->
     """Refuse archives whose declared sizes already break the limits."""
     files = [info for info in infos if not _is_dir(info)]
     if not files:
-        raise DatasetError("The zip archive is empty: put the class folders or labels.csv in it.")
+        raise DatasetError("zip_empty")
     if len(files) > limits.max_files:
-        raise DatasetError(
-            f"Zip refused: {len(files)} files, the limit is {limits.max_files}. "
-            "Upload fewer images."
-        )
+        raise DatasetError("zip_too_many_files", files=len(files), limit=limits.max_files)
     total = sum(info.file_size for info in files)
     if total > limits.max_total_bytes:
-        raise DatasetError(
-            f"Zip refused: it unpacks to {total} bytes, the limit is {limits.max_total_bytes}."
-        )
+        raise DatasetError("zip_too_large", total=total, limit=limits.max_total_bytes)
     for info in files:
         if info.flag_bits & 0x1:
-            raise DatasetError(
-                f"The zip archive is password-protected ({info.filename!r}); "
-                "upload it without a password."
-            )
+            raise DatasetError("zip_encrypted", name=info.filename)
         if info.file_size > _RATIO_FLOOR and info.file_size > limits.max_ratio * max(
             info.compress_size, 1
         ):
             raise DatasetError(
-                f"Zip refused: {info.filename!r} expands {info.file_size} bytes from "
-                f"{info.compress_size}, more than {limits.max_ratio}x (a zip bomb?)."
+                "zip_bomb",
+                name=info.filename,
+                size=info.file_size,
+                packed=info.compress_size,
+                ratio=limits.max_ratio,
             )
 
 
@@ -170,9 +215,7 @@ def _copy_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> bool:
             # them. zipfile stops at the declared size today; this keeps a lying header harmless
             # even if that ever changes.
             if written > info.file_size:
-                raise DatasetError(
-                    f"Zip refused: {info.filename!r} unpacks to more than its header says."
-                )
+                raise DatasetError("zip_lying_header", name=info.filename)
             out.write(chunk)
         else:
             return True
@@ -216,7 +259,7 @@ def _extract_zip(archive: Path, target: Path, limits: ZipLimits) -> list[tuple[s
                 if reason:
                     skipped.append((info.filename, reason))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, zlib.error) as exc:
-        raise DatasetError(f"The zip archive cannot be read: {exc}") from exc
+        raise DatasetError("zip_unreadable", detail=str(exc)) from exc
     return skipped
 
 
@@ -268,15 +311,17 @@ def _pick_column(fieldnames: list[str], wanted: tuple[str, ...], csv_path: Path)
         if key in by_key:
             return by_key[key]
     raise DatasetError(
-        f"{csv_path.name} needs a column named {' or '.join(map(repr, wanted))}; "
-        f"its header is {fieldnames}."
+        "csv_column",
+        csv=csv_path.name,
+        wanted=" / ".join(map(repr, wanted)),
+        header=", ".join(map(repr, fieldnames)),
     )
 
 
 def _csv_candidates(csv_path: Path, image_dir: Path) -> tuple[list[str], _Candidates, _Skipped]:
     """Classes and files listed in a Kaggle-style labels.csv; unlisted and missing files skipped."""
     if not image_dir.is_dir():
-        raise DatasetError(f"Image folder {image_dir} for {csv_path.name} does not exist.")
+        raise DatasetError("csv_no_image_dir", folder=str(image_dir), csv=csv_path.name)
     files = [p for p in _walk_files(image_dir) if p != csv_path]
     by_name: dict[str, list[Path]] = defaultdict(list)
     for path in files:
@@ -313,11 +358,14 @@ def _csv_candidates(csv_path: Path, image_dir: Path) -> tuple[list[str], _Candid
                     used.add(matches[0])
                     listed.add((matches[0], label))
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv_path.name} is not UTF-8 text: {exc}") from exc
+        raise DatasetError("csv_not_utf8", csv=csv_path.name, detail=str(exc)) from exc
     if rows and len(missing) == rows:
         raise DatasetError(
-            f"None of the {rows} files listed in {csv_path.name} were found in {image_dir} "
-            f"(first: {missing[0][0]}, {missing[0][1]}). Put the images next to it or in train/."
+            "csv_files_missing",
+            rows=rows,
+            csv=csv_path.name,
+            folder=str(image_dir),
+            first=f"{missing[0][0]}, {missing[0][1]}",
         )
     skipped += missing + [(p, f"not listed in {csv_path.name}") for p in files if p not in used]
     return sorted(classes), candidates, skipped
@@ -341,12 +389,11 @@ def _check_classes(classes: list[str]) -> None:
     for label in classes:
         # Control characters and line breaks (not format characters: emoji need the ZWJ).
         if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label):
-            raise DatasetError(f"Class name {label!r} contains control characters; rename it.")
+            raise DatasetError("class_control_characters", label=label)
         key = unicodedata.normalize("NFC", display_name(label)).casefold()
         if key in seen:
             raise DatasetError(
-                f"Classes {seen[key]!r} and {label!r} would both be shown as "
-                f"{display_name(label)!r}; rename or merge them."
+                "class_names_clash", first=seen[key], second=label, shown=display_name(label)
             )
         seen[key] = label
 
@@ -362,12 +409,12 @@ def load_dataset(
     """Load a class-folder tree, a labels.csv layout or a zip of either; raise DatasetError."""
     source = Path(source)
     if not source.exists():
-        raise DatasetError(f"{source} does not exist.")
+        raise DatasetError("not_found", source=str(source))
     skipped: list[tuple[str, str]] = []
     root, extracted_to = source, None
     if source.is_file():
         if not _is_zip(source):
-            raise DatasetError(f"{source.name} is neither a folder nor a zip archive.")
+            raise DatasetError("not_folder_or_zip", name=source.name)
         extracted_to, root, skipped = _unpack(source, extract_dir, limits)
 
     if labels_csv is None and (root / LABELS_CSV).is_file():
@@ -416,28 +463,25 @@ def _check_counts(
     min_images: int,
 ) -> None:
     """Refuse datasets that cannot train a classifier, naming what is missing."""
+    if not images and not skipped:
+        raise DatasetError("no_images", folder=str(root))
     if not images:
-        # An empty folder has nothing skipped to show as an example.
-        hint = (
-            f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
-            if skipped
-            else "."
-        )
-        raise DatasetError(f"No usable images found in {root}" + hint)
-    if len(classes) < 2:
-        found = ", ".join(map(repr, classes))
+        example, reason = skipped[0]
         raise DatasetError(
-            f"Need at least 2 classes, found {len(classes)}: {found}. "
-            "Put each class's images in its own folder."
+            "no_usable_images",
+            folder=str(root),
+            skipped=len(skipped),
+            example=example,
+            reason=reason,
         )
+    if len(classes) < 2:
+        raise DatasetError("one_class", found=len(classes), classes=", ".join(map(repr, classes)))
     counts = {label: 0 for label in classes}
     for image in images:
         counts[image.label] += 1
-    short = [f"{label!r} has {n}" for label, n in counts.items() if n < min_images]
+    short = [f"{label!r}: {n}" for label, n in counts.items() if n < min_images]
     if short:
-        raise DatasetError(
-            f"Each class needs at least {min_images} usable images: {'; '.join(short)}."
-        )
+        raise DatasetError("too_few_images", min=min_images, short=", ".join(short))
 
 
 def _bucket(sha256: str) -> float:

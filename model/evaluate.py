@@ -32,8 +32,7 @@ def evaluate(
         items = [im for im in dataset.images if im.label in index]
         if not items:
             raise data.DatasetError(
-                f"none of the classes in {image_dir} are known to the model "
-                f"(it knows: {', '.join(clf.labels[:10])}...)"
+                "no_known_classes", folder=str(image_dir), known=", ".join(clf.labels[:10])
             )
         probs, truth, names = [], [], []
         for start in range(0, len(items), batch_size):

@@ -17,12 +17,22 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from model.problems import Problem
 
 ZERO_SHOT = 0
+# Why a new version failed the accuracy gate (a front end may word these in other languages).
+GATE_MESSAGES = {
+    "below_minimum": "test accuracy {accuracy:.1%} is below the minimum {minimum:.1%}",
+    "below_active": (
+        "test accuracy {accuracy:.1%} is below the active version {version}'s "
+        "{active_accuracy:.1%} on the same test split"
+    ),
+}
 RECORD_FILE = "record.json"
 POINTER_FILE = "active.json"
 STAGING_DIR = ".staging"
@@ -35,8 +45,13 @@ ZERO_SHOT_RECORD = {
 }
 
 
-class RegistryError(RuntimeError):
+class RegistryError(Problem, RuntimeError):
     """An impossible registry operation (unknown version, nothing to roll back to)."""
+
+    messages: ClassVar[dict[str, str]] = {
+        "no_such_version": "there is no model version {version}",
+        "nothing_to_roll_back_to": "there is no earlier active version to roll back to",
+    }
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,9 @@ class Published:
     reason: str
     active_accuracy: float | None  # the previously active model on the new test split
     record: dict[str, Any]  # as written to record.json
+    # Why the gate failed, as a key of GATE_MESSAGES and its values (None: it passed).
+    problem: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def pointer_path(root: Path) -> Path:
@@ -71,7 +89,7 @@ def version_dir(root: Path, version: int) -> Path | None:
         return None
     path = Path(root) / str(version)
     if not (path / RECORD_FILE).is_file():
-        raise RegistryError(f"there is no model version {version}")
+        raise RegistryError("no_such_version", version=version)
     return path
 
 
@@ -169,7 +187,7 @@ def rollback(root: Path, by: int | str | None = None) -> int:
             if candidate in stored and candidate != pointer["version"]:
                 _set_active(root, candidate, history, by)
                 return candidate
-        raise RegistryError("there is no earlier active version to roll back to")
+        raise RegistryError("nothing_to_roll_back_to")
 
 
 def publish(
@@ -191,16 +209,15 @@ def publish(
     accuracy = float(metrics["test_accuracy"])
     current = active_version(root)
     active_accuracy = evaluate_active(current) if evaluate_active is not None else None
+    problem: str | None = None
+    params: dict[str, Any] = {}
     if accuracy < min_accuracy:
-        reason = f"test accuracy {accuracy:.1%} is below the minimum {min_accuracy:.1%}"
+        problem, params = "below_minimum", {"accuracy": accuracy, "minimum": min_accuracy}
     elif active_accuracy is not None and accuracy < active_accuracy:
-        reason = (
-            f"test accuracy {accuracy:.1%} is below the active version {current}'s "
-            f"{active_accuracy:.1%} on the same test split"
-        )
-    else:
-        reason = ""
-    passed = not reason
+        problem = "below_active"
+        params = {"accuracy": accuracy, "version": current, "active_accuracy": active_accuracy}
+    reason = GATE_MESSAGES[problem].format(**params) if problem else ""
+    passed = problem is None
     gate = {
         "min_accuracy": min_accuracy,
         "test_accuracy": accuracy,
@@ -231,7 +248,7 @@ def publish(
         reason = "passed the accuracy gate"
     elif force:
         reason = f"forced live although {reason}"
-    return Published(version, activate, reason, active_accuracy, full)
+    return Published(version, activate, reason, active_accuracy, full, problem, params)
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:

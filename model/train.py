@@ -15,12 +15,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from model import backbones, data, features, head, litert, metrics, serving
 from model import images as imagelib
 from model.hparams import HParams, validate
+from model.problems import Problem
 
 # (stage, done, total, latest validation accuracy); stages: bottlenecks, training, saving.
 ProgressFn = Callable[[str, int, int, float | None], None]
@@ -32,8 +34,15 @@ SAVED_MODEL_DIR = "saved_model"
 LOGS_DIR = "logs"
 
 
-class AccuracyGateError(RuntimeError):
+class AccuracyGateError(Problem, RuntimeError):
     """The trained model is below --assert_accuracy_at_least; nothing was written."""
+
+    messages: ClassVar[dict[str, str]] = {
+        "below_required_accuracy": (
+            "test accuracy {accuracy:.1%} is below the required {required:.1%}; "
+            "no model was written"
+        )
+    }
 
 
 @dataclass
@@ -238,8 +247,7 @@ def retrain(
         gate = hp.assert_accuracy_at_least
         if gate is not None and test_report["accuracy"] < gate:
             raise AccuracyGateError(
-                f"test accuracy {test_report['accuracy']:.1%} is below the required {gate:.1%}; "
-                "no model was written"
+                "below_required_accuracy", accuracy=test_report["accuracy"], required=gate
             )
         if progress:
             progress("saving", 0, 1, val_acc)
@@ -334,10 +342,7 @@ def _check_train_classes(labels: list[str], train_y: np.ndarray) -> None:
     counts = np.bincount(train_y, minlength=len(labels))
     empty = [labels[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise data.DatasetError(
-            f"no readable training images left for class(es) {', '.join(map(repr, empty))}; "
-            "add more images or remove the class"
-        )
+        raise data.DatasetError("no_training_images", classes=", ".join(map(repr, empty)))
 
 
 def _publish(work: Path, target: Path) -> None:

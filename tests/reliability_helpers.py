@@ -14,8 +14,10 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import stat
+import string
 import struct
 import subprocess
 import sys
@@ -711,6 +713,33 @@ def _prefix(language: str, key: str) -> str:
     return t(pick_language(language), key, reason="\0", problems="\0").split("\0")[0]
 
 
+def _refusal(language: str, key: str, reply: str) -> bool:
+    """Whether `reply` is the `key` refusal, its reason worded in the user's language.
+
+    English reasons are the worker's own text; other languages must match one of the bot's
+    wordings of a problem (bot/i18n.py PROBLEMS), values filled in.
+    """
+    from bot.i18n import PROBLEMS, pick_language
+
+    prefix = _prefix(language, key)
+    if not reply.startswith(prefix):
+        return False
+    templates = PROBLEMS.get(pick_language(language))
+    if templates is None:
+        return True
+    return any(
+        re.fullmatch(_pattern(tpl), reply[len(prefix) :], re.S) for tpl in templates.values()
+    )
+
+
+def _pattern(template: str) -> str:
+    """A regular expression matching `template` whatever values fill its fields."""
+    parts = string.Formatter().parse(template)
+    return "".join(
+        re.escape(text) + (".+?" if field is not None else "") for text, field, _, _ in parts
+    )
+
+
 PROGRESS_MARKS = ("⏳", "⬇", "🧮", "🏋", "📏", "💾")
 
 
@@ -788,16 +817,12 @@ def bad_input(stack: Stack, full: bool, languages: tuple[str, ...] = ("en", "pt-
             for language in languages:
                 sent = client.send(ADMIN, text=text, user_id=ADMIN, language_code=language)
                 reply = _final_reply(stack, ADMIN, sent["message"]["message_id"], 60)
-                rows.append(
-                    _row(
-                        "command",
-                        name,
-                        language,
-                        "clear refusal",
-                        reply,
-                        reply.startswith(_prefix(language, key)),
-                    )
-                )
+                # Option problems are the bot's own; a failed job's reason comes from the worker.
+                if key == "job_failed":
+                    refused = _refusal(language, key, reply)
+                else:
+                    refused = reply.startswith(_prefix(language, key))
+                rows.append(_row("command", name, language, "clear refusal", reply, refused))
         rows.append(
             _row(
                 "model",
@@ -815,7 +840,7 @@ def bad_input(stack: Stack, full: bool, languages: tuple[str, ...] = ("en", "pt-
             reply = _final_reply(
                 stack, ADMIN, send_retrain(client, data, caption, language_code=language), 300
             )
-            refused = reply.startswith(_prefix(language, "retrain_failed"))
+            refused = _refusal(language, "retrain_failed", reply)
             expected = "trains, or a clear refusal" if trainable else "clear refusal, model kept"
             rows.append(
                 _row(

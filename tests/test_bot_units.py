@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import string
 from typing import Any
 
 import pytest
@@ -12,11 +13,14 @@ from telegram.ext import ApplicationBuilder, MessageHandler, filters
 from bot import render
 from bot.app import build_app
 from bot.handlers.admin import OptionsError, parse_retrain_options
-from bot.i18n import STRINGS, pick_language, t
+from bot.i18n import PROBLEMS, STRINGS, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
 from bot.playground import PLAYGROUND_TOKEN
 from bot.polling import handle_batch
 from bot.settings import BotSettings
+from model.data import DatasetError
+from model.registry import GATE_MESSAGES, RegistryError
+from model.train import AccuracyGateError
 from worker import contract
 from worker.settings import WorkerSettings
 
@@ -53,6 +57,18 @@ def test_retrain_options_errors_name_the_problem(words: list[str], problem: str)
     """Each bad option is reported by name."""
     with pytest.raises(OptionsError, match=problem):
         parse_retrain_options(words)
+
+
+def test_option_problems_are_worded_in_the_users_language() -> None:
+    with pytest.raises(OptionsError) as info:
+        parse_retrain_options(["speed=3", "steps=0", "lr=fast"])
+    lines = info.value.text("pt-BR").splitlines()
+    assert lines[0].startswith("• speed=3: opção desconhecida (conhecidas: steps, lr,")
+    assert lines[1:] == [
+        "• steps=0: fora do intervalo (1…100000)",
+        "• lr: 'fast' não é um float válido",
+    ]
+    assert str(info.value) == info.value.text("en")
 
 
 def test_language_choice_and_complete_translations() -> None:
@@ -168,3 +184,36 @@ def test_batch_keeps_each_chats_order_and_runs_chats_concurrently(emulator_url: 
 
     asyncio.run(main())
     assert handled == [(2, "a"), (2, "b"), (1, "slow"), (1, "fast")]
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
+    """Same codes and the same values as the English texts of the library and the worker."""
+    english = {
+        **DatasetError.messages,
+        **AccuracyGateError.messages,
+        **RegistryError.messages,
+        **GATE_MESSAGES,
+        # worker/retraining.py and worker/fetch.py word these inline, with these values
+        "storage": "{why}",
+        "unsupported": "",
+        "too_large": "{limit_mb}",
+        "fetch_failed": "",
+    }
+    portuguese = PROBLEMS["pt-BR"]
+    assert set(portuguese) == set(english)
+    for code, template in english.items():
+        assert _fields(portuguese[code]) == _fields(template), code
+
+
+def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
+    error = DatasetError("too_few_images", min=3, short="'dogs': 1")
+    assert problem_text("pt-BR", error.code, error.params, str(error)) == (
+        "Cada classe precisa de pelo menos 3 imagens utilizáveis: 'dogs': 1."
+    )
+    assert problem_text("en", error.code, error.params, str(error)) == str(error)
+    assert problem_text("pt-BR", "no_such_version", {}, "english") == "english"  # values missing
+    assert problem_text("pt-BR", None, {}, "english") == "english"

@@ -197,8 +197,8 @@ def test_display_name(label: str, shown: str) -> None:
     ("counts", "message"),
     [
         ({"cats": 5}, "need at least 2 classes, found 1: 'cats'"),
-        ({"cats": 3, "dogs": 1}, "'dogs' has 1"),
-        ({"cats": 3, "dogs": 0}, "'dogs' has 0"),
+        ({"cats": 3, "dogs": 1}, "'dogs': 1"),
+        ({"cats": 3, "dogs": 0}, "'dogs': 0"),
         ({"Cat": 3, "cat": 3}, "'Cat' and 'cat'"),
         ({"great_pyrenees": 3, "great-pyrenees": 3}, "both be shown as 'Great pyrenees'"),
     ],

@@ -171,8 +171,11 @@ class RetrainResult(_Payload):
     activated: bool
     test_accuracy: float | None
     metrics: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""  # why it did not go live, or the error message
+    reason: str = ""  # why it did not go live, or the error message (English)
     error: str | None = None
+    # The reason as a problem code and its values, so the bot can word it in the user's language.
+    problem: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,9 @@ class SwitchResult(_Payload):
 
     active_version: int
     previous_version: int | None = None
-    error: str | None = None  # e.g. "unknown version", "nothing to roll back to"
+    error: str | None = None  # e.g. "there is no model version 9" (English)
+    problem: str | None = None  # the error as a problem code, with its values in params
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

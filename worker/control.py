@@ -34,7 +34,7 @@ def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contr
     try:
         previous = registry.promote(settings.models_root, request.version, request.requested_by)
     except registry.RegistryError as exc:
-        return contract.SwitchResult(registry.active_version(settings.models_root), None, str(exc))
+        return _refused(registry.active_version(settings.models_root), exc)
     return contract.SwitchResult(request.version, previous)
 
 
@@ -45,7 +45,11 @@ def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> con
     try:
         return contract.SwitchResult(registry.rollback(root, request.requested_by), previous)
     except registry.RegistryError as exc:
-        return contract.SwitchResult(previous, None, str(exc))
+        return _refused(previous, exc)
+
+
+def _refused(active: int, exc: registry.RegistryError) -> contract.SwitchResult:
+    return contract.SwitchResult(active, None, str(exc), exc.code, exc.params)
 
 
 def today(settings: WorkerSettings) -> contract.Stats:

@@ -20,15 +20,21 @@ from worker.settings import WorkerSettings
 class InputError(Exception):
     """Input that cannot be used; `code` is machine-readable, the message says why."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **params: object) -> None:
         super().__init__(message)
         self.code = code
+        self.params = params  # the message's values, for wording it in other languages
+
+
+def _too_large(cap: int) -> InputError:
+    limit = cap // 2**20
+    return InputError("too_large", f"the upload is over the {limit} MB limit", limit_mb=limit)
 
 
 def decode_inline(text: str, cap: int) -> bytes:
     """Base64 payload text to bytes, refusing anything over `cap` bytes."""
     if len(text) > (cap + 2) // 3 * 4:
-        raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+        raise _too_large(cap)
     try:
         return contract.decode_bytes(text)
     except (binascii.Error, ValueError) as exc:
@@ -59,14 +65,14 @@ def download_telegram_file(file_id: str, cap: int, settings: WorkerSettings) -> 
             raise InputError("fetch_failed", f"getFile failed: {reply.get('description')}")
         info = reply["result"]
         if info.get("file_size", 0) > cap:
-            raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+            raise _too_large(cap)
         chunks, size = [], 0
         with client.stream("GET", f"{root}/file/bot{token}/{info['file_path']}") as response:
             response.raise_for_status()
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > cap:
-                    raise InputError("too_large", f"the upload is over the {cap // 2**20} MB limit")
+                    raise _too_large(cap)
                 chunks.append(chunk)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         # The token is part of the URL: never echo the exception text, which may contain it.

@@ -23,7 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from bot import render
-from bot.i18n import t
+from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
 from worker import contract, fetch, outbox, serving
 from worker.celery_app import app
@@ -204,7 +204,8 @@ def _models_text(versions: list[dict[str, Any]], language: str) -> str:
 def _switch_text(result: dict[str, Any], language: str) -> str:
     switch = contract.SwitchResult.from_dict(result)
     if switch.error:
-        return t(language, "job_failed", reason=switch.error)
+        reason = problem_text(language, switch.problem, switch.params, switch.error)
+        return t(language, "job_failed", reason=reason)
     return t(language, "promoted", version=switch.active_version)
 
 

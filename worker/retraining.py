@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -19,6 +20,7 @@ from model import data, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
+from model.problems import Problem
 from worker import contract, fetch, serving
 from worker.settings import WorkerSettings
 
@@ -125,8 +127,17 @@ def active_accuracy_on(
     return hits / len(test) if test else 0.0
 
 
-def _failed(code: str, message: str) -> contract.RetrainResult:
-    return contract.RetrainResult(None, False, None, reason=message, error=code)
+def _failed(code: str, message: str, **problem: Any) -> contract.RetrainResult:
+    """An error result; `problem` is the code and values for wording it in other languages."""
+    return contract.RetrainResult(
+        None, False, None, reason=message, error=code, problem=code, params=problem
+    )
+
+
+def _problem(category: str, exc: Problem) -> contract.RetrainResult:
+    return contract.RetrainResult(
+        None, False, None, reason=str(exc), error=category, problem=exc.code, params=exc.params
+    )
 
 
 # Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
@@ -148,6 +159,7 @@ def _storage_failure(exc: Exception, root: Path) -> contract.RetrainResult | Non
         "storage",
         f"the new version could not be written to the models folder ({why}); "
         "the active model is unchanged",
+        why=why,
     )
 
 
@@ -204,11 +216,11 @@ def run(
                 evaluate_active=lambda version: active_accuracy_on(version, test, settings),
             )
         except fetch.InputError as exc:
-            return _failed(exc.code, str(exc))
+            return _failed(exc.code, str(exc), **exc.params)
         except data.DatasetError as exc:
-            return _failed("bad_dataset", str(exc))
+            return _problem("bad_dataset", exc)
         except train.AccuracyGateError as exc:
-            return _failed("below_gate", str(exc))
+            return _problem("below_gate", exc)
         except Exception as exc:
             if (failure := _storage_failure(exc, root)) is None:
                 raise
@@ -223,7 +235,13 @@ def run(
         "worst_classes": metrics_lib.worst_classes(result.metrics.get("per_class", {})),
     }
     return contract.RetrainResult(
-        published.version, published.activated, result.test_accuracy, metrics, published.reason
+        published.version,
+        published.activated,
+        result.test_accuracy,
+        metrics,
+        published.reason,
+        problem=published.problem,
+        params=published.params,
     )
 
 

@@ -14,7 +14,7 @@ from telegram import Document, Message, Update
 
 from bot.context import Context
 from bot.handlers.common import language_of, reply_to
-from bot.i18n import t
+from bot.i18n import DEFAULT_LANGUAGE, t
 from bot.jobs import submit, task
 from worker import contract
 
@@ -75,7 +75,15 @@ class RetrainOptions:
 
 
 class OptionsError(ValueError):
-    """Options that cannot be used; each line of the message names one problem."""
+    """Options that cannot be used: `problems` holds (i18n key, values), one per problem."""
+
+    def __init__(self, problems: list[tuple[str, dict[str, Any]]]) -> None:
+        self.problems = problems
+        super().__init__(self.text(DEFAULT_LANGUAGE))
+
+    def text(self, language: str) -> str:
+        """One "• problem" line each, in `language`."""
+        return "\n".join(f"• {t(language, key, **values)}" for key, values in self.problems)
 
 
 def parse_retrain_options(words: list[str]) -> RetrainOptions:
@@ -83,7 +91,7 @@ def parse_retrain_options(words: list[str]) -> RetrainOptions:
     params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     feedback = False
-    problems = []
+    problems: list[tuple[str, dict[str, Any]]] = []
     for word in words:
         if word.lower() == "feedback":
             feedback = True
@@ -92,23 +100,25 @@ def parse_retrain_options(words: list[str]) -> RetrainOptions:
         option = OPTIONS.get(key) or REQUEST_OPTIONS.get(key)
         if not sep or option is None:
             known = ", ".join(list(OPTIONS)[:11] + list(REQUEST_OPTIONS))
-            problems.append(f"• {word}: unknown option (known: {known})")
+            problems.append(("option_unknown", {"word": word, "known": known}))
             continue
         try:
             value = option.parse(raw)
         except ValueError:
-            problems.append(f"• {key}: {raw!r} is not a valid {option.parse.__name__.strip('_')}")
+            kind = option.parse.__name__.strip("_")
+            problems.append(("option_invalid", {"option": key, "raw": raw, "kind": kind}))
             continue
         if (option.low is not None and value < option.low) or (
             option.high is not None and value > option.high
         ):
-            problems.append(f"• {key}={raw}: out of range ({option.low}…{option.high})")
+            values = {"option": key, "raw": raw, "low": option.low, "high": option.high}
+            problems.append(("option_range", values))
             continue
         (extra if key in REQUEST_OPTIONS else params)[option.name] = value
     if problems:
-        raise OptionsError("\n".join(problems))
+        raise OptionsError(problems)
     if extra.get("merge_last") and not feedback:
-        raise OptionsError("• merge=1 only goes with /retrain feedback")
+        raise OptionsError([("option_merge", {})])
     return RetrainOptions(params, feedback=feedback, **extra)
 
 
@@ -132,7 +142,7 @@ async def retrain(update: Update, context: Context) -> None:
     try:
         options = parse_retrain_options(words)
     except OptionsError as error:
-        await message.reply_text(t(language, "retrain_bad_options", problems=error))
+        await message.reply_text(t(language, "retrain_bad_options", problems=error.text(language)))
         return
     document = _zip_of(message)
     if options.feedback:
