@@ -98,7 +98,7 @@ def hidden_split_accuracy(models: dict[str, Classifier], source: Path, hp: HPara
 def cold_retrain(source: Path, out: Path, home: Path, cache: Path, engine: str) -> dict:
     """One retrain with an empty bottleneck cache through one extraction engine."""
     backbone = backbones.load_backbone(HParams().tfhub_module, home)
-    litert.forget_int8(home, backbone.identity)  # else the second engine reuses the first's
+    litert.prune_int8(home, backbone.identity, keep=0)  # else the second engine reuses the first's
     started = time.perf_counter()
     result = train.retrain(source, out, HParams(), home=home, bottleneck_dir=cache, engine=engine)
     m = result.metrics

@@ -97,7 +97,7 @@ def bench_dataset(name: str, backbone: backbones.Backbone, home: Path, tmp: Path
     cache = tmp / f"bottlenecks-{name}"
     hp = HParams()
     raw = raw_forward_rate(backbone, home)  # right before the cold run, so both see the same load
-    litert.forget_int8(home, backbone.identity)  # cold: nothing derived from this data yet
+    litert.prune_int8(home, backbone.identity, keep=0)  # cold: nothing derived from this data yet
     cold_s, cold = timed_retrain(source, tmp / f"{name}-cold", home, cache, hp)
     warm_s, warm = timed_retrain(source, tmp / f"{name}-warm", home, cache, hp)
     cold.metrics["source"] = str(source)

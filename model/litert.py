@@ -15,6 +15,7 @@ interpreter is not thread-safe, so a `Runner` keeps one per calling thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -54,6 +55,8 @@ FEATURE_BATCH = 32
 # Photos of the version's training split that calibrate its int8 form. On pets-dev, 16, 64 and 256
 # gave 99.7, 99.5 and 99.5 % top-1 agreement with float over all 599 photos, for 2.6, 5 and 15 s.
 CALIBRATION_IMAGES = 32
+# int8 sets (backbone and gate calibrated on one set of photos, about 5 MB) kept per backbone.
+KEEP_INT8_SETS = 8
 EVAL_BATCH = 32
 # int8 is served only when it loses at most this much hidden-split accuracy against float...
 MAX_INT8_ACCURACY_LOSS = 0.01
@@ -301,13 +304,28 @@ def int8_files(
             where / f"gate_int8-{tag}.tflite",
             lambda path: convert(dense_graph(*weights, "imagenet_logits"), None, path, features),
         )
+    for path in files.values():
+        os.utime(path)  # recently used: pruned last
+    prune_int8(home, backbone.identity, KEEP_INT8_SETS)
     return files
 
 
-def forget_int8(home: Path, backbone_identity: str) -> None:
-    """Delete the int8 conversions cached for one backbone; each retrain remakes what it needs."""
-    for path in home_dir(home, backbone_identity).glob("*_int8-*.tflite"):
-        path.unlink(missing_ok=True)
+def prune_int8(home: Path, backbone_identity: str, keep: int) -> None:
+    """Keep the `keep` most recently used int8 sets of a backbone in BREEDBOT_HOME, drop the rest.
+
+    Versions hold their own links, so a dropped set costs only a later retrain on that data a
+    new calibration.
+    """
+    used: dict[str, float] = {}
+    files = list(home_dir(home, backbone_identity).glob("*_int8-*.tflite"))
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):  # another worker pruning at the same time
+            tag = path.stem.rsplit("-", 1)[1]
+            used[tag] = max(used.get(tag, 0.0), path.stat().st_mtime)
+    stale = set(sorted(used, key=used.__getitem__, reverse=True)[keep:])
+    for path in files:
+        if path.stem.rsplit("-", 1)[1] in stale:
+            path.unlink(missing_ok=True)
 
 
 def _place(source: Path, target: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -140,10 +141,32 @@ def test_backbone_conversions_are_shared_and_keyed_by_calibration_photos(
     vectors = litert.features_runner(backbone, breedbot_home)(imagelib.to_float(photos))
     made = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
     assert made[litert.BACKBONE] != source and made[litert.BACKBONE].is_file()
-    stamps = {part: path.stat().st_mtime_ns for part, path in made.items()}
+    # Reused, not converted again: a conversion lands by rename, as a new inode.
+    inodes = {part: path.stat().st_ino for part, path in made.items()}
     again = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
-    assert {part: path.stat().st_mtime_ns for part, path in again.items()} == stamps
+    assert {part: path.stat().st_ino for part, path in again.items()} == inodes
     assert set(made) == {litert.BACKBONE, litert.GATE}
+
+
+def test_int8_sets_are_pruned_least_recently_used_first(tmp_path: Path) -> None:
+    where = litert.home_dir(tmp_path, "some-backbone")
+    where.mkdir(parents=True)
+    (where / litert.FEATURES_FILE).write_bytes(b"float")
+    for age, tag in enumerate(["d", "c", "b", "a"]):  # "a" is the oldest
+        for part in ("features", "gate"):
+            path = where / f"{part}_int8-{tag}.tflite"
+            path.write_bytes(b"int8")
+            os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
+    litert.prune_int8(tmp_path, "some-backbone", keep=2)
+    assert sorted(p.name for p in where.iterdir()) == [
+        "features_float.tflite",
+        "features_int8-c.tflite",
+        "features_int8-d.tflite",
+        "gate_int8-c.tflite",
+        "gate_int8-d.tflite",
+    ]
+    litert.prune_int8(tmp_path, "some-backbone", keep=0)
+    assert [p.name for p in where.iterdir()] == ["features_float.tflite"]
 
 
 def test_int8_decision_reproduced_through_predict(
