@@ -18,3 +18,11 @@ class Problem(Exception):
         super().__init__(self.messages[code].format(**params))
         self.code = code
         self.params = params
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle would rebuild it from the message, which is not a code.
+        return _rebuild, (type(self), self.code, self.params)
+
+
+def _rebuild(cls: type[Problem], code: str, params: dict[str, Any]) -> Problem:
+    return cls(code, **params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import string
 from typing import Any
 
@@ -211,6 +212,13 @@ def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
 
 def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
     error = DatasetError("too_few_images", min=3, short="'dogs': 1")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.code, copy.params, str(copy)) == (
+        DatasetError,
+        error.code,
+        error.params,
+        str(error),
+    )
     assert problem_text("pt-BR", error.code, error.params, str(error)) == (
         "Cada classe precisa de pelo menos 3 imagens utilizáveis: 'dogs': 1."
     )
