@@ -271,13 +271,18 @@ def features_file(backbone: backbones.Backbone, home: Path) -> Path:
 
 def gate_file(backbone: backbones.Backbone, home: Path) -> Path | None:
     """The pet gate (ImageNet logits on features) as LiteRT float, made once; None if absent."""
-    weights = backbones.imagenet_head(backbone.module)
-    if weights is None:
+    if not backbone.has_imagenet:
         return None
     return _once(
         home_dir(home, backbone.identity) / GATE_FILE,
-        lambda path: convert(dense_graph(*weights, "imagenet_logits"), None, path),
+        lambda path: convert(_gate(backbone), None, path),
     )
+
+
+def _gate(backbone: backbones.Backbone) -> tf.types.experimental.ConcreteFunction:
+    weights = backbones.imagenet_head(backbone.module)
+    assert weights is not None
+    return dense_graph(*weights, "imagenet_logits")
 
 
 def int8_files(
@@ -298,11 +303,10 @@ def int8_files(
             ),
         )
     }
-    weights = backbones.imagenet_head(backbone.module)
-    if weights is not None:
+    if backbone.has_imagenet:
         files[GATE] = _once(
             where / f"gate_int8-{tag}.tflite",
-            lambda path: convert(dense_graph(*weights, "imagenet_logits"), None, path, features),
+            lambda path: convert(_gate(backbone), None, path, features),
         )
     for path in files.values():
         os.utime(path)  # recently used: pruned last
