@@ -20,7 +20,6 @@ from model import data, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from model.problems import Problem
 from worker import contract, fetch, serving
 from worker.settings import WorkerSettings
 
@@ -127,16 +126,12 @@ def active_accuracy_on(
     return hits / len(test) if test else 0.0
 
 
-def _failed(code: str, message: str, **problem: Any) -> contract.RetrainResult:
-    """An error result; `problem` is the code and values for wording it in other languages."""
+def _failed(
+    error: str, message: str, problem: str | None = None, **params: Any
+) -> contract.RetrainResult:
+    """An error result; `problem` (default: `error`) and `params` let the bot word it."""
     return contract.RetrainResult(
-        None, False, None, reason=message, error=code, problem=code, params=problem
-    )
-
-
-def _problem(category: str, exc: Problem) -> contract.RetrainResult:
-    return contract.RetrainResult(
-        None, False, None, reason=str(exc), error=category, problem=exc.code, params=exc.params
+        None, False, None, reason=message, error=error, problem=problem or error, params=params
     )
 
 
@@ -218,9 +213,9 @@ def run(
         except fetch.InputError as exc:
             return _failed(exc.code, str(exc), **exc.params)
         except data.DatasetError as exc:
-            return _problem("bad_dataset", exc)
+            return _failed("bad_dataset", str(exc), exc.code, **exc.params)
         except train.AccuracyGateError as exc:
-            return _problem("below_gate", exc)
+            return _failed("below_gate", str(exc), exc.code, **exc.params)
         except Exception as exc:
             if (failure := _storage_failure(exc, root)) is None:
                 raise
