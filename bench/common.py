@@ -24,6 +24,15 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def forget_earlier_retrains(home: Path, backbone_identity: str) -> None:
+    """Drop what earlier retrains left in BREEDBOT_HOME (int8 sets, SavedModel templates), so
+    the next retrain is cold; the backbone's own float conversions stay."""
+    from model import litert, serving
+
+    litert.prune_int8(home, backbone_identity, keep=0)
+    serving.prune_templates(home, keep=0)
+
+
 def update_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the block between `<!-- name:start -->` and `<!-- name:end -->`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATASETS, emit, machine, peak_rss_mb
+from bench.common import DATASETS, emit, forget_earlier_retrains, machine, peak_rss_mb
 from model import backbones, data, features, litert, train
 from model import images as imagelib
 from model.hparams import HParams
@@ -98,7 +98,7 @@ def hidden_split_accuracy(models: dict[str, Classifier], source: Path, hp: HPara
 def cold_retrain(source: Path, out: Path, home: Path, cache: Path, engine: str) -> dict:
     """One retrain with an empty bottleneck cache through one extraction engine."""
     backbone = backbones.load_backbone(HParams().tfhub_module, home)
-    litert.prune_int8(home, backbone.identity, keep=0)  # else the second engine reuses the first's
+    forget_earlier_retrains(home, backbone.identity)  # else the second engine reuses the first's
     started = time.perf_counter()
     result = train.retrain(source, out, HParams(), home=home, bottleneck_dir=cache, engine=engine)
     m = result.metrics

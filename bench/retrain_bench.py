@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATASETS, emit, machine, peak_rss_mb
-from model import backbones, data, features, head, litert, train
+from bench.common import DATASETS, emit, forget_earlier_retrains, machine, peak_rss_mb
+from model import backbones, data, features, head, train
 from model.hparams import HParams
 
 
@@ -97,7 +97,7 @@ def bench_dataset(name: str, backbone: backbones.Backbone, home: Path, tmp: Path
     cache = tmp / f"bottlenecks-{name}"
     hp = HParams()
     raw = raw_forward_rate(backbone, home)  # right before the cold run, so both see the same load
-    litert.prune_int8(home, backbone.identity, keep=0)  # cold: nothing derived from this data yet
+    forget_earlier_retrains(home, backbone.identity)
     cold_s, cold = timed_retrain(source, tmp / f"{name}-cold", home, cache, hp)
     warm_s, warm = timed_retrain(source, tmp / f"{name}-warm", home, cache, hp)
     cold.metrics["source"] = str(source)
@@ -132,12 +132,14 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {result['machine']}. Backbone: {result['backbone']}, defaults of `HParams`. "
         "Times are in-process (TensorFlow and the backbone already loaded); cold = empty "
-        "bottleneck cache and no int8 backbone calibrated on this data, warm = the same command "
-        "again. Raw forward = the backbone alone on random batches of 32, through the engine "
+        "bottleneck cache, no int8 backbone calibrated on this data and no SavedModel template "
+        "for this number of classes, warm = the same command again. Raw forward = the backbone "
+        "alone on random batches of 32, through the engine "
         "extraction uses (LiteRT float on a CPU), measured just before the cold run. Extraction "
-        "counts every view (original and mirror). A warm run still writes a whole version: "
-        "SavedModel, LiteRT float and int8 (the head converted, the backbone and gate linked "
-        "from BREEDBOT_HOME, both measured on the test split), metrics and plots.",
+        "counts every view (original and mirror). A warm run still trains and writes a whole "
+        "version: SavedModel (the cold run's graph with the new head's weights), LiteRT float "
+        "and int8 (the head converted, the backbone and gate linked from BREEDBOT_HOME, both "
+        "measured on the test split from cached features), metrics and plots.",
         "",
         "| dataset | images | cold s | warm s | warm speed-up | extraction img/s | raw forward "
         "img/s | ratio | test acc (N) | probe, same split | retrain 5-fold | probe 5-fold |",

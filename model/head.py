@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 # (step, total_steps, latest validation accuracy) -> None
 StepFn = Callable[[int, int, float | None], None]
@@ -52,18 +51,23 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
-def _loss_fn(n_classes: int, config: HeadConfig):
-    """Weighted, label-smoothed cross-entropy plus L2 on the kernel."""
-    smooth = config.label_smoothing
+def _with_bias_column(x: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N, D+1] with a column of ones, so the bias is the last row of the weights."""
+    return np.hstack([np.asarray(x, np.float32), np.ones((len(x), 1), np.float32)])
 
-    def loss(kernel, bias, x, y, w):
-        logits = tf.matmul(x, kernel) + bias
-        target = tf.one_hot(y, n_classes) * (1.0 - smooth) + smooth / n_classes
-        ce = tf.nn.softmax_cross_entropy_with_logits(target, logits)
-        data_loss = tf.reduce_sum(ce * w) / tf.reduce_sum(w)
-        return data_loss + config.l2 * tf.reduce_sum(tf.square(kernel)), logits
 
-    return loss
+def _loss_and_logit_grad(
+    weights: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray, targets: np.ndarray
+) -> tuple[float, float, np.ndarray]:
+    """Weighted cross-entropy, accuracy and d(loss)/d(logits) of one batch (L2 not included)."""
+    logits = x @ weights
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    t = targets[y]
+    scale = w / w.sum()
+    loss = float(-(scale * (t * log_p).sum(axis=1)).sum())
+    accuracy = float((logits.argmax(axis=1) == y).mean())
+    return loss, accuracy, (np.exp(log_p) - t) * scale[:, None]
 
 
 def train_head(
@@ -79,48 +83,30 @@ def train_head(
 ) -> Head:
     """Fit a dense softmax layer with Adam on random batches, keeping the best validation loss.
 
-    Steps run inside one compiled loop per evaluation interval: with cached bottlenecks the
-    Python overhead of a per-step loop (or of Keras fit) would dominate the training time.
+    Loss: label-smoothed, class-weighted cross-entropy plus L2 on the kernel. Batches are drawn
+    with replacement, as retrain.py does. Plain numpy: the model is one matrix, so TensorFlow's
+    per-call and tracing overhead cost more than the arithmetic (flowers-dev, 1000 steps: 0.1 s
+    against 0.8 s through a compiled tf.function).
     """
-    tf.random.set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     dim = train_x.shape[1]
     limit = np.sqrt(6.0 / (dim + n_classes))
-    kernel = tf.Variable(rng.uniform(-limit, limit, (dim, n_classes)).astype(np.float32))
-    bias = tf.Variable(np.zeros(n_classes, np.float32))
-    weights = class_weights(train_y, n_classes) if config.class_weighting else np.ones(n_classes)
-    x = tf.constant(train_x, tf.float32)
-    y = tf.constant(train_y, tf.int32)
-    w = tf.constant(weights[train_y], tf.float32)
-    vx, vy = tf.constant(val_x, tf.float32), tf.constant(val_y, tf.int32)
-    loss_fn = _loss_fn(n_classes, config)
-    optimizer = tf_keras.optimizers.Adam(config.learning_rate)
+    kernel = rng.uniform(-limit, limit, (dim, n_classes))
+    weights = np.vstack([kernel, np.zeros((1, n_classes))]).astype(np.float32)
+    l2 = np.ones_like(weights) * (2.0 * config.l2)
+    l2[-1] = 0.0  # the bias is not regularised
+    x, vx = _with_bias_column(train_x), _with_bias_column(val_x)
+    per_class = class_weights(train_y, n_classes) if config.class_weighting else np.ones(n_classes)
+    sample_w = per_class[train_y].astype(np.float32)
+    smooth = config.label_smoothing
+    targets = (np.eye(n_classes) * (1.0 - smooth) + smooth / n_classes).astype(np.float32)
+    m, v = np.zeros_like(weights), np.zeros_like(weights)
+    beta1, beta2, epsilon = 0.9, 0.999, 1e-7  # Keras Adam's defaults
     n = len(train_y)
     batch = min(config.batch_size, n)
 
-    @tf.function
-    def run(steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        total_loss, correct = tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(steps):
-            idx = tf.random.uniform(
-                [batch], 0, n, dtype=tf.int32
-            )  # retrain.py samples with replacement
-            xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
-            with tf.GradientTape() as tape:
-                loss, logits = loss_fn(kernel, bias, xb, yb, wb)
-            grads = tape.gradient(loss, [kernel, bias])
-            optimizer.apply_gradients(zip(grads, [kernel, bias], strict=True))
-            hits = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb), tf.float32)
-            total_loss += loss
-            correct += tf.reduce_mean(hits)
-        steps_f = tf.cast(steps, tf.float32)
-        return total_loss / steps_f, correct / steps_f
-
-    @tf.function
-    def evaluate() -> tuple[tf.Tensor, tf.Tensor]:
-        loss, logits = loss_fn(kernel, bias, vx, vy, tf.ones_like(vy, tf.float32))
-        hits = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), vy), tf.float32)
-        return loss, tf.reduce_mean(hits)
+    def penalty() -> float:
+        return config.l2 * float(np.square(weights[:-1]).sum())
 
     writers = (
         {k: tf.summary.create_file_writer(str(log_dir / k)) for k in ("train", "validation")}
@@ -133,13 +119,39 @@ def train_head(
         "val_loss": [],
         "val_accuracy": [],
     }
-    best = (np.inf, 0, kernel.numpy(), bias.numpy())
+    best = (np.inf, 0, weights.copy())
     waited, step = 0, 0
     while step < config.steps:
         chunk = min(config.eval_interval, config.steps - step)
-        loss, acc = (float(v) for v in run(tf.constant(chunk)))
-        step += chunk
-        val_loss, val_acc = (float(v) for v in evaluate()) if len(val_y) else (loss, acc)
+        losses, hits = 0.0, 0.0
+        for _ in range(chunk):
+            step += 1
+            idx = rng.integers(0, n, batch)
+            xb = x[idx]
+            loss, acc, grad_logits = _loss_and_logit_grad(
+                weights, xb, train_y[idx], sample_w[idx], targets
+            )
+            losses += loss + penalty()
+            hits += acc
+            grad = xb.T @ grad_logits
+            grad += l2 * weights
+            # Adam, in place: these buffers are the whole model, updated once per step.
+            m *= beta1
+            m += (1.0 - beta1) * grad
+            v *= beta2
+            v += (1.0 - beta2) * np.square(grad, out=grad)
+            alpha = config.learning_rate * np.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+            np.sqrt(v, out=grad)
+            grad += epsilon
+            weights -= alpha * np.divide(m, grad, out=grad)
+        loss, acc = losses / chunk, hits / chunk
+        if len(val_y):
+            val_loss, val_acc, _ = _loss_and_logit_grad(
+                weights, vx, val_y, np.ones(len(val_y), np.float32), targets
+            )
+            val_loss += penalty()
+        else:
+            val_loss, val_acc = loss, acc
         for key, value in zip(history, (loss, acc, val_loss, val_acc), strict=True):
             history[key].append(value)
         for split, (l_value, a_value) in (
@@ -153,7 +165,7 @@ def train_head(
         if on_step is not None:
             on_step(step, config.steps, val_acc)
         if val_loss < best[0]:
-            best, waited = (val_loss, step, kernel.numpy(), bias.numpy()), 0
+            best, waited = (val_loss, step, weights.copy()), 0
         else:
             waited += 1
             if (
@@ -164,5 +176,5 @@ def train_head(
     for writer in writers.values():
         writer.close()
     if config.early_stopping_patience is None:
-        best = (history["val_loss"][-1], step, kernel.numpy(), bias.numpy())
-    return Head(best[2], best[3], best[1], history)
+        best = (history["val_loss"][-1], step, weights)
+    return Head(best[2][:-1].copy(), best[2][-1].copy(), best[1], history)

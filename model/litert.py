@@ -16,6 +16,7 @@ interpreter is not thread-safe, so a `Runner` keeps one per calling thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -23,7 +24,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from model import backbones, imagenet
-from model.images import IMAGE_SIZE, to_float
+from model.features import ORIGINAL, Extraction, decode_all, extract
+from model.images import IMAGE_SIZE, PREPROCESSING_VERSION, to_float
 
 ENGINES = ("auto", "tf", "litert")
 FLOAT, INT8 = "float", "int8"
@@ -285,21 +288,30 @@ def _gate(backbone: backbones.Backbone) -> tf.types.experimental.ConcreteFunctio
     return dense_graph(*weights, "imagenet_logits")
 
 
-def int8_files(
-    backbone: backbones.Backbone, home: Path, photos: np.ndarray, features: np.ndarray
-) -> dict[str, Path]:
-    """Backbone and gate as full int8, calibrated on `photos` (and their float `features`).
+def calibration_tag(sha256s: Sequence[str]) -> str:
+    """Name of an int8 set: the calibration photos' content and the preprocessing version."""
+    raw = "|".join([PREPROCESSING_VERSION, *sha256s])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    Named by the photos' content, so a retrain on the same data reuses them and one on other
-    data never does.
+
+def int8_files(
+    backbone: backbones.Backbone,
+    home: Path,
+    tag: str,
+    photos: Callable[[], np.ndarray],
+    features: np.ndarray,
+) -> dict[str, Path]:
+    """Backbone and gate as full int8, calibrated on `photos()` (and their float `features`).
+
+    Named by `tag` (see `calibration_tag`), so a retrain on the same data reuses them and one on
+    other data never does; `photos` is called only when a file has to be converted.
     """
-    tag = hashlib.sha256(np.ascontiguousarray(photos, np.uint8).tobytes()).hexdigest()[:16]
     where = home_dir(home, backbone.identity)
     files = {
         BACKBONE: _once(
             where / f"features_int8-{tag}.tflite",
             lambda path: convert(
-                features_graph(backbone.module), backbone.module, path, to_float(photos)
+                features_graph(backbone.module), backbone.module, path, to_float(photos())
             ),
         )
     }
@@ -342,53 +354,67 @@ def _place(source: Path, target: Path) -> Path:
     return target
 
 
+@dataclass
+class Photos:
+    """Encoded photos of a split, their SHA-256 and their float backbone features."""
+
+    sources: list[bytes]
+    sha256s: list[str]
+    features: np.ndarray  # [N, D]
+
+
 def export_version(
     backbone: backbones.Backbone,
     home: Path,
     kernel: np.ndarray,
     bias: np.ndarray,
     directory: Path,
-    calibration: np.ndarray,
-    test_photos: np.ndarray,
+    calibration: Photos,
+    test: Photos,
     test_labels: np.ndarray,
+    bottleneck_dir: Path,
     *,
     num_threads: int | None = None,
 ) -> dict:
     """Write a version's float and int8 LiteRT files, measure both on its test split, decide.
 
-    `calibration` and `test_photos` are decoded uint8 photos [N,224,224,3]: the calibration
-    ones are the version's own training images; the int8 head and gate are calibrated on their
-    float features. Only the head is converted here: the backbone and gate files come from
-    BREEDBOT_HOME (see `int8_files`). The returned dict goes into metrics.json; its "served"
-    entry is the precision to serve.
+    The calibration photos are the version's own training images; the int8 head and gate are
+    calibrated on their float features. Only the head is converted here: the backbone and gate
+    files come from BREEDBOT_HOME (see `int8_files`). Test accuracy runs each precision's head file
+    on its backbone file's features: the float ones are the retrain's bottlenecks (made by the same
+    float file on a CPU), the int8 ones are cached in `bottleneck_dir` like them, keyed by the
+    int8 file's content. The returned dict goes into metrics.json; its "served" entry is the
+    precision to serve.
     """
-    if len(calibration) == 0:
+    if len(calibration.sources) == 0:
         raise ValueError("int8 calibration needs at least one photo")
     started = time.perf_counter()
     directory = Path(directory)
-    float_backbone = features_file(backbone, home)
-    features = Runner(float_backbone, num_threads=num_threads)(to_float(calibration))
-    shared = {(BACKBONE, FLOAT): float_backbone}
+    shared = {(BACKBONE, FLOAT): features_file(backbone, home)}
     gate = gate_file(backbone, home)
     if gate is not None:
         shared[GATE, FLOAT] = gate
-    int8 = int8_files(backbone, home, calibration, features["feature_vector"])
+    tag = calibration_tag(calibration.sha256s)
+    int8 = int8_files(
+        backbone, home, tag, lambda: decode_all(calibration.sources), calibration.features
+    )
     shared.update({(part, INT8): path for part, path in int8.items()})
     files = {
         (part, p): _place(path, directory / part_file(part, p))
         for (part, p), path in shared.items()
     }
     head = dense_graph(kernel, bias, "logits")
-    for p, inputs in ((FLOAT, None), (INT8, features["feature_vector"])):
+    for p, inputs in ((FLOAT, None), (INT8, calibration.features)):
         files[HEAD, p] = convert(head, None, directory / part_file(HEAD, p), inputs)
     convert_seconds = time.perf_counter() - started
-    pipelines = {p: version_pipeline(directory, p, num_threads=num_threads) for p in PRECISIONS}
-    top1: dict[str, list[np.ndarray]] = {p: [np.zeros(0, np.int64)] for p in PRECISIONS}
-    for start in range(0, len(test_photos), EVAL_BATCH):
-        pixels = to_float(test_photos[start : start + EVAL_BATCH])
-        for p, pipeline in pipelines.items():
-            top1[p].append(pipeline(pixels)["logits"].argmax(1))
-    guess = {p: np.concatenate(chunks) for p, chunks in top1.items()}
+    int8_features = _cached_features(int8[BACKBONE], test, bottleneck_dir, num_threads)
+    test_features = {FLOAT: test.features, INT8: int8_features.vectors[ORIGINAL.key()]}
+    guess = {
+        p: Runner(files[HEAD, p], num_threads=num_threads, batch_size=FEATURE_BATCH)(x)[
+            "logits"
+        ].argmax(1)
+        for p, x in test_features.items()
+    }
     n = len(test_labels)
     accuracy = {p: float((g == test_labels).mean()) if n else 0.0 for p, g in guess.items()}
     agreement = float((guess[FLOAT] == guess[INT8]).mean()) if n else 0.0
@@ -400,7 +426,8 @@ def export_version(
         ),
         "n_test": n,
         "int8_agreement": round(agreement, 4),
-        "calibration_images": len(calibration),
+        "calibration_images": len(calibration.sources),
+        "int8_features": {"computed": int8_features.computed, "cached": int8_features.cached},
         "convert_seconds": round(convert_seconds, 3),
         **{
             p: {
@@ -411,6 +438,31 @@ def export_version(
             for p in PRECISIONS
         },
     }
+
+
+def _cached_features(
+    model: Path, photos: Photos, bottleneck_dir: Path, num_threads: int | None
+) -> Extraction:
+    """Features of `photos` through a backbone file, cached under the file's content hash."""
+    identity = "litert:" + hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+
+    @functools.cache
+    def runner() -> Runner:
+        return Runner(model, num_threads=num_threads, batch_size=BATCH_SIZES[INT8])
+
+    ex = extract(
+        lambda images: runner()(images)["feature_vector"],
+        identity,
+        photos.features.shape[1],
+        photos.sources,
+        photos.sha256s,
+        [[ORIGINAL]] * len(photos.sources),
+        bottleneck_dir,
+        batch_size=EVAL_BATCH,
+    )
+    if ex.failures:
+        raise ValueError(f"test photo no longer decodes: {ex.failures[0][1]}")
+    return ex
 
 
 def version_pipeline(

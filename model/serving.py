@@ -6,13 +6,28 @@ same graph, so a served model cannot drift from the one that was trained and eva
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import fingerprinting_utils
 
 from model import imagenet
 from model.images import IMAGE_SIZE
+
+# SavedModels kept under BREEDBOT_HOME as templates: one per backbone and number of classes.
+TEMPLATES_DIR = "saved_model_templates"
+KEEP_TEMPLATES = 4
+# Checkpoint keys of the head's variables (ClassifierModule.kernel and .bias).
+_HEAD_KEYS = ("kernel/.ATTRIBUTES/VARIABLE_VALUE", "bias/.ATTRIBUTES/VARIABLE_VALUE")
+# Templates are stale when this module or TensorFlow changes.
+_CODE_TAG = hashlib.sha256(Path(__file__).read_bytes() + tf.__version__.encode()).hexdigest()[:12]
 
 IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -104,3 +119,81 @@ def save(module: ClassifierModule, path: Path) -> None:
             "classify_images": module.classify_images.get_concrete_function(),
         },
     )
+
+
+def save_retrained(
+    backbone: tf.Module,
+    backbone_identity: str,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    labels: list[str],
+    path: Path,
+    home: Path,
+) -> None:
+    """Write a retrained classifier's SavedModel, reusing the graph of an earlier one of its shape.
+
+    Tracing and serialising the graph takes about a second, and it is the same for every model
+    with this backbone and this number of classes: only the head's two variables differ. So the
+    first such model is also kept under `home` as a template, and later ones copy its graph and
+    write a checkpoint with the template's keys and the new head.
+    """
+    template = _template_dir(home, backbone_identity, kernel.shape[1])
+    if (template / "saved_model.pb").is_file():
+        try:
+            _from_template(template, Path(path), kernel, bias)
+            return
+        except (OSError, tf.errors.NotFoundError):
+            # Pruned by another worker while being read: fall back to a full save.
+            shutil.rmtree(path, ignore_errors=True)
+    save(ClassifierModule(backbone, kernel, bias, labels), Path(path))
+    _keep_template(Path(path), template)
+    prune_templates(home, KEEP_TEMPLATES)
+
+
+def _template_dir(home: Path, backbone_identity: str, n_classes: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone_identity).strip("._")[-100:]
+    return Path(home) / TEMPLATES_DIR / f"{safe}-c{n_classes}-{_CODE_TAG}"
+
+
+def _from_template(template: Path, path: Path, kernel: np.ndarray, bias: np.ndarray) -> None:
+    reader = tf.train.load_checkpoint(str(template / "variables" / "variables"))
+    os.utime(template)  # recently used: pruned last
+    head = dict(zip(_HEAD_KEYS, (kernel, bias), strict=True))
+    names = sorted(reader.get_variable_to_dtype_map())
+    tensors = [
+        tf.constant(head[name], tf.float32) if name in head else reader.get_tensor(name)
+        for name in names
+    ]
+    (path / "variables").mkdir(parents=True)
+    (path / "assets").mkdir()
+    shutil.copyfile(template / "saved_model.pb", path / "saved_model.pb")
+    # The checkpoint's object graph is the template's, so the copied graph finds every variable.
+    tf.raw_ops.SaveV2(
+        prefix=str(path / "variables" / "variables"),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=tensors,
+    )
+    fingerprinting_utils.write_fingerprint(str(path))
+
+
+def _keep_template(saved: Path, template: Path) -> None:
+    """Copy a fresh SavedModel into the templates; a concurrent copy that lands first wins."""
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=template.parent, prefix=f".{template.name}."))
+    try:
+        shutil.copytree(saved, tmp, dirs_exist_ok=True)
+        os.replace(tmp, template)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune_templates(home: Path, keep: int) -> None:
+    """Keep the `keep` most recently used SavedModel templates under `home`, drop the rest."""
+    root = Path(home) / TEMPLATES_DIR
+    used = {}
+    for path in root.glob("[!.]*"):
+        with contextlib.suppress(FileNotFoundError):  # another worker pruning at the same time
+            used[path] = path.stat().st_mtime
+    for stale in sorted(used, key=used.__getitem__, reverse=True)[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)

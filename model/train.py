@@ -20,7 +20,6 @@ from typing import ClassVar
 import numpy as np
 
 from model import backbones, data, features, head, litert, metrics, serving
-from model import images as imagelib
 from model.hparams import HParams, validate
 from model.problems import Problem
 
@@ -202,11 +201,12 @@ def retrain(
             rows = np.arange(bounds[k], bounds[k + 1])
             return rows[ex.ok[rows]]
 
-        # Decoded now: the files of an uploaded zip are gone once this block ends.
         train_rows = ok_rows(0)
         spread = train_rows[:: max(1, len(train_rows) // litert.CALIBRATION_IMAGES)]
-        calibration = _photos([items[i].path for i in spread[: litert.CALIBRATION_IMAGES]])
-        test_photos = _photos([items[i].path for i in ok_rows(2)])
+        calibration_rows = spread[: litert.CALIBRATION_IMAGES]
+        # Read now: the files of an uploaded zip are gone once this block ends.
+        calibration_bytes = [items[i].path.read_bytes() for i in calibration_rows]
+        test_bytes = [items[i].path.read_bytes() for i in ok_rows(2)]
     labels = dataset.classes
     index = {label: i for i, label in enumerate(labels)}
 
@@ -221,6 +221,12 @@ def retrain(
     val_x, val_y, _ = matrix(1, [features.ORIGINAL])
     test_x, test_y, test_kept = matrix(2, [features.ORIGINAL])
     _check_train_classes(labels, train_y)
+    calibration = litert.Photos(
+        calibration_bytes,
+        [items[i].sha256 for i in calibration_rows],
+        ex.vectors[features.ORIGINAL.key()][calibration_rows],
+    )
+    test = litert.Photos(test_bytes, [im.sha256 for im in test_kept], test_x)
 
     work = Path(tempfile.mkdtemp(prefix=f".{output_graph.name}.tmp-", dir=output_graph.parent))
     try:
@@ -251,19 +257,37 @@ def retrain(
             )
         if progress:
             progress("saving", 0, 1, val_acc)
-        module = serving.ClassifierModule(backbone.module, trained.kernel, trained.bias, labels)
-        serving.save(module, work / SAVED_MODEL_DIR)
-        litert_report = litert.export_version(
-            backbone,
-            home,
-            trained.kernel,
-            trained.bias,
-            work / litert.VERSION_DIR,
-            calibration,
-            test_photos,
-            test_y,
-            num_threads=num_threads,
-        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # Drawn while the model is written: laying out 37 classes' labels takes ~0.4 s.
+            plotted = pool.submit(
+                metrics.plot_confusion,
+                np.array(test_report["confusion_matrix"]),
+                labels,
+                work / CONFUSION_FILE,
+                f"test accuracy {test_report['accuracy']:.1%} (N={test_report['n']})",
+            )
+            serving.save_retrained(
+                backbone.module,
+                backbone.identity,
+                trained.kernel,
+                trained.bias,
+                labels,
+                work / SAVED_MODEL_DIR,
+                home,
+            )
+            litert_report = litert.export_version(
+                backbone,
+                home,
+                trained.kernel,
+                trained.bias,
+                work / litert.VERSION_DIR,
+                calibration,
+                test,
+                test_y,
+                bottleneck_dir,
+                num_threads=num_threads,
+            )
+            plotted.result()
         (work / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), "utf-8")
         report = {
             "test_accuracy": test_report["accuracy"],
@@ -290,12 +314,6 @@ def retrain(
             "skipped": [list(s) for s in skipped],
             "hparams": asdict(hp),
         }
-        metrics.plot_confusion(
-            np.array(test_report["confusion_matrix"]),
-            labels,
-            work / CONFUSION_FILE,
-            f"test accuracy {test_report['accuracy']:.1%} (N={test_report['n']})",
-        )
         (work / METRICS_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
         _publish(work, output_graph)
         if progress:
@@ -318,17 +336,6 @@ def retrain(
         bottlenecks_cached=ex.cached,
         skipped=skipped,
     )
-
-
-def _photos(paths: list[Path]) -> np.ndarray:
-    """Decoded uint8 photos [N,224,224,3] of files that decoded before (or are cached)."""
-    empty = np.zeros((0, imagelib.IMAGE_SIZE, imagelib.IMAGE_SIZE, 3), np.uint8)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        decoded = list(features.decode_many(paths, pool))
-    for photo in decoded:
-        if isinstance(photo, imagelib.ImageError):
-            raise photo
-    return np.stack(decoded) if decoded else empty
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -136,15 +137,23 @@ def test_backbone_conversions_are_shared_and_keyed_by_calibration_photos(
     assert linked.stat().st_ino == (home_files / litert.FEATURES_FILE).stat().st_ino
     int8 = version_files / litert.part_file(litert.BACKBONE, litert.INT8)
     (source,) = [p for p in home_files.glob("features_int8-*") if p.samefile(int8)]
-    files = sorted((datasets / "flowers-dev" / "tulips").iterdir())[:2]
-    photos = np.stack([imagelib.decode_image(f.read_bytes()) for f in files])
-    vectors = litert.features_runner(backbone, breedbot_home)(imagelib.to_float(photos))
-    made = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
+    sources = [f.read_bytes() for f in sorted((datasets / "flowers-dev" / "tulips").iterdir())[:2]]
+    tag = litert.calibration_tag([hashlib.sha256(s).hexdigest() for s in sources])
+    decoded: list[int] = []
+
+    def photos() -> np.ndarray:
+        decoded.append(len(sources))
+        return features.decode_all(sources)
+
+    vectors = litert.features_runner(backbone, breedbot_home)(imagelib.to_float(photos()))
+    made = litert.int8_files(backbone, breedbot_home, tag, photos, vectors["feature_vector"])
     assert made[litert.BACKBONE] != source and made[litert.BACKBONE].is_file()
-    # Reused, not converted again: a conversion lands by rename, as a new inode.
+    assert len(decoded) == 2  # decoded again to calibrate the conversion
+    # Reused, not converted again (a conversion lands by rename, as a new inode), not decoded.
     inodes = {part: path.stat().st_ino for part, path in made.items()}
-    again = litert.int8_files(backbone, breedbot_home, photos, vectors["feature_vector"])
+    again = litert.int8_files(backbone, breedbot_home, tag, photos, vectors["feature_vector"])
     assert {part: path.stat().st_ino for part, path in again.items()} == inodes
+    assert len(decoded) == 2
     assert set(made) == {litert.BACKBONE, litert.GATE}
 
 

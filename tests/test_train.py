@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from model import features, train
+from model import backbones, features, serving, train
+from model import images as imagelib
 from model.hparams import HParams
 from model.predict import load_classifier
 
@@ -98,8 +99,43 @@ def test_second_run_extracts_nothing(
     )
     assert again.bottlenecks_computed == 0
     assert again.bottlenecks_cached == flowers_run.bottlenecks_computed
-    # Same data, same seed: the same model.
+    # The int8 backbone's features of the test photos are cached too.
+    assert again.metrics["litert"]["int8_features"]["computed"] == 0
+    # Same data, same seed: the same model, whose SavedModel now comes from the template.
     assert again.test_accuracy == flowers_run.test_accuracy
+    np.testing.assert_array_equal(
+        again.metrics["confusion_matrix"], flowers_run.metrics["confusion_matrix"]
+    )
+
+
+def test_saved_model_from_a_template_serves_its_own_head(
+    datasets: Path, breedbot_home: Path, tmp_path: Path
+) -> None:
+    """Two heads of one shape: the second SavedModel is the first's graph with the new weights."""
+    backbone = backbones.load_backbone(backbones.DEFAULT_BACKBONE, breedbot_home)
+    home = tmp_path / "home"  # no template yet
+    files = sorted((datasets / "pets-dev").glob("*/*.jpg"))[::60]
+    pixels = imagelib.to_float(features.decode_all(files))
+    vectors = backbone.features(pixels)
+    rng = np.random.default_rng(0)
+    for name in ("first", "second"):
+        kernel = rng.normal(0, 0.05, (backbone.feature_dim, 3)).astype(np.float32)
+        bias = rng.normal(0, 1, 3).astype(np.float32)
+        path = tmp_path / name
+        serving.save_retrained(
+            backbone.module, backbone.identity, kernel, bias, list("abc"), path, home
+        )
+        loaded = tf.saved_model.load(str(path))
+        got = loaded.signatures["classify_images"](images=tf.constant(pixels))
+        logits = vectors @ kernel + bias
+        want = np.exp(logits - logits.max(1, keepdims=True))
+        want /= want.sum(1, keepdims=True)
+        np.testing.assert_allclose(got["probabilities"].numpy(), want, atol=1e-5)
+        assert tf.saved_model.experimental.read_fingerprint(str(path)).checkpoint_hash
+    (template,) = (home / serving.TEMPLATES_DIR).iterdir()
+    assert (template / "saved_model.pb").read_bytes() == (path / "saved_model.pb").read_bytes()
+    serving.prune_templates(home, keep=0)
+    assert not list((home / serving.TEMPLATES_DIR).iterdir())
 
 
 def test_cache_is_keyed_by_content(
