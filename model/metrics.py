@@ -67,18 +67,26 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str
     side = max(4.0, 0.32 * len(labels) + 2)
     fig = Figure(figsize=(side, side), dpi=100)
     # Margins sized from the longest label (7 pt text is about 0.06 in a character): a tight
-    # layout would draw the whole figure twice, doubling the time of a 37-class plot.
-    margin = min(0.45, (0.06 * max(map(len, labels), default=1) + 0.5) / side)
+    # layout would draw the whole figure twice.
+    label_in = 0.06 * max(map(len, labels), default=1)
+    margin = min(0.45, (label_in + 0.5) / side)
     fig.subplots_adjust(left=margin, bottom=margin, right=0.98, top=1 - 0.4 / side)
     ax = fig.subplots()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = np.arange(len(labels))
-    ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
-    ax.set_yticks(ticks, labels, fontsize=7)
+    # Class names as plain text beside the matrix: matplotlib's tick machinery would cost more
+    # than the rest of the figure (about 0.15 s of 0.3 s at 37 classes).
+    ax.set_xticks([])
+    ax.set_yticks([])
+    style = {"fontsize": 7, "clip_on": False}
+    for k, label in enumerate(labels):
+        ax.text(k, -0.01, label, transform=ax.get_xaxis_transform(), rotation=90,
+                ha="center", va="top", **style)  # fmt: skip
+        ax.text(-0.01, k, label, transform=ax.get_yaxis_transform(),
+                ha="right", va="center", **style)  # fmt: skip
     for i, j in zip(*np.nonzero(cm), strict=True):
         color = "white" if norm[i, j] > 0.5 else "black"
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color=color)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    fig.text(0.5 * (margin + 0.98), 0.005, "predicted", ha="center", va="bottom")
+    fig.text(0.005, 0.5 * (margin + 1 - 0.4 / side), "true", rotation=90, va="center")
     ax.set_title(title)
     fig.savefig(path)

@@ -257,6 +257,7 @@ def retrain(
             )
         if progress:
             progress("saving", 0, 1, val_acc)
+        saving_started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Drawn while the model is written: laying out 37 classes' labels takes ~0.4 s.
             plotted = pool.submit(
@@ -305,6 +306,7 @@ def retrain(
             "history": {k: [round(float(v), 5) for v in h] for k, h in trained.history.items()},
             "extraction_seconds": round(extraction_seconds, 3),
             "training_seconds": round(training_seconds, 3),
+            "saving_seconds": round(time.perf_counter() - saving_started, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
             "backbone": {"handle": backbone.handle, "identity": backbone.identity},
             "dataset_fingerprint": dataset.fingerprint,
