@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from model import backbones, features, serving, train
+from model import backbones, export, features, serving, train
 from model import images as imagelib
 from model.hparams import HParams
 from model.predict import load_classifier
@@ -121,7 +122,7 @@ def test_saved_model_from_a_template_serves_its_own_head(
     for name in ("first", "second"):
         kernel = rng.normal(0, 0.05, (backbone.feature_dim, 3)).astype(np.float32)
         bias = rng.normal(0, 1, 3).astype(np.float32)
-        path = tmp_path / name
+        path = tmp_path / name / train.SAVED_MODEL_DIR
         serving.save_retrained(
             backbone.module, backbone.identity, kernel, bias, list("abc"), path, home
         )
@@ -131,9 +132,18 @@ def test_saved_model_from_a_template_serves_its_own_head(
         want = np.exp(logits - logits.max(1, keepdims=True))
         want /= want.sum(1, keepdims=True)
         np.testing.assert_allclose(got["probabilities"].numpy(), want, atol=1e-5)
+        from_bytes = loaded.signatures["serving_default"](
+            image_bytes=tf.constant([f.read_bytes() for f in files])
+        )["probabilities"].numpy()
+        assert np.mean(from_bytes.argmax(1) == want.argmax(1)) >= 0.9  # TF decodes, not Pillow
         assert tf.saved_model.experimental.read_fingerprint(str(path)).checkpoint_hash
     (template,) = (home / serving.TEMPLATES_DIR).iterdir()
     assert (template / "saved_model.pb").read_bytes() == (path / "saved_model.pb").read_bytes()
+    # The TFLite converter reads the checkpoint through the C++ loader: it finds the new head.
+    (float_file, _) = export.export_tflite(tmp_path / "second")
+    runner = Interpreter(model_path=str(float_file)).get_signature_runner("classify_images")
+    lite = np.concatenate([runner(images=p[None])["probabilities"] for p in pixels])
+    np.testing.assert_allclose(lite, want, atol=1e-4)
     serving.prune_templates(home, keep=0)
     assert not list((home / serving.TEMPLATES_DIR).iterdir())
 
