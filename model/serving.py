@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from tensorflow.python.saved_model import fingerprinting_utils
 
 from model import imagenet
 from model.images import IMAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 # SavedModels kept under BREEDBOT_HOME as templates: one per backbone and number of classes.
 TEMPLATES_DIR = "saved_model_templates"
@@ -142,9 +145,13 @@ def save_retrained(
         try:
             _from_template(template, Path(path), kernel, bias)
             return
-        except (OSError, tf.errors.NotFoundError):
-            # Pruned by another worker while being read: fall back to a full save.
+        except Exception:
+            # Pruned by another worker while being read, or damaged (TensorFlow's checkpoint
+            # reader raises anything from OpError to IndexError): a full save replaces it. A
+            # full disk fails the full save too, and that error is the one raised.
+            log.warning("SavedModel template %s unusable; saving in full", template, exc_info=True)
             shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(template, ignore_errors=True)
     save(ClassifierModule(backbone, kernel, bias, labels), Path(path))
     _keep_template(Path(path), template)
     prune_templates(home, KEEP_TEMPLATES)

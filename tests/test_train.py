@@ -144,6 +144,18 @@ def test_saved_model_from_a_template_serves_its_own_head(
     runner = Interpreter(model_path=str(float_file)).get_signature_runner("classify_images")
     lite = np.concatenate([runner(images=p[None])["probabilities"] for p in pixels])
     np.testing.assert_allclose(lite, want, atol=1e-4)
+    # A damaged template (here a truncated checkpoint) gives way to a full save that replaces it.
+    (data_file,) = (template / "variables").glob("variables.data-*")
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    again = tmp_path / "third" / train.SAVED_MODEL_DIR
+    serving.save_retrained(
+        backbone.module, backbone.identity, kernel, bias, list("abc"), again, home
+    )
+    loaded = tf.saved_model.load(str(again))
+    got = loaded.signatures["classify_images"](images=tf.constant(pixels))["probabilities"]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    (rebuilt,) = (home / serving.TEMPLATES_DIR).iterdir()
+    assert (rebuilt / "variables" / data_file.name).stat().st_size > 1000
     serving.prune_templates(home, keep=0)
     assert not list((home / serving.TEMPLATES_DIR).iterdir())
 
