@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import fingerprinting_utils
 
-from model import imagenet
+from model import imagenet, images
 from model.images import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,11 @@ TEMPLATES_DIR = "saved_model_templates"
 KEEP_TEMPLATES = 4
 # Checkpoint keys of the head's variables (ClassifierModule.kernel and .bias).
 _HEAD_KEYS = ("kernel/.ATTRIBUTES/VARIABLE_VALUE", "bias/.ATTRIBUTES/VARIABLE_VALUE")
-# Templates are stale when this module or TensorFlow changes.
-_CODE_TAG = hashlib.sha256(Path(__file__).read_bytes() + tf.__version__.encode()).hexdigest()[:12]
+# Templates are stale when the code that builds the graph, or TensorFlow, changes.
+_CODE_TAG = hashlib.sha256(
+    b"".join(Path(f).read_bytes() for f in (__file__, imagenet.__file__, images.__file__))
+    + tf.__version__.encode()
+).hexdigest()[:12]
 
 IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -185,14 +188,21 @@ def _from_template(template: Path, path: Path, kernel: np.ndarray, bias: np.ndar
 
 
 def _keep_template(saved: Path, template: Path) -> None:
-    """Copy a fresh SavedModel into the templates; a concurrent copy that lands first wins."""
-    template.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=template.parent, prefix=f".{template.name}."))
+    """Copy a fresh SavedModel into the templates; a concurrent copy that lands first wins.
+
+    A template only saves time, so failing to keep one (a full disk) is logged, not raised.
+    """
+    tmp: Path | None = None
     try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=template.parent, prefix=f".{template.name}."))
         shutil.copytree(saved, tmp, dirs_exist_ok=True)
         os.replace(tmp, template)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        if not template.is_dir():
+            log.warning("could not keep SavedModel template %s: %s", template, exc)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prune_templates(home: Path, keep: int) -> None:
