@@ -85,16 +85,14 @@ def train_head(
 
     Loss: label-smoothed, class-weighted cross-entropy plus L2 on the kernel. Batches are drawn
     with replacement, as retrain.py does. Plain numpy: the model is one matrix, so TensorFlow's
-    per-call and tracing overhead cost more than the arithmetic (flowers-dev, 1000 steps: 0.1 s
-    against 0.8 s through a compiled tf.function).
+    per-call and tracing overhead cost more than the arithmetic (flowers-dev, 1000 steps: 0.2 s
+    against 0.7 s through a compiled tf.function).
     """
     rng = np.random.default_rng(config.seed)
     dim = train_x.shape[1]
     limit = np.sqrt(6.0 / (dim + n_classes))
     kernel = rng.uniform(-limit, limit, (dim, n_classes))
     weights = np.vstack([kernel, np.zeros((1, n_classes))]).astype(np.float32)
-    l2 = np.ones_like(weights) * (2.0 * config.l2)
-    l2[-1] = 0.0  # the bias is not regularised
     x, vx = _with_bias_column(train_x), _with_bias_column(val_x)
     per_class = class_weights(train_y, n_classes) if config.class_weighting else np.ones(n_classes)
     sample_w = per_class[train_y].astype(np.float32)
@@ -134,7 +132,7 @@ def train_head(
             losses += loss + penalty()
             hits += acc
             grad = xb.T @ grad_logits
-            grad += l2 * weights
+            grad[:-1] += (2.0 * config.l2) * weights[:-1]  # L2 on the kernel, not the bias
             # Adam, in place: these buffers are the whole model, updated once per step.
             m *= beta1
             m += (1.0 - beta1) * grad
