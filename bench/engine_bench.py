@@ -162,8 +162,9 @@ def markdown(result: dict) -> str:
     cold = result["cold_retrain_pets_dev"]
     rows += [
         "",
-        "Cold retrain on pets-dev (empty bottleneck cache, no int8 conversion for this data; "
-        "backbone export and LiteRT float backbone already in BREEDBOT_HOME; in-process, "
+        "Cold retrain on pets-dev (empty bottleneck cache, no int8 conversion for this data, no "
+        "SavedModel template; backbone export and LiteRT float backbone already in "
+        "BREEDBOT_HOME; in-process, "
         "TensorFlow imported). Every retrain also writes the version's LiteRT float + int8 "
         "files, calibrating the int8 backbone, and measures them (export column).",
         "",
