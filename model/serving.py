@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,11 +207,18 @@ def _keep_template(saved: Path, template: Path) -> None:
 
 
 def prune_templates(home: Path, keep: int) -> None:
-    """Keep the `keep` most recently used SavedModel templates under `home`, drop the rest."""
+    """Keep the `keep` most recently used SavedModel templates under `home`, drop the rest.
+
+    Also drops the half-written copies a crash left (hidden folders older than an hour; a live
+    one is seconds old).
+    """
     root = Path(home) / TEMPLATES_DIR
     used = {}
-    for path in root.glob("[!.]*"):
+    for path in root.glob("*"):
         with contextlib.suppress(FileNotFoundError):  # another worker pruning at the same time
             used[path] = path.stat().st_mtime
-    for stale in sorted(used, key=used.__getitem__, reverse=True)[keep:]:
-        shutil.rmtree(stale, ignore_errors=True)
+    templates = [path for path in used if not path.name.startswith(".")]
+    stale = sorted(templates, key=used.__getitem__, reverse=True)[keep:]
+    stale += [p for p in used if p.name.startswith(".") and time.time() - used[p] > 3600]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)

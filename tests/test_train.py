@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -156,8 +158,12 @@ def test_saved_model_from_a_template_serves_its_own_head(
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
     (rebuilt,) = (home / serving.TEMPLATES_DIR).iterdir()
     assert (rebuilt / "variables" / data_file.name).stat().st_size > 1000
+    # Pruning keeps no template here, drops a crash's hour-old copy, spares a live one.
+    for name, age in ((".left-by-a-crash", 7200), (".being-written", 5)):
+        (home / serving.TEMPLATES_DIR / name).mkdir()
+        os.utime(home / serving.TEMPLATES_DIR / name, (time.time() - age,) * 2)
     serving.prune_templates(home, keep=0)
-    assert not list((home / serving.TEMPLATES_DIR).iterdir())
+    assert [p.name for p in (home / serving.TEMPLATES_DIR).iterdir()] == [".being-written"]
 
 
 def test_cache_is_keyed_by_content(
