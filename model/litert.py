@@ -445,13 +445,8 @@ def _cached_features(
 ) -> Extraction:
     """Features of `photos` through a backbone file, cached under the file's content hash."""
     identity = "litert:" + hashlib.sha256(model.read_bytes()).hexdigest()[:16]
-
-    @functools.cache
-    def runner() -> Runner:
-        return Runner(model, num_threads=num_threads, batch_size=BATCH_SIZES[INT8])
-
     ex = extract(
-        lambda images: runner()(images)["feature_vector"],
+        lazy_features(lambda: Runner(model, num_threads=num_threads, batch_size=BATCH_SIZES[INT8])),
         identity,
         photos.features.shape[1],
         photos.sources,
@@ -479,6 +474,13 @@ def version_pipeline(
         if path[GATE].is_file()
         else None,
     )
+
+
+def lazy_features(make: Callable[[], Runner]) -> Callable[[np.ndarray], np.ndarray]:
+    """A backbone Runner's `feature_vector` as a function; `make` runs on the first call only,
+    so a run served wholly from the bottleneck cache builds (or converts) nothing."""
+    runner = functools.cache(make)
+    return lambda images: runner()(images)["feature_vector"]
 
 
 def features_runner(

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -95,12 +94,10 @@ def extractor(
     if litert.resolve_engine(engine) == "tf":
         return backbone.features
 
-    @functools.cache
-    def runner() -> litert.Runner:
-        where = Path(home) if home else backbones.default_home()
-        return litert.features_runner(backbone, where, num_threads=num_threads)
-
-    return lambda images: runner()(images)["feature_vector"]
+    where = Path(home) if home else backbones.default_home()
+    return litert.lazy_features(
+        lambda: litert.features_runner(backbone, where, num_threads=num_threads)
+    )
 
 
 def bottlenecks(
