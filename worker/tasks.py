@@ -15,7 +15,9 @@ from worker.celery_app import app
 from worker.settings import get_settings
 
 
-@app.task(name=contract.CLASSIFY)
+# No STARTED state: nobody polls a classify result for it (the worker replies to the chat, and
+# Flower has the task-started event), and storing it costs two Redis round trips per photo.
+@app.task(name=contract.CLASSIFY, track_started=False)
 def classify(payload: dict[str, Any]) -> dict[str, Any]:
     """Classify one photo with the active model version."""
     request = contract.ClassifyRequest.from_dict(payload)
