@@ -27,6 +27,7 @@ up: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/retrain_bench.py
 	$(PY) bench/service_bench.py
+	$(PY) bench/queue_floor.py
 	$(PY) bench/bot_bench.py
 	$(PY) bench/engine_bench.py
 	$(PY) bench/load_bench.py

@@ -16,13 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
+from celery import Celery
+from celery.result import AsyncResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +40,7 @@ from worker.redis_server import RedisServer
 from worker.settings import WorkerSettings
 
 POLL_SECONDS = 0.002
+WORKER_COMMAND = [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"]
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -47,10 +53,20 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def send_classify(app: Celery, photo: bytes) -> AsyncResult:
+    """Queue one classify job for `photo`, by name as the bot does."""
+    payload = contract.ClassifyRequest(image_b64=contract.encode_bytes(photo))
+    return app.send_task(contract.CLASSIFY, args=[payload.to_dict()])
+
+
 def run_load(
-    app, photos: list[bytes], concurrency: int, keep_going: Callable[[], bool] = lambda: True
-) -> tuple[list[float], float, list[dict]]:
-    """Keep `concurrency` jobs in flight; latencies (s), wall time (s) and the jobs' timings.
+    app: Celery,
+    photos: list[bytes],
+    concurrency: int,
+    keep_going: Callable[[], bool] = lambda: True,
+    send: Callable[[Celery, bytes], AsyncResult] = send_classify,
+) -> tuple[list[float], float, list[Any]]:
+    """Keep `concurrency` jobs in flight; latencies (s), wall time (s) and the jobs' results.
 
     One thread polls all results with one MGET per cycle, so the client never races on
     Celery's result consumer and its own overhead stays flat as concurrency grows.
@@ -58,14 +74,12 @@ def run_load(
     backend = app.backend
     pending: dict[str, float] = {}
     latencies: list[float] = []
-    timings: list[dict] = []
+    results: list[Any] = []
     queue = list(photos)
     started = time.perf_counter()
     while (queue and keep_going()) or pending:
         while queue and len(pending) < concurrency and keep_going():
-            payload = contract.ClassifyRequest(image_b64=contract.encode_bytes(queue.pop()))
-            result = app.send_task(contract.CLASSIFY, args=[payload.to_dict()])
-            pending[result.id] = time.perf_counter()
+            pending[send(app, queue.pop()).id] = time.perf_counter()
         ids = list(pending)
         metas = backend.client.mget([backend.get_key_for_task(i) for i in ids])
         now = time.perf_counter()
@@ -73,13 +87,26 @@ def run_load(
             if raw is None:
                 continue
             meta = backend.decode_result(raw)
-            if meta["status"] in ("SUCCESS", "FAILURE"):
-                if meta["status"] == "FAILURE" or meta["result"].get("error"):
-                    raise RuntimeError(f"classify failed: {meta}")
+            if meta["status"] == "FAILURE":
+                raise RuntimeError(f"job failed: {meta}")
+            if meta["status"] == "SUCCESS":
                 latencies.append(now - pending.pop(task_id))
-                timings.append(meta["result"]["timings_ms"])
+                results.append(meta["result"])
         time.sleep(POLL_SECONDS)
-    return latencies, time.perf_counter() - started, timings
+    return latencies, time.perf_counter() - started, results
+
+
+def timings_of(results: list[dict]) -> list[dict]:
+    """The timings of classify results; raises if a photo came back as an error."""
+    for result in results:
+        if result.get("error"):
+            raise RuntimeError(f"classify failed: {result}")
+    return [result["timings_ms"] for result in results]
+
+
+def busy_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """User plus system CPU seconds each process has used so far."""
+    return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
 
 
 def raw_rates(photos: list[bytes], home: Path | None, engine: str, reps: int = 3) -> dict:
@@ -116,7 +143,10 @@ def during_retrain(app, photos: list[bytes], concurrency: int) -> dict:
     while job.state not in (contract.PROGRESS_STATE, "SUCCESS", "FAILURE"):
         time.sleep(0.05)
     retrain_started = time.perf_counter()
-    latencies, _, _ = run_load(app, photos * 5, concurrency, keep_going=lambda: not job.ready())
+    latencies, _, results = run_load(
+        app, photos * 5, concurrency, keep_going=lambda: not job.ready()
+    )
+    timings_of(results)
     result = contract.RetrainResult.from_dict(job.get(timeout=1800))
     return {
         "concurrency": concurrency,
@@ -133,11 +163,10 @@ def through_queue(app, photos: list[bytes], concurrency: int, raw: dict, process
     `ceiling_vs_raw_batch_32` is what the cores would allow if the worker's own queue work cost
     nothing: every core busy with the raw model's CPU per photo plus the client's and Redis's.
     """
-    cpu_before = {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
-    latencies, wall, timings = run_load(app, photos, concurrency)
-    cpu = {
-        k: round((sum(p.cpu_times()[:2]) - cpu_before[k]) / wall, 2) for k, p in processes.items()
-    }
+    before = busy_seconds(processes)
+    latencies, wall, results = run_load(app, photos, concurrency)
+    timings = timings_of(results)
+    cpu = {k: round((busy - before[k]) / wall, 2) for k, busy in busy_seconds(processes).items()}
     rate = len(latencies) / wall
     raw_32 = raw["batch_32_images_per_s"]
     cpu_ms = {k: round(busy * 1e3 / rate, 2) for k, busy in cpu.items()}
@@ -160,46 +189,59 @@ def through_queue(app, photos: list[bytes], concurrency: int, raw: dict, process
     }
 
 
-def measure(
-    engine: str, photos: list[bytes], concurrencies: list[int], home: Path | None, retrain: bool
-) -> dict:
-    """Redis and one worker serving through `engine`: raw rates, load runs, optional retrain."""
+@contextmanager
+def running_worker(
+    command: list[str], make_app: Callable[[str], Celery], env: dict[str, str] | None = None
+) -> Iterator[tuple[Celery, subprocess.Popen, RedisServer]]:
+    """A fresh embedded Redis and one worker subprocess (`command`) on it, until exit."""
     with (
         tempfile.TemporaryDirectory(prefix="service-bench-") as tmp,
         RedisServer(Path(tmp) / "redis") as server,
     ):
-        env = {
+        full_env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "REDIS_URL": server.url,
             "VAR_DIR": str(Path(tmp) / "var"),
             "BOTTLENECK_DIR": str(Path(tmp) / "bn"),
-            "INFERENCE_ENGINE": engine,
+            **(env or {}),
         }
-        app = create_app(WorkerSettings(redis_url=server.url))
-        with (Path(tmp) / "worker.log").open("ab") as log:
-            worker = spawn(
-                [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"],
-                cwd=tmp, env=env, stdout=log, stderr=log,
-            )  # fmt: skip
+        app = make_app(server.url)
+        log_path = Path(tmp) / "worker.log"
+        with log_path.open("ab") as log:
+            worker = spawn(command, cwd=tmp, env=full_env, stdout=log, stderr=log)
         try:
             while not app.control.ping(timeout=1.0):
                 if worker.poll() is not None:
-                    raise RuntimeError((Path(tmp) / "worker.log").read_text()[-3000:])
-            run_load(app, photos[:40], 8)  # warm-up: connections, batch shapes
-            rates = raw_rates(photos, home, engine)
-            processes = {
-                "worker": psutil.Process(worker.pid),
-                "client": psutil.Process(),
-                "redis": psutil.Process(server.process.pid),
-            }
-            runs = [through_queue(app, photos, c, rates, processes) for c in concurrencies]
-            during = during_retrain(app, photos, 4) if retrain else None
-            memory = psutil.Process(worker.pid).memory_info()
-            peak = _peak_rss_mb(worker.pid)
+                    raise RuntimeError(log_path.read_text()[-3000:])
+            yield app, worker, server
         finally:
             stop_group(worker, 30)
             app.close()
+
+
+def breedbot_app(url: str) -> Celery:
+    """The worker's own app, as a client of the Redis at `url`."""
+    return create_app(WorkerSettings(redis_url=url))
+
+
+def measure(
+    engine: str, photos: list[bytes], concurrencies: list[int], home: Path | None, retrain: bool
+) -> dict:
+    """Redis and one worker serving through `engine`: raw rates, load runs, optional retrain."""
+    env = {"INFERENCE_ENGINE": engine}
+    with running_worker(WORKER_COMMAND, breedbot_app, env) as (app, worker, server):
+        run_load(app, photos[:40], 8)  # warm-up: connections, batch shapes
+        rates = raw_rates(photos, home, engine)
+        processes = {
+            "worker": psutil.Process(worker.pid),
+            "client": psutil.Process(),
+            "redis": psutil.Process(server.process.pid),
+        }
+        runs = [through_queue(app, photos, c, rates, processes) for c in concurrencies]
+        during = during_retrain(app, photos, 4) if retrain else None
+        memory = psutil.Process(worker.pid).memory_info()
+        peak = _peak_rss_mb(worker.pid)
     return {
         "engine": engine,
         "raw_model": rates,
@@ -261,7 +303,8 @@ def markdown(result: dict) -> str:
         "JSON + base64 through Redis; latency is send → result seen by the client. Raw = "
         "Classifier.predict through the same engine in the same run, decode included. Ceiling = "
         "the rate every core could give if the worker's queue work cost nothing (raw model CPU "
-        "+ client + Redis per photo), as a share of raw batch 32."
+        "+ client + Redis per photo), as a share of raw batch 32; the Queue floor section "
+        "(`bench/queue_floor.py`) adds what the worker's queue work costs."
     ]
     for e in result["engines"]:
         raw = e["raw_model"]
