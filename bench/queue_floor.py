@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-import psutil
 from celery import Celery
 from celery.result import AsyncResult
 
@@ -44,7 +44,9 @@ from bench.service_bench import (
     run_load,
     running_worker,
     send_classify,
+    watched,
 )
+from worker.redis_server import RedisServer
 
 GOAL = 0.8  # #3: classify throughput under load vs the model's own batch-32 rate
 CONCURRENCY = 32
@@ -56,13 +58,11 @@ def unreadable(photos: list[bytes]) -> list[bytes]:
     return [b"NOT AN IMAGE" + p[12:] for p in photos]
 
 
-def one_round(app, worker, server, jobs: list[bytes]) -> dict[str, float]:
+def one_round(
+    app: Celery, worker: subprocess.Popen, server: RedisServer, jobs: list[bytes]
+) -> dict[str, float]:
     """CPU ms per job of the worker, this client (and of that, sending) and Redis."""
-    processes = {
-        "worker": psutil.Process(worker.pid),
-        "client": psutil.Process(),
-        "redis": psutil.Process(server.process.pid),
-    }
+    processes = watched(worker, server)
     sending: list[float] = []
 
     def send(app: Celery, photo: bytes) -> AsyncResult:

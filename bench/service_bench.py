@@ -104,6 +104,15 @@ def timings_of(results: list[dict]) -> list[dict]:
     return [result["timings_ms"] for result in results]
 
 
+def watched(worker: subprocess.Popen, server: RedisServer) -> dict[str, psutil.Process]:
+    """The processes whose CPU a run is charged: the worker, this client and Redis."""
+    return {
+        "worker": psutil.Process(worker.pid),
+        "client": psutil.Process(),
+        "redis": psutil.Process(server.process.pid),
+    }
+
+
 def busy_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     """User plus system CPU seconds each process has used so far."""
     return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
@@ -233,11 +242,7 @@ def measure(
     with running_worker(WORKER_COMMAND, breedbot_app, env) as (app, worker, server):
         run_load(app, photos[:40], 8)  # warm-up: connections, batch shapes
         rates = raw_rates(photos, home, engine)
-        processes = {
-            "worker": psutil.Process(worker.pid),
-            "client": psutil.Process(),
-            "redis": psutil.Process(server.process.pid),
-        }
+        processes = watched(worker, server)
         runs = [through_queue(app, photos, c, rates, processes) for c in concurrencies]
         during = during_retrain(app, photos, 4) if retrain else None
         memory = psutil.Process(worker.pid).memory_info()
