@@ -275,7 +275,7 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
                 for m in app.backend.client.mget(keys)]  # fmt: skip
 
     def running() -> set[str]:
-        # Classify does not store STARTED (a Redis write per photo); the worker says what runs.
+        # Classify stores no STARTED state (worker/tasks.py); the worker itself says what runs.
         replies = app.control.inspect(timeout=1.0).active() or {}
         return {task["id"] for tasks in replies.values() for task in tasks}
 

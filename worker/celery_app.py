@@ -66,6 +66,7 @@ def config(settings: WorkerSettings) -> dict[str, Any]:
             name: {contract.QUEUE_INFER: infer, contract.QUEUE_TRAIN: train}.get(queue, control)
             for name, queue in contract.TASK_QUEUES.items()
         },
+        # Retrain and control jobs show STARTED; classify opts out (worker/tasks.py).
         "task_track_started": True,
         # Events for Flower (the same as `celery worker -E`).
         "worker_send_task_events": True,
