@@ -19,7 +19,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -147,8 +146,8 @@ def write_atomically(path: Path, content: bytes) -> None:
 
 def home_dir(home: Path, backbone_identity: str) -> Path:
     """Folder under BREEDBOT_HOME for the conversions of one backbone export."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone_identity).strip("._")[-120:]
-    return Path(home) / "litert" / f"{safe}-c{CONVERSION_VERSION}"
+    name = f"{backbones.folder_name(backbone_identity)}-c{CONVERSION_VERSION}"
+    return Path(home) / "litert" / name
 
 
 class Runner:

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import fingerprinting_utils
 
-from model import imagenet, images
+from model import backbones, imagenet, images
 from model.images import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -162,8 +161,8 @@ def save_retrained(
 
 
 def _template_dir(home: Path, backbone_identity: str, n_classes: int) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone_identity).strip("._")[-100:]
-    return Path(home) / TEMPLATES_DIR / f"{safe}-c{n_classes}-{_CODE_TAG}"
+    name = f"{backbones.folder_name(backbone_identity)}-c{n_classes}-{_CODE_TAG}"
+    return Path(home) / TEMPLATES_DIR / name
 
 
 def _from_template(template: Path, path: Path, kernel: np.ndarray, bias: np.ndarray) -> None:
