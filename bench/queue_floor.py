@@ -35,11 +35,12 @@ from celery.result import AsyncResult
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bare_celery
-from bench.common import DATASETS, emit, machine
+from bench.common import emit, machine
 from bench.service_bench import (
     WORKER_COMMAND,
     breedbot_app,
     busy_seconds,
+    pets_photos,
     raw_rates,
     run_load,
     running_worker,
@@ -114,8 +115,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
-    photos = [f.read_bytes() for f in files[:: max(1, len(files) // args.photos)]][: args.photos]
+    photos = pets_photos(args.photos)
     jobs = unreadable(photos) * 3
     with ExitStack() as stack:
         # All stacks up at once and their rounds interleaved, so each sees the same machine.

@@ -43,6 +43,12 @@ POLL_SECONDS = 0.002
 WORKER_COMMAND = [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"]
 
 
+def pets_photos(n: int) -> list[bytes]:
+    """The bytes of `n` pets-dev photos spread over its breeds."""
+    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
+    return [f.read_bytes() for f in files[:: max(1, len(files) // n)]][:n]
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     """p50/p95/mean of latencies in seconds, as milliseconds."""
     ms = sorted(x * 1e3 for x in latencies)
@@ -264,8 +270,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--engines", nargs="+", default=["litert", "tf"])
     args = parser.parse_args()
-    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
-    photos = [f.read_bytes() for f in files[:: max(1, len(files) // args.photos)]][: args.photos]
+    photos = pets_photos(args.photos)
     home = Path(os.environ["BREEDBOT_HOME"]) if os.environ.get("BREEDBOT_HOME") else None
     # The retrain-beside-photos run only for the first engine: it takes a while.
     engines = [
