@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 up: $(STAMP)
-	$(PY) -m worker.cli up
+	$(PY) -m ops.cli up
 
 bench: $(STAMP)
 	$(PY) bench/retrain_bench.py

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker import contract
+import contract
 
 
 def make_app(url: str, events: bool = False) -> Celery:

@@ -20,12 +20,12 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contract
 from bench.common import DATASETS, REPO, emit, machine
-from bot.fake_api import FakeTelegram, PlaygroundClient, serve_in_thread
-from bot.playground import PLAYGROUND_TOKEN, playground_env
-from worker import contract
-from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer
+from fakegram.api import FakeTelegram, PlaygroundClient, serve_in_thread
+from fakegram.playground import PLAYGROUND_TOKEN, playground_env
+from ops.processes import spawn, stop_group
+from ops.redis_server import RedisServer
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

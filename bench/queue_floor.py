@@ -47,7 +47,7 @@ from bench.service_bench import (
     send_classify,
     watched,
 )
-from worker.redis_server import RedisServer
+from ops.redis_server import RedisServer
 
 GOAL = 0.8  # #3: classify throughput under load vs the model's own batch-32 rate
 CONCURRENCY = 32

@@ -31,16 +31,16 @@ from celery.result import AsyncResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contract
 from bench.common import DATASETS, REPO, emit, machine
-from worker import contract
+from ops.cli import zip_dataset
+from ops.processes import spawn, stop_group
+from ops.redis_server import RedisServer
 from worker.celery_app import create_app
-from worker.cli import zip_dataset
-from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer
 from worker.settings import WorkerSettings
 
 POLL_SECONDS = 0.002
-WORKER_COMMAND = [sys.executable, "-m", "worker.cli", "worker", "-l", "WARNING"]
+WORKER_COMMAND = [sys.executable, "-m", "ops.cli", "worker", "-l", "WARNING"]
 
 
 def pets_photos(n: int) -> list[bytes]:

@@ -10,8 +10,8 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature
 
+import contract
 from bot.context import Context, redis_of
-from worker import contract
 
 
 def make_celery(broker_url: str) -> Celery:

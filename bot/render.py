@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from bot.i18n import error_reason, percent, problem_text, t
-from worker.contract import ClassifyResult, Guess, Progress, RetrainResult
+from contract import ClassifyResult, Guess, Progress, RetrainResult
 
 
 def _guesses(result: ClassifyResult) -> list[Guess]:

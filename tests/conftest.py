@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from bot.fake_api import FakeTelegram, serve_in_thread
-from bot.playground import PLAYGROUND_TOKEN, page_app, playground_env
+import contract
+from fakegram.api import FakeTelegram, serve_in_thread
+from fakegram.playground import PLAYGROUND_TOKEN, page_app, playground_env
 from model import registry
-from worker import contract
+from ops.processes import spawn, stop_group
+from ops.redis_server import RedisServer
 from worker.celery_app import create_app
-from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def spawn_worker(
 
     def start(name: str, queues: str = "infer,train,control", **env: str) -> ServiceHandle:
         """A worker named `name@%h` consuming `queues`."""
-        argv = ["-m", "worker.cli", "worker", "-n", f"{name}@%h", "-Q", queues]
+        argv = ["-m", "ops.cli", "worker", "-n", f"{name}@%h", "-Q", queues]
         handle = spawn_service(name, argv, **env)
         wait_for_worker(
             handle, env.get("REDIS_URL", service_env["REDIS_URL"]), WORKER_READY_SECONDS

@@ -36,10 +36,10 @@ import numpy as np
 import psutil
 import redis
 
-from bot.fake_api import FakeTelegram, PlaygroundClient, serve_in_thread
+from fakegram.api import FakeTelegram, PlaygroundClient, serve_in_thread
 from model import registry
-from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer
+from ops.processes import spawn, stop_group
+from ops.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -144,7 +144,7 @@ class Stack:
 
     def start_worker(self, name: str = "w", **env: str) -> Proc:
         """A worker on every queue; returns once it consumes (model loaded and warmed up)."""
-        argv = ["-m", "worker.cli", "worker", "-n", f"{name}@%h", "-c", "8"]
+        argv = ["-m", "ops.cli", "worker", "-n", f"{name}@%h", "-c", "8"]
         proc = self.start(name, argv, **env)
         deadline = time.monotonic() + READY_SECONDS
         while " ready." not in proc.log_text():
@@ -349,7 +349,7 @@ FINISHED = ("✅ Model v", "❌ Retrain failed", "Sorry, that job failed")
 
 def csv_sample_zip() -> bytes:
     """The Kaggle-style csv-sample (3 breeds x 20 photos) as a zip."""
-    from worker.cli import zip_dataset
+    from ops.cli import zip_dataset
 
     return zip_dataset(DATASETS / "csv-sample")
 

@@ -15,8 +15,8 @@ import pytest
 from celery import Celery
 from PIL import Image
 
-from bot.fake_api import PlaygroundClient
-from worker import contract
+import contract
+from fakegram.api import PlaygroundClient
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:

@@ -11,18 +11,18 @@ import pytest
 from telegram import Update
 from telegram.ext import ApplicationBuilder, MessageHandler, filters
 
+import contract
 from bot import render
 from bot.app import build_app
 from bot.handlers.admin import OptionsError, parse_retrain_options
 from bot.i18n import PROBLEMS, STRINGS, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
-from bot.playground import PLAYGROUND_TOKEN
 from bot.polling import handle_batch
 from bot.settings import BotSettings
+from fakegram.playground import PLAYGROUND_TOKEN
 from model.data import DatasetError
 from model.registry import GATE_MESSAGES, RegistryError
 from model.train import AccuracyGateError
-from worker import contract
 from worker.settings import WorkerSettings
 
 

@@ -11,10 +11,10 @@ HEAVY = ("tensorflow", "tf_keras", "tensorflow_hub", "keras")
 
 
 def test_importing_the_bot_leaves_tensorflow_out() -> None:
-    """Import bot.app and bot.playground, build the app, and list the heavy modules loaded."""
+    """Import bot.app and ops.playground, build the app, and list the heavy modules loaded."""
     code = (
         "import sys\n"
-        "import bot.app, bot.playground\n"
+        "import bot.app, ops.playground\n"
         "from pydantic import SecretStr\n"
         "from bot.settings import BotSettings\n"
         "bot.app.build_app(BotSettings(telegram_bot_token=SecretStr('1:x')))\n"

@@ -17,8 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.fake_api import PlaygroundClient
+import contract
+from fakegram.api import PlaygroundClient
 from model import registry
+from ops.processes import stop_group
+from ops.redis_server import free_port
 from tests.reliability_helpers import (
     ADMIN,
     REDIS_PASSWORD,
@@ -31,9 +34,6 @@ from tests.reliability_helpers import (
     send_retrain,
     wait_until,
 )
-from worker import contract
-from worker.processes import stop_group
-from worker.redis_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -246,7 +246,7 @@ def flower(stack: Stack) -> Iterator[tuple[Proc, str]]:
     port = free_port()
     proc = stack.start(
         "flower",
-        ["-m", "worker.cli", "flower", "--port", str(port)],
+        ["-m", "ops.cli", "flower", "--port", str(port)],
         FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
     )
     url = f"http://127.0.0.1:{port}"

@@ -23,12 +23,13 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from bot.fake_api import PlaygroundClient
-from worker import contract, outbox
+import contract
+from fakegram.api import PlaygroundClient
+from ops.cli import zip_dataset
+from ops.processes import stop_group
+from ops.redis_server import free_port
+from worker import outbox
 from worker.celery_app import config, create_app
-from worker.cli import zip_dataset
-from worker.processes import stop_group
-from worker.redis_server import free_port
 from worker.settings import WorkerSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot")]
@@ -361,7 +362,7 @@ def test_flower_lists_workers_behind_basic_auth(worker, service_env, tmp_path):
     log = tmp_path / "flower.log"
     with log.open("wb") as out:
         flower = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "flower", "--port", str(port)],
+            [sys.executable, "-m", "ops.cli", "flower", "--port", str(port)],
             cwd=REPO,
             env={**service_env, "FLOWER_BASIC_AUTH": "admin:s3cret"},
             stdout=out,
@@ -398,7 +399,7 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         "TELEGRAM_BOT_TOKEN": "",  # as compose passes it: empty means none, so the playground
     }
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "up"],
+        [sys.executable, "-m", "ops.cli", "up"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -420,7 +421,7 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         pug = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
         # `breedbot classify` finds the embedded Redis by itself (REDIS_URL unset).
         cli = subprocess.run(
-            [sys.executable, "-m", "worker.cli", "classify", str(pug), "--timeout", "240"],
+            [sys.executable, "-m", "ops.cli", "classify", str(pug), "--timeout", "240"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert re.search(rf"^{pug.name}: Pug \(score = 0\.\d\d\)$", cli.stdout, re.M), cli

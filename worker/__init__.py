@@ -1,4 +1,4 @@
-"""The service: Celery app, thin tasks, per-process model serving, Redis and the local stack.
+"""The compute service: Celery app, thin tasks, per-process model serving and retraining.
 
-The bot imports only `worker.contract` from here (stdlib only), so this file imports nothing.
+It imports `contract` and `model`, never `bot`. This file imports nothing.
 """

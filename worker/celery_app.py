@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, signals
 from celery.concurrency import get_implementation
 
-from worker import contract
+import contract
 from worker.settings import WorkerSettings, get_settings
 from worker.transport import TRANSPORT
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contract
 from model import registry
-from worker import contract, stats
+from worker import stats
 from worker.settings import WorkerSettings
 
 

@@ -13,7 +13,7 @@ import os
 
 import httpx
 
-from worker import contract
+import contract
 from worker.settings import WorkerSettings
 
 

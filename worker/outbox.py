@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker import contract
+import contract
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "breedbot:outbox:lock"

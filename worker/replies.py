@@ -22,10 +22,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+import contract
 from bot import render
 from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
-from worker import contract, fetch, outbox, serving
+from worker import fetch, outbox, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 

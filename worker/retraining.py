@@ -16,11 +16,12 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+import contract
 from model import data, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from worker import contract, fetch, serving
+from worker import fetch, serving
 from worker.settings import WorkerSettings
 
 ProgressSink = Callable[[contract.Progress], None]

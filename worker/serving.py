@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import contract
 from model import registry
 from model.predict import Classifier, load_classifier
-from worker import contract, fetch, stats
+from worker import fetch, stats
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Where a running embedded redis-server (worker/redis_server.py) writes its URL, under var_dir.
+# Where a running embedded redis-server (ops/redis_server.py) writes its URL, under var_dir.
 EMBEDDED_URL_FILE = Path("redis") / "url"
 
 

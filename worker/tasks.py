@@ -1,6 +1,6 @@
 """Thin Celery tasks: payload dict -> contract dataclass -> one library call -> result dict.
 
-Names and queues come from worker/contract.py; limits and routing from worker/celery_app.py.
+Names and queues come from contract/; limits and routing from worker/celery_app.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 from celery import Task
 
-from worker import contract, control, replies, retraining, serving
+import contract
+from worker import control, replies, retraining, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 

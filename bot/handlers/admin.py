@@ -12,11 +12,11 @@ from typing import Any
 
 from telegram import Document, Message, Update
 
+import contract
 from bot.context import Context
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import DEFAULT_LANGUAGE, t
 from bot.jobs import submit, task
-from worker import contract
 
 log = logging.getLogger(__name__)
 ADMIN_COMMANDS = ("retrain", "models", "promote", "rollback", "stats")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from telegram import BotCommand, Update
 
+import contract
 from bot.context import Context, settings_of
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import t
 from bot.jobs import publish, task
-from worker import contract
 
 PUBLIC_COMMANDS = ("start", "help", "breeds")
 

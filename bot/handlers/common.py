@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from telegram import Message, Update
 
+import contract
 from bot.i18n import pick_language
-from worker import contract
 
 
 def language_of(update: Update) -> str:

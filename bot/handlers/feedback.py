@@ -7,12 +7,12 @@ import logging
 
 from telegram import InlineKeyboardMarkup, Update
 
+import contract
 from bot.context import Context, redis_of
 from bot.handlers.common import language_of
 from bot.i18n import t
 from bot.jobs import publish, task
 from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, feedback_keyboard, parse_feedback
-from worker import contract
 
 log = logging.getLogger(__name__)
 

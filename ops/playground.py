@@ -8,36 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from importlib.resources import files
 
-from aiohttp import web
 from pydantic import SecretStr
 
 from bot.app import build_app
-from bot.fake_api import FakeTelegram, serve_in_thread
 from bot.polling import run
 from bot.settings import BotSettings
-
-PLAYGROUND_TOKEN = "1000001:playground-token"
-PLAYGROUND_ADMIN = 2  # the page's "act as admin" user
-
-
-def playground_env(url: str) -> dict[str, str]:
-    """Environment for workers (and the bot) to talk to the emulator at `url`."""
-    return {"TELEGRAM_BOT_TOKEN": PLAYGROUND_TOKEN, "TELEGRAM_API_URL": url}
-
-
-def page_app(fake: FakeTelegram) -> web.Application:
-    """The emulator plus the chat page at `/`."""
-    html = files("bot").joinpath("static/playground.html").read_text("utf-8")
-    html = html.replace("__ADMIN_ID__", str(PLAYGROUND_ADMIN))
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
-
-    app = fake.app()
-    app.router.add_get("/", page)
-    return app
+from fakegram.api import FakeTelegram, serve_in_thread
+from fakegram.playground import PLAYGROUND_ADMIN, PLAYGROUND_TOKEN, page_app, playground_env
 
 
 def main(argv: list[str] | None = None) -> None:

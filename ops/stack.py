@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from worker.processes import spawn, stop_group
-from worker.redis_server import RedisServer, free_port
+from ops.processes import spawn, stop_group
+from ops.redis_server import RedisServer, free_port
 from worker.settings import EMBEDDED_URL_FILE, WorkerSettings
 
 GRACE_SECONDS = 20.0
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "ops.cli"]
 
 
 @dataclass
@@ -43,8 +43,8 @@ def bot_service(settings: WorkerSettings) -> tuple[Service, dict[str, str]]:
     if settings.telegram_bot_token:
         return Service("bot", [*CLI, "bot"]), {}
     # Imported here: only this branch needs the bot's packages.
-    from bot.playground import playground_env
     from bot.settings import BotSettings
+    from fakegram.playground import playground_env
 
     # The worker must know the emulator's address before it starts: pick the port here.
     port = BotSettings().playground_port or free_port()
