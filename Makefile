@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[ml,dev]"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,6 +20,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 up: $(STAMP)
 	$(PY) -m ops.cli up

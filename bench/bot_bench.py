@@ -92,6 +92,10 @@ def main() -> None:
                  "-Q", "infer,train,control", "--pool", "threads", "-c", "8", "-l", "warning"],
                 cwd=tmp, env=env, stdout=log, stderr=log,
             )  # fmt: skip
+            replier = spawn(
+                [sys.executable, "-m", "ops.cli", "replier", "-l", "warning"],
+                cwd=tmp, env=env, stdout=log, stderr=log,
+            )  # fmt: skip
             bot = spawn([sys.executable, "-m", "bot.app"], cwd=tmp, env=env, stdout=log, stderr=log)
             client = PlaygroundClient(url)
             try:
@@ -106,6 +110,7 @@ def main() -> None:
             finally:
                 client.close()
                 stop_group(bot, 10)
+                stop_group(replier, 10)
                 stop_group(worker, 30)
     result = {
         "machine": machine(),

@@ -34,11 +34,12 @@ RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
 async def _start(application: Application) -> None:
     data: BotData = application.bot_data
     assert data.settings is not None
-    data.celery = make_celery(data.settings.redis_url)
+    url = data.settings.broker_url()
+    data.celery = make_celery(url)
     # Retries reconnect pooled connections that a Redis restart closed, instead of failing the
     # first updates after it; while Redis is down they give up within about a second.
     data.redis = Redis.from_url(
-        data.settings.redis_url,
+        url,
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
     )

@@ -228,7 +228,6 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
-        "fetch_failed": "não consegui baixar o arquivo",
     },
 }
 

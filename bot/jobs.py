@@ -1,4 +1,4 @@
-"""Queue jobs by name through a broker-only Celery client; workers send the answers."""
+"""Queue jobs by name through a broker-only Celery client; the reply sender answers."""
 
 from __future__ import annotations
 
@@ -12,26 +12,16 @@ from celery.canvas import Signature
 
 import contract
 from bot.context import Context, redis_of
+from broker.config import client_config
 
 
 def make_celery(broker_url: str) -> Celery:
     """A Celery client that only publishes: JSON, routes by task name, no result backend.
 
-    No backend on purpose: the bot never reads results (workers send the replies), and a Redis
-    backend would subscribe to every task's result channel from the event loop's threads.
+    No backend on purpose: the bot never reads results (reply tasks send the answers), and a
+    Redis backend would subscribe to every task's result channel from the event loop's threads.
     """
-    return Celery(
-        "breedbot-bot",
-        broker=broker_url,
-        set_as_current=False,
-        config_source={
-            "task_serializer": "json",
-            "accept_content": ["json"],
-            "result_serializer": "json",
-            "task_routes": {name: {"queue": q} for name, q in contract.TASK_QUEUES.items()},
-            "broker_connection_retry_on_startup": True,
-        },
-    )
+    return Celery("breedbot-bot", set_as_current=False, config_source=client_config(broker_url))
 
 
 def task(context: Context, name: str, *args: Any, **kwargs: Any) -> Signature:
@@ -43,7 +33,7 @@ def task(context: Context, name: str, *args: Any, **kwargs: Any) -> Signature:
 async def submit(
     context: Context, job: Signature, reply_to: contract.ReplyTo, kind: str, **extra: Any
 ) -> None:
-    """Queue `job | reply`, so a worker answers the chat even if this bot restarts meanwhile.
+    """Queue `job | reply`, so the chat is answered even if this bot restarts meanwhile.
 
     Idempotent kinds (classify) are also written to the outbox first, so that a message lost
     between Redis and a killed worker is published again (see `contract.OUTBOX_DUE`).

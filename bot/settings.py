@@ -1,26 +1,23 @@
-"""The bot's settings: one validated object built from the environment (and `.env`)."""
+"""The bot's settings (the PTB front end and its reply sender): one validated object built from
+the environment (and `.env`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from broker.settings import BrokerSettings
 
 
-class BotSettings(BaseSettings):
-    """Everything the bot process reads from the environment."""
-
-    # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
-    model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
-    )
+class BotSettings(BrokerSettings):
+    """Everything the bot and the reply sender read from the environment."""
 
     # No usable default: without a token, run the playground instead.
     telegram_bot_token: SecretStr | None = None
     # API root: methods live at `<root>/bot<token>/<method>`, files at `<root>/file/bot<token>/`.
     telegram_api_url: str = "https://api.telegram.org"
-    redis_url: str = "redis://127.0.0.1:6379/0"
 
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     developer_chat_id: int | None = None
@@ -33,6 +30,14 @@ class BotSettings(BaseSettings):
     # How long the bot waits for the rest of an album after its first photo.
     album_wait_seconds: float = Field(default=1.0, gt=0, le=10)
     top_k: int = Field(default=5, ge=3, le=10)
+
+    # The reply sender: threads sending answers to Telegram at once.
+    replier_concurrency: int = Field(default=16, ge=1, le=256)
+    # A classify job unanswered this long is published again (bot/outbox.py), at most
+    # OUTBOX_MAX_ATTEMPTS times: it rescues messages lost with a killed worker, and answers the
+    # jobs of a killed worker long before the (retrain-sized) visibility timeout would.
+    outbox_rescue_seconds: float = Field(default=60, gt=0)
+    outbox_max_attempts: int = Field(default=3, ge=0)
 
     # Webhook mode (deployments); unset = long polling.
     webhook_url: str | None = None

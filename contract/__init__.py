@@ -1,8 +1,8 @@
-"""Task names, queues and payloads shared by the bot and the worker.
+"""Task names, queues, payloads and Redis keys shared by the bot, its reply sender and the worker.
 
-Stdlib only: the bot imports this module and nothing else from `worker/`, so that it never
-pulls in Celery task code or TensorFlow. Payloads cross Redis as JSON dicts; each dataclass
-round-trips through `to_dict()` / `from_dict()`.
+Stdlib only, and it imports nothing of ours: the bot never pulls in Celery task code or
+TensorFlow, the worker never pulls in Telegram. Payloads cross Redis as JSON dicts; each
+dataclass round-trips through `to_dict()` / `from_dict()`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ LIST_MODELS = "breedbot.models"
 PROMOTE = "breedbot.promote"
 ROLLBACK = "breedbot.rollback"
 STATS = "breedbot.stats"
+BREEDS = "breedbot.breeds"  # the active version's class names
+STORE_FEEDBACK = "breedbot.store_feedback"  # files a photo (inline bytes) under its label
+# Reply tasks: consumed in the bot's image, the only one that holds the Telegram token.
 REPLY = "breedbot.reply"
 REPLY_FAILED = "breedbot.reply_failed"  # errback: tells the chat a job failed
-FEEDBACK = "breedbot.feedback"  # stores a photo under its corrected label
+PROGRESS = "breedbot.progress"  # edits a retrain's status message
+FEEDBACK = "breedbot.feedback"  # downloads a corrected photo and has a worker file it
 
 # Queues.
 QUEUE_INFER = "infer"
 QUEUE_TRAIN = "train"
 QUEUE_CONTROL = "control"
+QUEUE_REPLY = "reply"
+WORKER_QUEUES = (QUEUE_INFER, QUEUE_TRAIN, QUEUE_CONTROL)
 
 TASK_QUEUES = {
     CLASSIFY: QUEUE_INFER,
@@ -36,9 +42,12 @@ TASK_QUEUES = {
     PROMOTE: QUEUE_CONTROL,
     ROLLBACK: QUEUE_CONTROL,
     STATS: QUEUE_CONTROL,
-    REPLY: QUEUE_CONTROL,
-    REPLY_FAILED: QUEUE_CONTROL,
-    FEEDBACK: QUEUE_CONTROL,
+    BREEDS: QUEUE_CONTROL,
+    STORE_FEEDBACK: QUEUE_CONTROL,
+    REPLY: QUEUE_REPLY,
+    REPLY_FAILED: QUEUE_REPLY,
+    PROGRESS: QUEUE_REPLY,
+    FEEDBACK: QUEUE_REPLY,
 }
 
 # Caps on bytes carried through Redis (base64 adds a third on top).
@@ -57,8 +66,8 @@ def photo_key(photo_id: str) -> str:
 
 # The outbox: every classify chain the bot publishes is also kept here until its reply task has
 # run. Redis hands a message to a worker (BRPOP) before the worker records it as unacked, so a
-# worker killed in between loses it for good; workers re-publish entries that stay unanswered
-# (worker/outbox.py). Only idempotent jobs go here: a re-run classify is answered once anyway.
+# worker killed in between loses it for good; the reply sender re-publishes entries that stay
+# unanswered (bot/outbox.py). Only idempotent jobs go here: a re-run classify is answered once.
 OUTBOX_DUE = "breedbot:outbox:due"  # sorted set: outbox id -> time it was (re-)published
 OUTBOX_JOBS = "breedbot:outbox:jobs"  # hash: outbox id -> OutboxEntry JSON
 OUTBOX_KINDS = frozenset({"classify"})
@@ -107,10 +116,9 @@ class ReplyTo(_Payload):
 
 @dataclass(frozen=True)
 class ClassifyRequest(_Payload):
-    """One image to classify: inline bytes (base64, capped) or a Telegram file id."""
+    """One image to classify: inline bytes (base64, capped); the bot downloads it."""
 
     image_b64: str | None = None
-    file_id: str | None = None
     top_k: int = 5
     reply_to: dict[str, Any] | None = None  # a ReplyTo.to_dict()
 
@@ -137,9 +145,8 @@ class ClassifyResult(_Payload):
 
 @dataclass(frozen=True)
 class DatasetRef(_Payload):
-    """A labeled upload: a Telegram file id the worker fetches, or inline zip bytes (capped)."""
+    """A labeled upload as inline zip bytes (capped), or the collected feedback."""
 
-    file_id: str | None = None
     zip_b64: str | None = None
     name: str = "upload.zip"
     feedback: bool = False  # retrain on collected feedback (optionally merged with last dataset)
@@ -176,6 +183,7 @@ class RetrainResult(_Payload):
     # The reason as a problem code and its values, so the bot can word it in the user's language.
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,23 @@ class FeedbackRequest(_Payload):
     """File photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
 
     photo_id: str
+
+
+@dataclass(frozen=True)
+class StoreFeedback(_Payload):
+    """A corrected photo for a worker to file: under `label`, or nowhere ("" removes it)."""
+
+    photo_id: str
+    label: str
+    image_b64: str | None = None
+
+
+@dataclass(frozen=True)
+class Breeds(_Payload):
+    """Result of BREEDS: the active version and its classes' display names."""
+
+    version: int
+    names: list[str]
 
 
 @dataclass(frozen=True)

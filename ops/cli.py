@@ -1,4 +1,4 @@
-"""`breedbot`: the model commands plus the service ones (worker, flower, up, bot, playground, ...).
+"""`breedbot`: the model commands plus the service ones (worker, replier, flower, up, bot, ...).
 
 `classify`, `retrain --via-queue`, `models`, `promote` and `rollback` go through the real queue,
 by task name, exactly as the bot does.
@@ -24,7 +24,7 @@ from model import cli as model_cli
 from model.hparams import HParams
 from worker.settings import get_settings
 
-QUEUES = ",".join([contract.QUEUE_INFER, contract.QUEUE_TRAIN, contract.QUEUE_CONTROL])
+QUEUES = ",".join(contract.WORKER_QUEUES)
 
 
 def _app() -> Any:
@@ -41,6 +41,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replier(args: argparse.Namespace) -> int:
+    """Run the reply sender: the bot's image's Celery worker on the `reply` queue."""
+    from bot.reply_app import app
+
+    argv = ["worker", "-Q", contract.QUEUE_REPLY, "-E", "-P", "threads", "-l", args.loglevel]
+    app.worker_main([*argv, "-n", args.hostname])
+    return 0
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     """Run Flower on 127.0.0.1 behind basic auth (FLOWER_BASIC_AUTH or a generated password)."""
     settings = get_settings()
@@ -49,14 +58,16 @@ def cmd_flower(args: argparse.Namespace) -> int:
         os.environ["FLOWER_BASIC_AUTH"] = f"admin:{password}"
         print(f"Flower user admin, password {password} (generated; set FLOWER_BASIC_AUTH)")
     port = args.port if args.port is not None else settings.flower_port
-    _app().start(["flower", f"--address={settings.flower_address}", f"--port={port}"])
+    from broker.flower import app  # a client app: Flower imports no task module
+
+    app.start(["flower", f"--address={settings.flower_address}", f"--port={port}"])
     return 0
 
 
 def cmd_redis(_args: argparse.Namespace) -> int:
     """Run the embedded redis-server alone until Ctrl-C."""
+    from broker.settings import EMBEDDED_URL_FILE
     from ops.redis_server import RedisServer
-    from worker.settings import EMBEDDED_URL_FILE
 
     settings = get_settings()
     server = RedisServer(settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE)
@@ -231,6 +242,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hostname", "-n", default="breedbot@%h")
     p.add_argument("--loglevel", "-l", default="INFO")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replier", help="run the reply sender (needs TELEGRAM_BOT_TOKEN)")
+    p.add_argument("--hostname", "-n", default="replier@%h")
+    p.add_argument("--loglevel", "-l", default="INFO")
+    p.set_defaults(func=cmd_replier)
 
     p = sub.add_parser("flower", help="run Flower on 127.0.0.1 with basic auth")
     p.add_argument("--port", type=int, help="default FLOWER_PORT")

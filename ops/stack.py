@@ -1,7 +1,8 @@
-"""`make up`: Redis (unless REDIS_URL), one worker on every queue, Flower, and the bot.
+"""`make up`: Redis (unless REDIS_URL), one worker on its queues, Flower, the reply sender and
+the bot.
 
 Without TELEGRAM_BOT_TOKEN the bot is the playground: the real bot against a local Telegram
-emulator with a web chat page, and the worker sends its replies to that emulator.
+emulator with a web chat page, and the reply sender sends its replies to that emulator.
 
 Each service runs in its own process group, so stopping one also stops whatever it spawned; on
 Ctrl-C or SIGTERM (or when any service dies) they are stopped in reverse order: TERM, a grace
@@ -19,9 +20,12 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from bot.settings import BotSettings
+from broker.settings import EMBEDDED_URL_FILE
+from fakegram.playground import playground_env
 from ops.processes import spawn, stop_group
 from ops.redis_server import RedisServer, free_port
-from worker.settings import EMBEDDED_URL_FILE, WorkerSettings
+from worker.settings import WorkerSettings
 
 GRACE_SECONDS = 20.0
 CLI = [sys.executable, "-m", "ops.cli"]
@@ -38,30 +42,26 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
 
 
-def bot_service(settings: WorkerSettings) -> tuple[Service, dict[str, str]]:
-    """The bot (with a token) or the playground (without), and what the worker needs to reach it."""
+def bot_services() -> list[Service]:
+    """The bot (with a token) or the playground (without), and the reply sender beside it."""
+    settings = BotSettings()
     if settings.telegram_bot_token:
-        return Service("bot", [*CLI, "bot"]), {}
-    # Imported here: only this branch needs the bot's packages.
-    from bot.settings import BotSettings
-    from fakegram.playground import playground_env
-
-    # The worker must know the emulator's address before it starts: pick the port here.
-    port = BotSettings().playground_port or free_port()
+        return [Service("replier", [*CLI, "replier"]), Service("bot", [*CLI, "bot"])]
+    # The reply sender must know the emulator's address before it starts: pick the port here.
+    port = settings.playground_port or free_port()
     url = f"http://127.0.0.1:{port}"
     playground = Service("playground", [*CLI, "playground", "--port", str(port)], url=f"{url}/")
-    return playground, playground_env(url)
+    return [Service("replier", [*CLI, "replier"], playground_env(url)), playground]
 
 
 def services(settings: WorkerSettings, flower_auth: str) -> list[Service]:
     """The stack, in start order; add a service here to have `make up` run it."""
-    bot, telegram_env = bot_service(settings) if settings.up_bot else (None, {})
     stack = [
-        # Replies and uploads go through the bot's Telegram: the real one or the emulator.
-        Service("worker", [*CLI, "worker"], telegram_env),
+        # The worker computes and never talks to Telegram: it needs no token.
+        Service("worker", [*CLI, "worker"]),
         Service("flower", [*CLI, "flower"], {"FLOWER_BASIC_AUTH": flower_auth}),
     ]
-    return [*stack, bot] if bot else stack
+    return [*stack, *bot_services()] if settings.up_bot else stack
 
 
 def _start(service: Service, base_env: dict[str, str]) -> None:

@@ -197,8 +197,31 @@ def spawn_worker(
 
 
 @pytest.fixture(scope="session")
-def worker(spawn_worker: Callable[..., ServiceHandle]) -> ServiceHandle:
-    """One warm worker consuming every queue, shared by the session."""
+def spawn_replier(spawn_service: Callable[..., ServiceHandle]) -> Callable[..., ServiceHandle]:
+    """Factory: start `breedbot replier` (the reply queue's consumer) and wait until it consumes."""
+
+    def start(name: str, **env: str) -> ServiceHandle:
+        """A reply sender named `name@%h`."""
+        handle = spawn_service(name, ["-m", "ops.cli", "replier", "-n", f"{name}@%h"], **env)
+        deadline = time.monotonic() + WORKER_READY_SECONDS
+        while " ready." not in handle.log_text():
+            if not handle.alive() or time.monotonic() > deadline:
+                pytest.fail(f"replier {name} did not start:\n{handle.log_text()[-3000:]}")
+            time.sleep(0.2)
+        return handle
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def replier(spawn_replier: Callable[..., ServiceHandle]) -> ServiceHandle:
+    """The reply sender of the session's workers."""
+    return spawn_replier("replier")
+
+
+@pytest.fixture(scope="session")
+def worker(spawn_worker: Callable[..., ServiceHandle], replier: ServiceHandle) -> ServiceHandle:
+    """One warm worker consuming every worker queue (its answers go out through the replier)."""
     return spawn_worker("w1")
 
 

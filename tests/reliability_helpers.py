@@ -96,6 +96,7 @@ class Stack:
     url: str = ""
     procs: list[Proc] = field(default_factory=list)
     bot: Proc | None = None
+    replier: Proc | None = None
 
     @property
     def models_root(self) -> Path:
@@ -153,8 +154,18 @@ class Stack:
             time.sleep(0.2)
         return proc
 
+    def start_replier(self) -> Proc:
+        """The reply sender (`breedbot replier`); returns once it consumes."""
+        argv = ["-m", "ops.cli", "replier", "-n", f"replier{len(self.procs)}@%h"]
+        self.replier = self.start("replier", argv)
+        if not wait_until(lambda: " ready." in self.replier.log_text(), READY_SECONDS):
+            raise RuntimeError(f"the replier did not start:\n{self.replier.log_text()[-3000:]}")
+        return self.replier
+
     def start_bot(self, **env: str) -> Proc:
-        """The real bot (`python -m bot.app`), long polling the emulator."""
+        """The real bot (`python -m bot.app`) long polling the emulator, and its reply sender."""
+        if self.replier is None or not self.replier.alive():
+            self.start_replier()
         self.bot = self.start("bot", ["-m", "bot.app"], **env)
         if not wait_until(lambda: "Application started" in self.bot.log_text(), READY_SECONDS):
             raise RuntimeError(f"the bot did not start:\n{self.bot.log_text()[-3000:]}")
@@ -529,7 +540,7 @@ def storage_failures(stack: Stack, file_limit_mb: int = 2) -> dict:
             "-c",
             f"import resource,runpy,sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
             f"({limit}, {limit})); sys.argv = ['breedbot', 'worker', '-n', 'full@%h', "
-            "'-c', '8']; runpy.run_module('worker.cli', run_name='__main__')",
+            "'-c', '8']; runpy.run_module('ops.cli', run_name='__main__')",
         ]
         worker = stack.start("full", argv)
         wait_until(lambda: " ready." in worker.log_text(), READY_SECONDS)

@@ -142,9 +142,17 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "PLAYGROUND_PORT", "REDIS_URL"):
         monkeypatch.setenv(name, "")
     bot, worker = BotSettings(_env_file=None), WorkerSettings(_env_file=None)
-    assert bot.telegram_bot_token is None and worker.telegram_bot_token is None
-    assert bot.telegram_api_url == worker.telegram_api_url == "https://api.telegram.org"
-    assert bot.playground_port == 8081 and worker.redis_url is None
+    assert bot.telegram_bot_token is None
+    assert bot.telegram_api_url == "https://api.telegram.org"
+    assert bot.playground_port == 8081 and bot.redis_url is None and worker.redis_url is None
+
+
+def test_the_worker_reads_no_telegram_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker computes and returns results: a token in its environment is not even read."""
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:secret")
+    fields = set(WorkerSettings.model_fields)
+    assert not {name for name in fields if "telegram" in name}
+    assert "1:secret" not in repr(WorkerSettings(_env_file=None).model_dump())
 
 
 def test_batch_keeps_each_chats_order_and_runs_chats_concurrently(emulator_url: str) -> None:
@@ -202,7 +210,6 @@ def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
         "storage": "{why}",
         "unsupported": "",
         "too_large": "{limit_mb}",
-        "fetch_failed": "",
     }
     portuguese = PROBLEMS["pt-BR"]
     assert set(portuguese) == set(english)

@@ -24,11 +24,11 @@ from celery import Celery
 from celery.result import AsyncResult
 
 import contract
+from bot import outbox
 from fakegram.api import PlaygroundClient
 from ops.cli import zip_dataset
 from ops.processes import stop_group
 from ops.redis_server import free_port
-from worker import outbox
 from worker.celery_app import config, create_app
 from worker.settings import WorkerSettings
 
@@ -310,12 +310,13 @@ def _outbox_entry(client: redis.Redis, outbox_id: str, signature: dict[str, Any]
 
 
 def test_lost_classify_message_is_published_again(
-    spawn_worker, redis_server, emulator_url, datasets
+    spawn_worker, spawn_replier, redis_server, emulator_url, datasets
 ):
     """A classify chain in the outbox whose message never reached a worker (lost between BRPOP
-    and the unacked hash) is published again by a worker's sweep and answered once."""
+    and the unacked hash) is published again by the reply sender's sweep and answered once."""
     url = redis_server.url.rsplit("/", 1)[0] + "/6"
-    spawn_worker("sweeper", REDIS_URL=url, OUTBOX_RESCUE_SECONDS="1")
+    spawn_worker("w6", REDIS_URL=url)
+    spawn_replier("sweeper", REDIS_URL=url, OUTBOX_RESCUE_SECONDS="1")
     app = create_app(WorkerSettings(redis_url=url))
     client = redis.Redis.from_url(url)
     request = contract.ClassifyRequest(
@@ -425,7 +426,8 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert re.search(rf"^{pug.name}: Pug \(score = 0\.\d\d\)$", cli.stdout, re.M), cli
-        # The playground's bot takes the photo, and the worker answers through the emulator.
+        # The playground's bot takes the photo, the worker classifies it, and the reply sender
+        # answers through the emulator.
         with contextlib.closing(PlaygroundClient(page)) as chat:
             chat.send(7, file=pug.read_bytes())
             events = chat.wait_for(7, lambda ev: any(e["type"] == "sent" for e in ev), 120)
@@ -433,7 +435,7 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         assert reply["caption"].startswith("Pug — ")
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        for service in ("redis-server", "worker", "flower", "playground"):
+        for service in ("redis-server", "worker", "flower", "replier", "playground"):
             assert service in names
     finally:
         up.send_signal(signal.SIGTERM)

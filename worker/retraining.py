@@ -1,4 +1,4 @@
-"""A retrain job: fetch the dataset, retrain(), publish the result through the accuracy gate."""
+"""A retrain job: unpack the dataset, retrain(), publish the result through the accuracy gate."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
         try:
             staged = registry.new_staging_dir(root)
-            source = _dataset_source(ref, Path(tmp), settings, report)
+            source = _dataset_source(ref, Path(tmp), settings)
             result = train.retrain(
                 source,
                 staged,
@@ -224,6 +224,8 @@ def run(
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
+    chart = registry.version_dir(root, published.version) / "confusion_matrix.png"
+    png = contract.encode_bytes(chart.read_bytes()) if chart.is_file() else None
     registry.prune(root, settings.keep_versions)
     metrics = {
         **published.record["metrics"],
@@ -238,16 +240,13 @@ def run(
         published.reason,
         problem=published.problem,
         params=published.params,
+        confusion_png_b64=png,
     )
 
 
-def _dataset_source(
-    ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings, report: _Reporter
-) -> Path:
+def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings) -> Path:
     if ref.feedback:
         return settings.feedback_root
-    report("download", 0, 1, None)
     source = tmp / "dataset.zip"
-    source.write_bytes(fetch.dataset_bytes(ref, settings))
-    report("download", 1, 1, None)
+    source.write_bytes(fetch.dataset_bytes(ref))
     return source

@@ -164,7 +164,7 @@ def classify(
     started = time.perf_counter()
     served = holder().current()
     try:
-        image = fetch.image_bytes(request, settings)
+        image = fetch.image_bytes(request)
     except fetch.InputError as exc:
         result = contract.ClassifyResult(
             served.version, [], None, 0.0, "", 0.0, error=exc.code, error_message=str(exc)

@@ -1,22 +1,23 @@
 """Thin Celery tasks: payload dict -> contract dataclass -> one library call -> result dict.
 
-Names and queues come from contract/; limits and routing from worker/celery_app.py.
+Names and queues come from contract/; limits and routing from worker/celery_app.py. Nothing
+here talks to Telegram: answers go back as results, and a reply task in the bot's image sends
+them.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from celery import Task
 
 import contract
-from worker import control, replies, retraining, serving
+from worker import control, feedback, retraining, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 
 
-# No STARTED state: nobody polls a classify result for it (the worker replies to the chat, and
+# No STARTED state: nobody polls a classify result for it (the reply task gets the result, and
 # Flower has the task-started event), and storing it costs two Redis round trips per photo.
 @app.task(name=contract.CLASSIFY, track_started=False)
 def classify(payload: dict[str, Any]) -> dict[str, Any]:
@@ -35,12 +36,15 @@ def classify(payload: dict[str, Any]) -> dict[str, Any]:
 def retrain(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Retrain on an uploaded dataset, reporting PROGRESS, and publish through the gate."""
     request = contract.RetrainRequest.from_dict(payload)
-    # Telegram edits at a pace its flood limits accept; the result backend more often.
-    telegram = retraining.throttled(partial(replies.report_progress, request.reply_to), 3.0)
+    # The chat's status message is edited at a pace Telegram's flood limits accept.
+    chat = retraining.throttled(
+        lambda p: app.send_task(contract.PROGRESS, args=[request.reply_to, p.to_dict()]), 3.0
+    )
 
     def progress(p: contract.Progress) -> None:
         self.update_state(state=contract.PROGRESS_STATE, meta=p.to_dict())
-        telegram(p)
+        if request.reply_to and request.reply_to.get("status_message_id") is not None:
+            chat(p)
 
     with retraining.exclusive():
         return retraining.run(request, get_settings(), progress).to_dict()
@@ -70,3 +74,18 @@ def rollback(payload: dict[str, Any] | None = None) -> dict[str, Any]:
 def stats() -> dict[str, Any]:
     """Today's job count, mean latency and the active version."""
     return control.today(get_settings()).to_dict()
+
+
+@app.task(name=contract.BREEDS)
+def breeds() -> dict[str, Any]:
+    """The classes the served version knows, by display name."""
+    served = serving.holder().current()
+    names = sorted(served.classifier.display_names, key=str.casefold)
+    return contract.Breeds(served.version, names).to_dict()
+
+
+@app.task(name=contract.STORE_FEEDBACK)
+def store_feedback(payload: dict[str, Any]) -> str | None:
+    """File a corrected photo under its label; the last answer wins."""
+    request = contract.StoreFeedback.from_dict(payload)
+    return feedback.store(request, get_settings().feedback_root)

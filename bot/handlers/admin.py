@@ -155,7 +155,10 @@ async def retrain(update: Update, context: Context) -> None:
         await message.reply_text(t(language, "too_big", size=size))
         return
     else:
-        dataset = contract.DatasetRef(file_id=document.file_id, name=document.file_name or "")
+        # The bot's image is the one that talks to Telegram: the worker gets the bytes.
+        data = await (await context.bot.get_file(document.file_id)).download_as_bytearray()
+        name = document.file_name or ""
+        dataset = contract.DatasetRef(zip_b64=contract.encode_bytes(bytes(data)), name=name)
     status = await message.reply_text(t(language, "retrain_queued"))
     target = reply_to(message, language, "retrain", status_message_id=status.message_id)
     request = contract.RetrainRequest(

@@ -8,7 +8,7 @@ import contract
 from bot.context import Context, settings_of
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import t
-from bot.jobs import publish, task
+from bot.jobs import submit, task
 
 PUBLIC_COMMANDS = ("start", "help", "breeds")
 
@@ -36,8 +36,8 @@ async def help_command(update: Update, context: Context) -> None:
 
 
 async def breeds(update: Update, context: Context) -> None:
-    """The breeds the active model knows: a worker (which holds the model) answers."""
+    """The breeds the active model knows: a worker (which holds the model) names them."""
     message = update.effective_message
     assert message is not None
     target = reply_to(message, language_of(update), "breeds")
-    await publish(task(context, contract.REPLY, None, reply_to=target.to_dict(), kind="breeds"))
+    await submit(context, task(context, contract.BREEDS), target, "breeds")

@@ -1,9 +1,9 @@
-"""The worker's side of Telegram: answer each job's chat exactly once, edit retrain progress,
-and file feedback photos under their corrected label.
+"""Reply tasks: answer each job's chat exactly once, edit retrain progress, fetch feedback photos.
 
-Any worker holding the token can run these, so an answer arrives even if the bot restarted while
-the job ran. Each process shares one HTTP client and one Redis client; every reply claims its
-idempotency key with SET NX first, so a redelivered or duplicated reply is not sent twice.
+They run in the reply sender (`breedbot replier`, the bot's image), so an answer arrives even if
+the PTB front end restarted while the job ran. Each process shares one HTTP client and one Redis
+client; every reply claims its idempotency key with SET NX first, so a redelivered or duplicated
+reply is not sent twice.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,12 +22,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 import contract
-from bot import render
+from bot import botapi, outbox, render
 from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
-from worker import fetch, outbox, serving
-from worker.celery_app import app
-from worker.settings import get_settings
+from bot.reply_app import app
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +34,6 @@ log = logging.getLogger(__name__)
 SENDING_TTL = 45
 SENT_TTL = 7 * 24 * 3600
 ALBUM_TTL = 3600
-
-
-class TelegramError(Exception):
-    """The Bot API answered `ok: false`."""
 
 
 class ReplyPending(Exception):
@@ -66,26 +59,7 @@ def _redis(url: str, pid: int) -> redis.Redis:
 
 def redis_client() -> redis.Redis:
     """This process's Redis client (the broker's server)."""
-    return _redis(get_settings().broker_url(), os.getpid())
-
-
-def call(method: str, params: dict[str, Any], files: dict[str, Any] | None = None) -> Any:
-    """Call a Bot API method with the worker's token; returns its `result`."""
-    settings = get_settings()
-    if settings.telegram_bot_token is None:
-        raise TelegramError("TELEGRAM_BOT_TOKEN is not set on the worker")
-    token = settings.telegram_bot_token.get_secret_value()
-    url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/{method}"
-    if files:
-        # Multipart: nested objects travel as JSON strings, as the Bot API expects.
-        form = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in params.items()}
-        response = fetch.http_client().post(url, data=form, files=files)
-    else:
-        response = fetch.http_client().post(url, json=params)
-    body = response.json()
-    if not body.get("ok"):
-        raise TelegramError(f"{method}: {body.get('description')}")
-    return body["result"]
+    return _redis(botapi.settings().broker_url(), os.getpid())
 
 
 @contextlib.contextmanager
@@ -107,47 +81,14 @@ def once(key: str) -> Iterator[bool]:
     client.set(name, "sent", ex=SENT_TTL)
 
 
-def _reply_params(reply_to: contract.ReplyTo) -> dict[str, Any]:
-    params: dict[str, Any] = {"chat_id": reply_to.chat_id}
-    if reply_to.message_id is not None:
-        params["reply_parameters"] = {
-            "message_id": reply_to.message_id,
-            "allow_sending_without_reply": True,
-        }
-    return params
-
-
-def send_text(reply_to: contract.ReplyTo, text: str, **extra: Any) -> Any:
-    """Send `text` to the chat, as a reply to the user's message."""
-    return call("sendMessage", {**_reply_params(reply_to), "text": text, **extra})
-
-
-def send_picture(reply_to: contract.ReplyTo, png: bytes, caption: str, **extra: Any) -> Any:
-    """Send a PNG with a caption to the chat, as a reply to the user's message."""
-    params = {**_reply_params(reply_to), "caption": caption, **extra}
-    return call("sendPhoto", params, files={"photo": ("chart.png", png, "image/png")})
-
-
-def edit_status(reply_to: contract.ReplyTo, text: str) -> None:
-    """Replace the text of the job's status message (an unchanged text is not an error)."""
-    try:
-        call(
-            "editMessageText",
-            {"chat_id": reply_to.chat_id, "message_id": reply_to.status_message_id, "text": text},
-        )
-    except TelegramError as error:
-        if "not modified" not in str(error):
-            raise
-
-
-def report_progress(reply_to: dict[str, Any] | None, progress: contract.Progress) -> None:
-    """Show a retrain's progress in its status message; best effort, never fails the job."""
-    if not reply_to or reply_to.get("status_message_id") is None:
-        return
+@app.task(name=contract.PROGRESS, ignore_result=True)
+def progress(reply_to: dict[str, Any], update: dict[str, Any]) -> None:
+    """Show a retrain's progress in its status message; best effort, never retried."""
     target = contract.ReplyTo.from_dict(reply_to)
+    text = render.progress_text(contract.Progress.from_dict(update), target.language)
     try:
-        edit_status(target, render.progress_text(progress, target.language))
-    except (TelegramError, httpx.HTTPError, ValueError) as error:
+        botapi.edit_status(target, text)
+    except (botapi.TelegramError, httpx.HTTPError, ValueError) as error:
         log.warning("progress edit failed: %s", error)
 
 
@@ -156,7 +97,7 @@ def _answer_photo(
 ) -> None:
     text = render.classification_text(result, reply_to.language, low)
     if result.error or result.is_pet is False:
-        send_text(reply_to, text)
+        botapi.send_text(reply_to, text)
         return
     markup = feedback_keyboard(photo_id, reply_to.language) if photo_id else None
     if photo_id:
@@ -164,7 +105,7 @@ def _answer_photo(
         names = [[g["label"], g["display_name"]] for g in result.top_k]
         redis_client().hset(contract.photo_key(photo_id), "labels", json.dumps(names))
     extra = {"reply_markup": markup} if markup else {}
-    send_picture(reply_to, render.top_k_chart(result), text, **extra)
+    botapi.send_picture(reply_to, render.top_k_chart(result), text, **extra)
 
 
 def _album_results(
@@ -218,27 +159,22 @@ def _stats_text(result: dict[str, Any], language: str) -> str:
     )
 
 
-def _breeds_text(language: str) -> str:
-    served = serving.holder().current()
-    names = sorted(served.classifier.display_names, key=str.casefold)
-    return t(language, "breeds", n=len(names), version=served.version, names=", ".join(names))
+def _breeds_text(result: dict[str, Any], language: str) -> str:
+    known = contract.Breeds.from_dict(result)
+    names = ", ".join(known.names)
+    return t(language, "breeds", n=len(known.names), version=known.version, names=names)
 
 
 def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
     outcome = contract.RetrainResult.from_dict(result)
     text = render.retrain_text(outcome, reply_to.language)
     if reply_to.status_message_id is not None:
-        edit_status(reply_to, text)
+        botapi.edit_status(reply_to, text)
     else:
-        send_text(reply_to, text)
-    if outcome.version is None:
-        return
-    from model import registry  # pure Python; only needed here
-
-    folder = registry.version_dir(get_settings().models_root, outcome.version)
-    chart = folder / "confusion_matrix.png" if folder else None
-    if chart and chart.is_file():
-        send_picture(reply_to, chart.read_bytes(), f"v{outcome.version}: confusion matrix")
+        botapi.send_text(reply_to, text)
+    if outcome.version is not None and outcome.confusion_png_b64:
+        png = contract.decode_bytes(outcome.confusion_png_b64)
+        botapi.send_picture(reply_to, png, f"v{outcome.version}: confusion matrix")
 
 
 @app.task(
@@ -276,7 +212,7 @@ def _reply(
             return
         with once(target.key) as first:
             if first:
-                send_text(target, render.album_text(results, language, low_confidence))
+                botapi.send_text(target, render.album_text(results, language, low_confidence))
         return
     with once(target.key) as first:
         if not first:
@@ -288,13 +224,13 @@ def _reply(
         elif kind == "retrain":
             _finish_retrain(result, target)
         elif kind == "models":
-            send_text(target, _models_text(result, language))
+            botapi.send_text(target, _models_text(result, language))
         elif kind == "switch":
-            send_text(target, _switch_text(result, language))
+            botapi.send_text(target, _switch_text(result, language))
         elif kind == "stats":
-            send_text(target, _stats_text(result, language))
+            botapi.send_text(target, _stats_text(result, language))
         elif kind == "breeds":
-            send_text(target, _breeds_text(language))
+            botapi.send_text(target, _breeds_text(result, language))
         else:
             raise ValueError(f"unknown reply kind {kind!r}")
 
@@ -322,36 +258,21 @@ def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
             return
         text = t(target.language, "job_failed", reason=reason)
         if kind == "retrain" and target.status_message_id is not None:
-            edit_status(target, text)
+            botapi.edit_status(target, text)
         else:
-            send_text(target, text)
-
-
-def _feedback_files(root: Path, photo_id: str) -> list[Path]:
-    return [p for p in root.glob(f"*/{photo_id}.*") if p.is_file()]
+            botapi.send_text(target, text)
 
 
 @app.task(name=contract.FEEDBACK, autoretry_for=(httpx.TransportError,), max_retries=5)
-def store_feedback(payload: dict[str, Any]) -> str | None:
-    """File the photo under the label its Redis record holds now; the last answer wins."""
+def fetch_feedback(payload: dict[str, Any]) -> None:
+    """Download the photo and have a worker file it under the label its record holds now."""
     request = contract.FeedbackRequest.from_dict(payload)
     record = redis_client().hgetall(contract.photo_key(request.photo_id))
     if not record:
-        return None
-    root = get_settings().feedback_root
+        return
     label = record.get("label", "")
-    if label and (label.startswith(".") or "/" in label or "\\" in label):
-        raise ValueError(f"refusing label {label!r} as a folder name")
-    data = fetch.download_telegram_file(record["file_id"], contract.MAX_IMAGE_BYTES, get_settings())
-    for old in _feedback_files(root, request.photo_id):
-        old.unlink()
-    if not label:
-        return None
-    folder = root / label
-    folder.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a retrain reading the folder never sees half a photo.
-    target = folder / f"{request.photo_id}.jpg"
-    partial = folder / f".{request.photo_id}.partial"
-    partial.write_bytes(data)
-    partial.replace(target)
-    return str(target)
+    data = botapi.download(record["file_id"], contract.MAX_IMAGE_BYTES) if label else None
+    store = contract.StoreFeedback(
+        request.photo_id, label, contract.encode_bytes(data) if data is not None else None
+    )
+    app.send_task(contract.STORE_FEEDBACK, args=[store.to_dict()])

@@ -7,7 +7,7 @@ has no attribute 'hostname'` (or `'client'`), which Celery treats as unrecoverab
 worker exits and every queued job waits (seen in tests/test_reliability.py::
 test_redis_restarted_mid_run). Those messages are still in Redis' unacked hash; any worker's
 `restore_visible` puts them back once the visibility timeout has passed (photo jobs come back
-sooner through worker/outbox.py), which is what this transport leaves them to.
+sooner through bot/outbox.py), which is what this transport leaves them to.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from kombu.transport import redis
 
 log = logging.getLogger(__name__)
-TRANSPORT = "worker.transport:Transport"
+TRANSPORT = "broker.transport:Transport"
 
 
 class QoS(redis.QoS):

@@ -3,9 +3,9 @@
 kombu's Redis transport pops a message (BRPOP) before it records it in the unacked hash; a worker
 killed between the two loses that message, and nothing redelivers it (the reliability suite lost
 1 photo in 200 that way). The bot writes each classify chain to the outbox before publishing it
-(`contract.OUTBOX_DUE`); the reply task removes it. Every worker runs `sweep` every few seconds:
-an entry older than the rescue age is published again, at most `max_attempts` times. A re-run
-classify job is harmless: the reply is keyed and sent once.
+(`contract.OUTBOX_DUE`); the reply task removes it. Every reply sender runs `sweep` every few
+seconds: an entry older than the rescue age is published again, at most `max_attempts` times. A
+re-run classify job is harmless: the reply is keyed and sent once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def start_sweeper(
     max_attempts: int,
     interval: float = 5.0,
 ) -> threading.Thread:
-    """Sweep every `interval` s in a daemon thread; one worker at a time sweeps (a Redis lock)."""
+    """Sweep every `interval` s in a daemon thread; one process at a time sweeps (a Redis lock)."""
 
     def loop() -> None:
         while True:

