@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,34 +356,55 @@ def test_outbox_sweep_gives_up_after_max_attempts(redis_server):
     client.close()
 
 
-def test_flower_lists_workers_behind_basic_auth(worker, service_env, tmp_path):
+FLOWER_AUTH = ("admin", "s3cret")
+
+
+@contextlib.contextmanager
+def _flower(service_env: dict[str, str], log: Path, **env: str) -> Iterator[str]:
+    """A real `breedbot flower` (admin:s3cret); yields its root URL once it answers."""
     port = free_port()
-    log = tmp_path / "flower.log"
     with log.open("wb") as out:
         flower = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "flower", "--port", str(port)],
             cwd=REPO,
-            env={**service_env, "FLOWER_BASIC_AUTH": "admin:s3cret"},
+            env={**service_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}/api/workers"
+    root = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{root}/healthcheck", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-
-        def workers() -> dict | None:
-            try:
-                reply = httpx.get(url, auth=("admin", "s3cret"), timeout=5)
-            except httpx.TransportError:
-                return None
-            return reply.json() if reply.status_code == 200 and reply.json() else None
-
-        listed = _eventually(workers, 60, "Flower to list the worker")
-        assert worker.hostname in listed
-        assert httpx.get(url, timeout=5).status_code == 401
-        assert httpx.get(url, auth=("admin", "wrong"), timeout=5).status_code == 401
+        _eventually(answers, 60, "Flower to answer")
+        yield root
     finally:
         stop_group(flower, 10)
+
+
+def _flower_json(url: str) -> Any:
+    reply = httpx.get(url, auth=FLOWER_AUTH, timeout=10)
+    return reply.json() if reply.status_code == 200 and reply.json() else None
+
+
+def test_flower_lists_workers_and_queues_behind_basic_auth(worker, service_env, tmp_path):
+    with _flower(service_env, tmp_path / "flower.log") as root:
+        listed = _eventually(lambda: _flower_json(f"{root}/api/workers"), 60, "the worker list")
+        assert worker.hostname in listed
+        for auth in (None, ("admin", "wrong")):
+            assert httpx.get(f"{root}/api/workers", auth=auth, timeout=5).status_code == 401
+        # The Broker tab and its API read the queues through a URL Flower understands.
+        lengths = _flower_json(f"{root}/api/queues/length")
+        assert lengths, (tmp_path / "flower.log").read_text()
+        queues = {q["name"]: q["messages"] for q in lengths["active_queues"]}
+        assert {"infer", "train", "control"} <= set(queues)
+        page = httpx.get(f"{root}/broker", auth=FLOWER_AUTH, timeout=10)
+        assert page.status_code == 200 and "redis://" in page.text and ">infer<" in page.text
 
 
 def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, datasets, tmp_path):

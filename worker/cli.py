@@ -21,7 +21,7 @@ from typing import Any
 
 from model import cli as model_cli
 from model.hparams import HParams
-from worker import contract
+from worker import contract, monitor
 from worker.settings import get_settings
 
 QUEUES = ",".join([contract.QUEUE_INFER, contract.QUEUE_TRAIN, contract.QUEUE_CONTROL])
@@ -49,7 +49,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
         os.environ["FLOWER_BASIC_AUTH"] = f"admin:{password}"
         print(f"Flower user admin, password {password} (generated; set FLOWER_BASIC_AUTH)")
     port = args.port if args.port is not None else settings.flower_port
-    _app().start(["flower", f"--address={settings.flower_address}", f"--port={port}"])
+    options = [f"--address={settings.flower_address}", f"--port={port}"]
+    monitor.run(_app(), options)
     return 0
 
 
