@@ -405,6 +405,20 @@ def test_flower_lists_workers_and_queues_behind_basic_auth(worker, service_env, 
         assert {"infer", "train", "control"} <= set(queues)
         page = httpx.get(f"{root}/broker", auth=FLOWER_AUTH, timeout=10)
         assert page.status_code == 200 and "redis://" in page.text and ">infer<" in page.text
+        # /metrics names tasks and worker hosts: the same credentials as every other page.
+        for auth in (None, ("admin", "wrong")):
+            assert httpx.get(f"{root}/metrics", auth=auth, timeout=5).status_code == 401
+        metrics = httpx.get(f"{root}/metrics", auth=FLOWER_AUTH, timeout=10)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+
+
+def test_flower_metrics_opened_for_prometheus(service_env, tmp_path):
+    """PUBLIC_METRICS opens /metrics alone (for a scraper on the same network) and nothing else."""
+    with _flower(service_env, tmp_path / "flower.log", PUBLIC_METRICS="1") as root:
+        metrics = httpx.get(f"{root}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+        assert httpx.get(f"{root}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{root}/broker", timeout=5).status_code == 401
 
 
 def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, datasets, tmp_path):

@@ -50,7 +50,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
         print(f"Flower user admin, password {password} (generated; set FLOWER_BASIC_AUTH)")
     port = args.port if args.port is not None else settings.flower_port
     options = [f"--address={settings.flower_address}", f"--port={port}"]
-    monitor.run(_app(), options)
+    monitor.run(_app(), options, public_metrics=settings.public_metrics)
     return 0
 
 

@@ -71,6 +71,9 @@ class WorkerSettings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=0, le=65535)
     flower_basic_auth: SecretStr | None = None
+    # Flower's /metrics without credentials, for a Prometheus on the same network that scrapes
+    # without basic auth. Not FLOWER_*: Flower takes every such variable for one of its options.
+    public_metrics: bool = False
 
     # `breedbot up` also runs the bot (or, without a token, the playground) when it exists.
     up_bot: bool = True
