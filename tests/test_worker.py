@@ -469,12 +469,29 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for service in ("redis-server", "worker", "flower", "playground"):
             assert service in names
+        # The URLs and the generated password, again on demand.
+        again = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "up", "--info"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        flower_line = next(line for line in lines if "Flower:" in line)
+        assert flower_line.removeprefix("[up] ") in again.stdout
+        assert f"playground: open {page}" in again.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
     assert code == 0, "".join(lines)[-3000:]
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not (tmp_path / "var" / "redis" / "url").exists()
+    assert not (tmp_path / "var" / "up.txt").exists()
+    # The console holds what a person needs; each service's chatter is in its log file.
+    console = "".join(lines)
+    assert len(lines) < 25, console
+    assert "succeeded in" not in console and "Inspect method" not in console, console
+    assert "[worker] " in console and " ready." in console  # the worker said it is ready
+    worker_log = (tmp_path / "var" / "log" / "worker.log").read_text()
+    assert re.search(r"breedbot\.classify\[[0-9a-f-]+\] succeeded in", worker_log)
+    assert (tmp_path / "var" / "log" / "flower.log").is_file()
 
 
 def test_stats_count_todays_jobs(worker, celery_client, datasets):

@@ -70,10 +70,12 @@ def cmd_redis(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
-    """Run the whole local stack."""
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole local stack, or (--info) print the running one's URLs and credentials."""
     from worker import stack
 
+    if args.info:
+        return stack.print_info(get_settings())
     return stack.run(get_settings())
 
 
@@ -238,7 +240,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_flower)
 
     sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
-    sub.add_parser("up", help="run Redis, a worker, Flower and the bot").set_defaults(func=cmd_up)
+    p = sub.add_parser("up", help="run Redis, a worker, Flower and the bot")
+    p.add_argument(
+        "--info", action="store_true", help="print the running stack's URLs and credentials"
+    )
+    p.set_defaults(func=cmd_up)
     sub.add_parser("bot", help="run the Telegram bot").set_defaults(func=cmd_bot)
     # Its own options (--host, --port, --help) are bot.playground's: passed through as they are.
     p = sub.add_parser("playground", help="run the bot against a local emulator", add_help=False)
