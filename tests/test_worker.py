@@ -174,8 +174,7 @@ def retrain_run(worker, celery_client, datasets) -> dict[str, Any]:
 
 def test_retrain_round_trip_reports_progress(retrain_run):
     result = retrain_run["result"]
-    assert result.error is None, result.reason
-    assert result.version is not None and result.version >= 1
+    assert result.version >= 1
     assert result.activated, result.reason
     assert 0.5 <= result.test_accuracy <= 1.0
     assert result.metrics["gate"]["passed"]
@@ -236,8 +235,13 @@ def test_promote_and_rollback_switch_a_second_worker(
     )
     assert (back.active_version, back.previous_version) == (new, 0)
     _eventually(lambda: served_by_second() == new, 10, f"the switch back to {new}")
-    unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}]).get(timeout=30)
-    assert contract.SwitchResult.from_dict(unknown).error
+    # A refusal is a task failure (as a monitor counts it), carrying its problem code and values.
+    unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}])
+    with pytest.raises(contract.Refused) as refused:
+        unknown.get(timeout=30)
+    assert unknown.state == "FAILURE"
+    assert (refused.value.problem, refused.value.params) == ("no_such_version", {"version": 999})
+    assert str(refused.value) == "there is no model version 999"
     assert second.process.pid == pid and second.alive()
 
 
@@ -392,7 +396,9 @@ def _flower_json(url: str) -> Any:
     return reply.json() if reply.status_code == 200 and reply.json() else None
 
 
-def test_flower_lists_workers_and_queues_behind_basic_auth(worker, service_env, tmp_path):
+def test_flower_lists_workers_and_queues_behind_basic_auth(
+    worker, service_env, celery_client, tmp_path
+):
     with _flower(service_env, tmp_path / "flower.log") as root:
         listed = _eventually(lambda: _flower_json(f"{root}/api/workers"), 60, "the worker list")
         assert worker.hostname in listed
@@ -410,6 +416,16 @@ def test_flower_lists_workers_and_queues_behind_basic_auth(worker, service_env, 
             assert httpx.get(f"{root}/metrics", auth=auth, timeout=5).status_code == 401
         metrics = httpx.get(f"{root}/metrics", auth=FLOWER_AUTH, timeout=10)
         assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+        # A refused job is a failure in Flower, with its reason.
+        job = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}])
+
+        def ended() -> dict | None:
+            info = _flower_json(f"{root}/api/task/info/{job.id}")
+            return info if info and info["state"] in ("SUCCESS", "FAILURE") else None
+
+        info = _eventually(ended, 60, "Flower to see the /promote 999 job end")
+        assert info["state"] == "FAILURE", info
+        assert "no_such_version" in info["exception"] and "999" in info["exception"], info
 
 
 def test_flower_metrics_opened_for_prometheus(service_env, tmp_path):

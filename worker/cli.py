@@ -176,9 +176,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             _print_progress(last)
         time.sleep(0.5)
     answer = contract.RetrainResult.from_dict(result.get(timeout=10))
-    if answer.error:
-        print(f"error: {answer.error}: {answer.reason}", file=sys.stderr)
-        return 1
     live = "now active" if answer.activated else "NOT active"
     print(f"Final test accuracy = {answer.test_accuracy:.1%}; version {answer.version} {live}")
     print(f"  {answer.reason}")
@@ -200,9 +197,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _switched(answer: dict[str, Any]) -> int:
     result = contract.SwitchResult.from_dict(answer)
-    if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
-        return 1
     print(f"active version: {result.active_version} (was {result.previous_version})")
     return 0
 
@@ -287,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     # DatasetError is a ValueError and AccuracyGateError a RuntimeError: no TensorFlow import here.
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    # A job the worker refused fails with contract.Refused, rebuilt here from its message.
+    except (ValueError, FileNotFoundError, RuntimeError, contract.Refused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except CeleryTimeout:
