@@ -92,11 +92,7 @@ def progress_text(progress: Progress, language: str) -> str:
 def retrain_text(result: RetrainResult, language: str) -> str:
     """The final status of a retrain: accuracy, weakest classes and whether it went live."""
     reason = problem_text(language, result.problem, result.params, result.reason)
-    if result.error or result.version is None:
-        return t(language, "retrain_failed", reason=reason or result.error)
-    lines = [
-        t(language, "retrain_done", version=result.version, pct=percent(result.test_accuracy or 0))
-    ]
+    lines = [t(language, "retrain_done", version=result.version, pct=percent(result.test_accuracy))]
     worst = result.metrics.get("worst_classes") or []
     if worst:
         lines.append(t(language, "worst_classes"))

@@ -145,9 +145,6 @@ def _models_text(versions: list[dict[str, Any]], language: str) -> str:
 
 def _switch_text(result: dict[str, Any], language: str) -> str:
     switch = contract.SwitchResult.from_dict(result)
-    if switch.error:
-        reason = problem_text(language, switch.problem, switch.params, switch.error)
-        return t(language, "job_failed", reason=reason)
     return t(language, "promoted", version=switch.active_version)
 
 
@@ -172,7 +169,7 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.edit_status(reply_to, text)
     else:
         botapi.send_text(reply_to, text)
-    if outcome.version is not None and outcome.confusion_png_b64:
+    if outcome.confusion_png_b64:
         png = contract.decode_bytes(outcome.confusion_png_b64)
         botapi.send_picture(reply_to, png, f"v{outcome.version}: confusion matrix")
 
@@ -251,12 +248,17 @@ def reply_failed(
 
 def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
     failure = app.AsyncResult(task_id).result
-    log.error("%s job %s failed: %r", kind, task_id, failure)
-    reason = type(failure).__name__ if isinstance(failure, Exception) else "unknown error"
+    if isinstance(failure, contract.Refused):
+        # The user's own problem, worded in their language from its code and values.
+        reason = problem_text(target.language, failure.problem, failure.params, failure.message)
+    else:
+        log.error("%s job %s failed: %r", kind, task_id, failure)
+        reason = type(failure).__name__ if isinstance(failure, Exception) else "unknown error"
     with once(target.key) as first:
         if not first:
             return
-        text = t(target.language, "job_failed", reason=reason)
+        key = "retrain_failed" if kind == "retrain" else "job_failed"
+        text = t(target.language, key, reason=reason)
         if kind == "retrain" and target.status_message_id is not None:
             botapi.edit_status(target, text)
         else:

@@ -1,9 +1,18 @@
-"""Flower's Celery app: a client with no task module, so Flower loads neither a model nor the bot.
+"""Flower for breedbot: a task-less client app, a broker URL Flower can read, /metrics behind login.
 
-Run it as `celery -A broker.flower flower` (compose) or `breedbot flower` (basic auth added).
+Flower is only a client of the broker. Its app includes no task module, so it loads neither a
+model nor the bot. The other processes use a patched Redis transport (broker/transport.py), whose
+URL reads `broker.transport:Transport://...`; Flower's Broker tab and queue API know only URL
+schemes such as `redis`, so Flower gets kombu's plain transport. Flower also serves /metrics
+(task names, worker host names) to anyone, even with basic auth on: here it asks for the same
+credentials, unless PUBLIC_METRICS opens it.
+
+`python -m broker.flower --address=0.0.0.0 --port=5555` (compose), or `breedbot flower`.
 """
 
 from __future__ import annotations
+
+import sys
 
 from celery import Celery
 
@@ -11,10 +20,55 @@ from broker.config import client_config
 from broker.settings import BrokerSettings
 
 
+class FlowerSettings(BrokerSettings):
+    """What Flower reads from the environment besides its own FLOWER_* options."""
+
+    # Flower's /metrics without credentials, for a Prometheus on the same network that scrapes
+    # without basic auth. Not FLOWER_*: Flower takes every such variable for one of its options.
+    public_metrics: bool = False
+
+
 def _config() -> dict:
-    url = BrokerSettings().broker_url()
-    return {**client_config(url), "result_backend": url}
+    url = FlowerSettings().broker_url()
+    # Flower only reads: kombu's plain Redis transport, whose redis:// URL Flower understands.
+    return {**client_config(url), "broker_transport": None, "result_backend": url}
 
 
 app = Celery("breedbot", set_as_current=False)
 app.add_defaults(_config)
+
+
+def _authenticated_metrics() -> type:
+    from flower.views import monitor
+    from tornado import web
+
+    class Metrics(monitor.Metrics):
+        """Flower's Prometheus endpoint, for clients with Flower's credentials only."""
+
+        @web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    return Metrics
+
+
+def protect_metrics() -> None:
+    """Make Flower's /metrics ask for its basic auth (or login), as its other pages do."""
+    from flower import urls
+    from flower.views import monitor
+
+    # Flower builds its routes from this list when its app starts.
+    for index, entry in enumerate(urls.handlers):
+        if isinstance(entry, tuple) and entry[1] is monitor.Metrics:
+            urls.handlers[index] = (entry[0], _authenticated_metrics(), *entry[2:])
+
+
+def run(argv: list[str]) -> None:
+    """Run Flower in this process (Flower's own command line in `argv`)."""
+    if not FlowerSettings().public_metrics:
+        protect_metrics()
+    app.start(["flower", *argv])
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

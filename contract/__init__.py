@@ -172,14 +172,35 @@ class Progress(_Payload):
     validation_accuracy: float | None = None
 
 
+class Refused(Exception):
+    """A job refused for a reason the user can fix: its task fails with this exception.
+
+    A monitor (Flower) sees a failure with the reason; the failure errback words it for the chat
+    from `problem` and `params`. Celery stores a failure as its type, module and args in JSON and
+    rebuilds it from those, so the args are exactly (message, problem, params), all JSON.
+    """
+
+    def __init__(
+        self, message: str, problem: str | None = None, params: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, problem, params or {})
+        self.message = message  # English
+        self.problem = problem
+        self.params = params or {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class RetrainResult(_Payload):
-    version: int | None
+    """A published version (a refused retrain fails with `Refused` instead)."""
+
+    version: int
     activated: bool
-    test_accuracy: float | None
+    test_accuracy: float
     metrics: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""  # why it did not go live, or the error message (English)
-    error: str | None = None
+    reason: str = ""  # why it did or did not go live (English)
     # The reason as a problem code and its values, so the bot can word it in the user's language.
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -237,13 +258,10 @@ class RollbackRequest(_Payload):
 
 @dataclass(frozen=True)
 class SwitchResult(_Payload):
-    """Result of PROMOTE and ROLLBACK."""
+    """Result of PROMOTE and ROLLBACK (a refused switch fails with `Refused` instead)."""
 
     active_version: int
     previous_version: int | None = None
-    error: str | None = None  # e.g. "there is no model version 9" (English)
-    problem: str | None = None  # the error as a problem code, with its values in params
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

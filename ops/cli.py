@@ -58,9 +58,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
         os.environ["FLOWER_BASIC_AUTH"] = f"admin:{password}"
         print(f"Flower user admin, password {password} (generated; set FLOWER_BASIC_AUTH)")
     port = args.port if args.port is not None else settings.flower_port
-    from broker.flower import app  # a client app: Flower imports no task module
+    from broker import flower  # a client app: Flower imports no task module
 
-    app.start(["flower", f"--address={settings.flower_address}", f"--port={port}"])
+    flower.run([f"--address={settings.flower_address}", f"--port={port}"])
     return 0
 
 
@@ -80,10 +80,12 @@ def cmd_redis(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
-    """Run the whole local stack."""
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole local stack, or (--info) print the running one's URLs and credentials."""
     from ops import stack
 
+    if args.info:
+        return stack.print_info(get_settings())
     return stack.run(get_settings())
 
 
@@ -184,9 +186,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             _print_progress(last)
         time.sleep(0.5)
     answer = contract.RetrainResult.from_dict(result.get(timeout=10))
-    if answer.error:
-        print(f"error: {answer.error}: {answer.reason}", file=sys.stderr)
-        return 1
     live = "now active" if answer.activated else "NOT active"
     print(f"Final test accuracy = {answer.test_accuracy:.1%}; version {answer.version} {live}")
     print(f"  {answer.reason}")
@@ -208,9 +207,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _switched(answer: dict[str, Any]) -> int:
     result = contract.SwitchResult.from_dict(answer)
-    if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
-        return 1
     print(f"active version: {result.active_version} (was {result.previous_version})")
     return 0
 
@@ -253,7 +249,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_flower)
 
     sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
-    sub.add_parser("up", help="run Redis, a worker, Flower and the bot").set_defaults(func=cmd_up)
+    p = sub.add_parser("up", help="run Redis, a worker, Flower and the bot")
+    p.add_argument(
+        "--info", action="store_true", help="print the running stack's URLs and credentials"
+    )
+    p.set_defaults(func=cmd_up)
     sub.add_parser("bot", help="run the Telegram bot").set_defaults(func=cmd_bot)
     # Its own options (--host, --port, --help) are ops.playground's: passed through as they are.
     p = sub.add_parser("playground", help="run the bot against a local emulator", add_help=False)
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     # DatasetError is a ValueError and AccuracyGateError a RuntimeError: no TensorFlow import here.
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    # A job the worker refused fails with contract.Refused, rebuilt here from its message.
+    except (ValueError, FileNotFoundError, RuntimeError, contract.Refused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except CeleryTimeout:

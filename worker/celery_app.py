@@ -15,6 +15,8 @@ import contract
 from broker.config import consumer_config
 from worker.settings import WorkerSettings, get_settings
 
+# A task's result in its "succeeded" log line is cut to this many characters (Celery: 1024).
+RESULT_LOG_CHARS = 160
 TASK_MODULES = ["worker.tasks"]
 
 
@@ -33,7 +35,10 @@ def config(settings: WorkerSettings) -> dict[str, Any]:
         "task_time_limit": control["time_limit"],
         "task_soft_time_limit": control["soft_time_limit"],
         "task_annotations": {
-            name: {contract.QUEUE_INFER: infer, contract.QUEUE_TRAIN: train}.get(queue, control)
+            name: {
+                **{contract.QUEUE_INFER: infer, contract.QUEUE_TRAIN: train}.get(queue, control),
+                "resultrepr_maxsize": RESULT_LOG_CHARS,
+            }
             for name, queue in contract.TASK_QUEUES.items()
         },
         # Retrain and control jobs show STARTED; classify opts out (worker/tasks.py).

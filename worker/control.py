@@ -31,26 +31,22 @@ def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
 
 
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:
-    """Make a version active (workers pick it up within seconds)."""
+    """Make a version active (workers pick it up within seconds); Refused if there is none."""
     try:
         previous = registry.promote(settings.models_root, request.version, request.requested_by)
     except registry.RegistryError as exc:
-        return _refused(registry.active_version(settings.models_root), exc)
+        raise contract.Refused(str(exc), exc.code, exc.params) from exc
     return contract.SwitchResult(request.version, previous)
 
 
 def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> contract.SwitchResult:
-    """Return to the previously active version."""
+    """Return to the previously active version; Refused if there is none."""
     root = settings.models_root
     previous = registry.active_version(root)
     try:
         return contract.SwitchResult(registry.rollback(root, request.requested_by), previous)
     except registry.RegistryError as exc:
-        return _refused(previous, exc)
-
-
-def _refused(active: int, exc: registry.RegistryError) -> contract.SwitchResult:
-    return contract.SwitchResult(active, None, str(exc), exc.code, exc.params)
+        raise contract.Refused(str(exc), exc.code, exc.params) from exc
 
 
 def today(settings: WorkerSettings) -> contract.Stats:

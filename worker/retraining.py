@@ -127,13 +127,9 @@ def active_accuracy_on(
     return hits / len(test) if test else 0.0
 
 
-def _failed(
-    error: str, message: str, problem: str | None = None, **params: Any
-) -> contract.RetrainResult:
-    """An error result; `problem` (default: `error`) and `params` let the bot word it."""
-    return contract.RetrainResult(
-        None, False, None, reason=message, error=error, problem=problem or error, params=params
-    )
+def _refused(problem: str, message: str, **params: Any) -> contract.Refused:
+    """The refusal to raise; `problem` and `params` let the bot word it."""
+    return contract.Refused(message, problem, params)
 
 
 # Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
@@ -142,8 +138,8 @@ STORAGE_ERRNOS = frozenset(
 )
 
 
-def _storage_failure(exc: Exception, root: Path) -> contract.RetrainResult | None:
-    """A clear failure when the models folder cannot be written; None for any other error."""
+def _storage_failure(exc: Exception, root: Path) -> contract.Refused | None:
+    """A clear refusal when the models folder cannot be written; None for any other error."""
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         why = exc.strerror
     elif str(root) in str(exc):
@@ -151,7 +147,7 @@ def _storage_failure(exc: Exception, root: Path) -> contract.RetrainResult | Non
         why = type(exc).__name__
     else:
         return None
-    return _failed(
+    return _refused(
         "storage",
         f"the new version could not be written to the models folder ({why}); "
         "the active model is unchanged",
@@ -162,15 +158,15 @@ def _storage_failure(exc: Exception, root: Path) -> contract.RetrainResult | Non
 def run(
     request: contract.RetrainRequest, settings: WorkerSettings, progress: ProgressSink
 ) -> contract.RetrainResult:
-    """Retrain on the request's dataset and publish it; bad input gives an error result."""
+    """Retrain on the request's dataset and publish it; bad input raises `contract.Refused`."""
     ref = contract.DatasetRef.from_dict(request.dataset)
     if ref.merge_last:
         # Uploads are not kept after training, so there is no "last dataset" to merge yet.
-        return _failed("unsupported", "merging feedback with the last dataset is not supported")
+        raise _refused("unsupported", "merging feedback with the last dataset is not supported")
     try:
         hparams = hparams_from(request.params)
     except (TypeError, ValueError) as exc:
-        return _failed("bad_params", str(exc))
+        raise _refused("bad_params", str(exc)) from exc
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
     staged: Path | None = None
@@ -211,16 +207,12 @@ def run(
                 force=request.force,
                 evaluate_active=lambda version: active_accuracy_on(version, test, settings),
             )
-        except fetch.InputError as exc:
-            return _failed(exc.code, str(exc), **exc.params)
-        except data.DatasetError as exc:
-            return _failed("bad_dataset", str(exc), exc.code, **exc.params)
-        except train.AccuracyGateError as exc:
-            return _failed("below_gate", str(exc), exc.code, **exc.params)
+        except (fetch.InputError, data.DatasetError, train.AccuracyGateError) as exc:
+            raise _refused(exc.code, str(exc), **exc.params) from exc
         except Exception as exc:
-            if (failure := _storage_failure(exc, root)) is None:
+            if (refusal := _storage_failure(exc, root)) is None:
                 raise
-            return failure
+            raise refusal from exc
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)

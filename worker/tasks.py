@@ -2,7 +2,9 @@
 
 Names and queues come from contract/; limits and routing from worker/celery_app.py. Nothing
 here talks to Telegram: answers go back as results, and a reply task in the bot's image sends
-them.
+them. A refusal (bad dataset, accuracy gate, no such version) fails its task with
+`contract.Refused`, so Flower counts it as a failure with its reason; `throws` logs it in one
+line, no traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def classify(payload: dict[str, Any]) -> dict[str, Any]:
     name=contract.RETRAIN,
     bind=True,
     autoretry_for=(retraining.Busy,),
+    throws=(contract.Refused,),
     max_retries=None,
     default_retry_delay=15,
 )
@@ -56,14 +59,14 @@ def list_models() -> list[dict[str, Any]]:
     return [version.to_dict() for version in control.list_models(get_settings())]
 
 
-@app.task(name=contract.PROMOTE)
+@app.task(name=contract.PROMOTE, throws=(contract.Refused,))
 def promote(payload: dict[str, Any]) -> dict[str, Any]:
     """Make a version active."""
     request = contract.PromoteRequest.from_dict(payload)
     return control.promote(request, get_settings()).to_dict()
 
 
-@app.task(name=contract.ROLLBACK)
+@app.task(name=contract.ROLLBACK, throws=(contract.Refused,))
 def rollback(payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return to the previously active version."""
     request = contract.RollbackRequest.from_dict(payload or {})
