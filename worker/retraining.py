@@ -21,7 +21,7 @@ from model import data, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from worker import fetch, serving
+from worker import child, fetch
 from worker.settings import WorkerSettings
 
 ProgressSink = Callable[[contract.Progress], None]
@@ -110,12 +110,13 @@ def active_accuracy_on(
     version: int, test: list[data.LabeledImage], settings: WorkerSettings
 ) -> float:
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
-    served = serving.holder().current()
-    if served.version == version:
-        classifier = served.classifier
-    else:
-        folder = registry.version_dir(settings.models_root, version)
-        classifier = load_classifier(folder, home=settings.breedbot_home)
+    folder = registry.version_dir(settings.models_root, version)
+    classifier = load_classifier(
+        folder,
+        home=settings.breedbot_home,
+        engine=settings.inference_engine,
+        num_threads=settings.litert_threads,
+    )
     hits = 0
     for start in range(0, len(test), EVAL_BATCH):
         chunk = test[start : start + EVAL_BATCH]
@@ -153,6 +154,13 @@ def _storage_failure(exc: Exception, root: Path) -> contract.Refused | None:
         "the active model is unchanged",
         why=why,
     )
+
+
+def run_in_child(
+    request: contract.RetrainRequest, settings: WorkerSettings, progress: ProgressSink
+) -> contract.RetrainResult:
+    """`run` in a child process: TensorFlow and the retrain's memory leave with it."""
+    return child.run(run, (request, settings), progress)
 
 
 def run(

@@ -50,7 +50,7 @@ def retrain(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
             chat(p)
 
     with retraining.exclusive():
-        return retraining.run(request, get_settings(), progress).to_dict()
+        return retraining.run_in_child(request, get_settings(), progress).to_dict()
 
 
 @app.task(name=contract.LIST_MODELS)

@@ -1,0 +1,78 @@
+"""Run one job in a spawned child process: its memory (TensorFlow, a retrain's arrays) goes back
+to the system when it ends, and the child dies with the worker.
+
+`spawn`, not `fork`: the worker has threads (and, on a GPU, TensorFlow), which a fork would copy
+in an unknown state. Progress events stream back through a queue while the job runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+POLL_SECONDS = 0.2
+
+
+class ChildDied(RuntimeError):
+    """The child process ended without a result (killed, or out of memory)."""
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _child(
+    parent: int, job: Callable[..., Any], args: tuple[Any, ...], events: multiprocessing.Queue
+) -> None:
+    _die_with_parent(parent)
+    try:
+        result = job(*args, lambda event: events.put(("event", event)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        events.put(("error", exc))
+    else:
+        events.put(("result", result))
+
+
+def run(job: Callable[..., Any], args: tuple[Any, ...], on_event: Callable[[Any], None]) -> Any:
+    """`job(*args, emit)` in a child; each `emit(event)` calls `on_event(event)` here.
+
+    Returns what the job returned, or raises what it raised (`job`, its arguments, events and
+    result must pickle).
+    """
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    process = context.Process(
+        target=_child, args=(os.getpid(), job, args, events), name="breedbot-job", daemon=True
+    )
+    process.start()
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if not process.is_alive():
+                    code = process.exitcode
+                    raise ChildDied(f"the job's process ended with code {code}") from None
+                continue
+            if kind == "event":
+                on_event(value)
+            elif kind == "error":
+                raise value
+            else:
+                return value
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        events.close()
