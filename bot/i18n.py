@@ -64,6 +64,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "progress_saving": "💾 Saving the model…",
         "validation": "validation accuracy {pct}",
         "retrain_done": "✅ Model v{version} trained: test accuracy {pct}.",
+        "retrain_done_cv": (
+            "✅ Model v{version} trained on all {n} photos: {k}-fold cross-validated accuracy "
+            "{pct} ± {spread}."
+        ),
+        "backbone_auto": "Backbone {chosen}, chosen by cross-validation: {scores}.",
         "retrain_live": "It is live now.",
         "retrain_not_live": "It did not go live: {reason}",
         "retrain_failed": "❌ Retrain failed: {reason}",
@@ -140,6 +145,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "progress_saving": "💾 Salvando o modelo…",
         "validation": "acurácia de validação {pct}",
         "retrain_done": "✅ Modelo v{version} treinado: acurácia de teste {pct}.",
+        "retrain_done_cv": (
+            "✅ Modelo v{version} treinado com todas as {n} fotos: acurácia por validação "
+            "cruzada ({k} partes) {pct} ± {spread}."
+        ),
+        "backbone_auto": "Backbone {chosen}, escolhido por validação cruzada: {scores}.",
         "retrain_live": "Já está no ar.",
         "retrain_not_live": "Não entrou no ar: {reason}",
         "retrain_failed": "❌ O retreino falhou: {reason}",

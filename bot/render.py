@@ -92,7 +92,27 @@ def progress_text(progress: Progress, language: str) -> str:
 def retrain_text(result: RetrainResult, language: str) -> str:
     """The final status of a retrain: accuracy, weakest classes and whether it went live."""
     reason = problem_text(language, result.problem, result.params, result.reason)
-    lines = [t(language, "retrain_done", version=result.version, pct=percent(result.test_accuracy))]
+    cv = result.metrics.get("cross_validation")
+    if result.metrics.get("accuracy_source") == "cross_validation" and cv:
+        headline = t(
+            language,
+            "retrain_done_cv",
+            version=result.version,
+            n=result.metrics.get("n_train", "?"),
+            k=cv["k"],
+            pct=percent(cv["accuracy"]),
+            spread=percent(cv["std"]),
+        )
+    else:
+        pct = percent(result.test_accuracy or 0)
+        headline = t(language, "retrain_done", version=result.version, pct=pct)
+    lines = [headline]
+    auto = result.metrics.get("auto")
+    if auto:
+        scores = ", ".join(
+            f"{name} {percent(c['cv_accuracy'])}" for name, c in auto["candidates"].items()
+        )
+        lines.append(t(language, "backbone_auto", chosen=auto["chosen"], scores=scores))
     worst = result.metrics.get("worst_classes") or []
     if worst:
         lines.append(t(language, "worst_classes"))

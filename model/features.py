@@ -104,9 +104,9 @@ def _distort(image: np.ndarray, d: Distortions, seed: int) -> np.ndarray:
     return image
 
 
-def namespace(backbone_identity: str, view: View) -> str:
-    """Folder name for one (backbone, preprocessing, view) combination."""
-    raw = f"{backbone_identity}|{imagelib.PREPROCESSING_VERSION}|{view.key()}"
+def namespace(backbone_identity: str, view: View, image_size: int) -> str:
+    """Folder name for one (backbone, preprocessing and input side, view) combination."""
+    raw = f"{backbone_identity}|{imagelib.preprocessing_version(image_size)}|{view.key()}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -174,14 +174,17 @@ def _read_all(path: Path) -> bytes:
 
 
 def decode_many(
-    sources: Sequence[Path | bytes], pool: ThreadPoolExecutor, window: int = 64
+    sources: Sequence[Path | bytes],
+    pool: ThreadPoolExecutor,
+    window: int = 64,
+    size: int = imagelib.IMAGE_SIZE,
 ) -> Iterator[np.ndarray | imagelib.ImageError]:
-    """Decode images in a thread pool, in order, keeping at most `window` in flight."""
+    """Decode images to [size, size, 3] in a thread pool, in order, at most `window` in flight."""
 
     def one(src: Path | bytes) -> np.ndarray | imagelib.ImageError:
         try:
             data = src if isinstance(src, bytes) else _read_all(src)
-            return imagelib.decode_image(data)
+            return imagelib.decode_image(data, size)
         except imagelib.ImageError as err:
             return err
         except OSError as err:
@@ -201,14 +204,13 @@ def decode_many(
         yield head.result()
 
 
-def decode_all(sources: Sequence[Path | bytes]) -> np.ndarray:
-    """Decoded uint8 photos [N,224,224,3]; the first that fails to decode raises its error."""
+def decode_all(sources: Sequence[Path | bytes], size: int = imagelib.IMAGE_SIZE) -> np.ndarray:
+    """Decoded uint8 photos [N,size,size,3]; the first that fails to decode raises its error."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        decoded = list(decode_many(sources, pool))
+        decoded = list(decode_many(sources, pool, size=size))
     for photo in decoded:
         if isinstance(photo, imagelib.ImageError):
             raise photo
-    size = imagelib.IMAGE_SIZE
     return np.stack(decoded) if decoded else np.zeros((0, size, size, 3), np.uint8)
 
 
@@ -221,6 +223,7 @@ def extract(
     views: Sequence[Sequence[View]],
     cache_root: Path,
     *,
+    image_size: int,
     batch_size: int = 32,
     workers: int = 2,
     progress: CountFn | None = None,
@@ -230,12 +233,12 @@ def extract(
     `paths` are files or their encoded bytes; `sha256s` are those bytes' hashes.
 
     Decoding runs in a thread pool while the backbone works on the previous batch. `embed` takes
-    float32 [B,224,224,3] in [0,1] and returns [B, dim]. `views[i]` lists the views wanted for
-    image i; rows of a view an image does not need stay zero.
+    float32 [B,S,S,3] in [0,1] (S = `image_size`) and returns [B, dim]. `views[i]` lists the
+    views wanted for image i; rows of a view an image does not need stay zero.
     """
     n = len(paths)
     unique = {v.key(): v for vs in views for v in vs}
-    dirs = {k: cache_root / namespace(backbone_identity, v) for k, v in unique.items()}
+    dirs = {k: cache_root / namespace(backbone_identity, v, image_size) for k, v in unique.items()}
     out = {k: np.zeros((n, dim), np.float32) for k in unique}
     missing: dict[int, list[View]] = {}
     for i, sha in enumerate(sha256s):
@@ -265,7 +268,9 @@ def extract(
             progress(result.computed, total)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, decoded in zip(todo, decode_many([paths[i] for i in todo], pool), strict=True):
+        for i, decoded in zip(
+            todo, decode_many([paths[i] for i in todo], pool, size=image_size), strict=True
+        ):
             if isinstance(decoded, imagelib.ImageError):
                 result.ok[i] = False
                 result.failures.append((i, str(decoded)))

@@ -13,8 +13,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The side photos are resized to unless a backbone asks for another (see backbones.image_size).
 IMAGE_SIZE = 224
-# Part of the bottleneck cache key: bump whenever decoding or resizing changes its output.
+# Bump whenever decoding or resizing changes its output; `preprocessing_version` adds the side.
 PREPROCESSING_VERSION = "pil-v1"
 
 # 50 MP is beyond any phone camera's default output but far below what exhausts a worker; it is
@@ -151,6 +152,11 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     # Squash rather than crop, as TF Hub image modules and retrain.py expect.
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def preprocessing_version(size: int) -> str:
+    """Part of every cache key: the decoder's version and the side it resizes photos to."""
+    return f"{PREPROCESSING_VERSION}-{size}"
 
 
 def to_float(batch: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from model import backbones, imagenet
 from model.features import ORIGINAL, Extraction, decode_all, extract
-from model.images import IMAGE_SIZE, PREPROCESSING_VERSION, to_float
+from model.images import preprocessing_version, to_float
 
 ENGINES = ("auto", "tf", "litert")
 FLOAT, INT8 = "float", "int8"
@@ -65,7 +65,6 @@ MAX_INT8_ACCURACY_LOSS = 0.01
 # ...and agrees with float on at least this share of top-1 answers.
 MIN_INT8_AGREEMENT = 0.98
 
-_IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
 _PET_IDS = list(imagenet.PET_CLASS_IDS)
 _PET_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.PET_CLASS_IDS)
 
@@ -79,10 +78,11 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def features_graph(backbone: Any) -> tf.types.experimental.ConcreteFunction:
-    """images -> {"feature_vector"} of a loaded backbone module."""
+def features_graph(backbone: Any, image_size: int) -> tf.types.experimental.ConcreteFunction:
+    """images [N, S, S, 3] -> {"feature_vector"} of a loaded backbone module (S = image_size)."""
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
 
-    @tf.function(input_signature=[_IMAGES_SPEC], autograph=False)
+    @tf.function(input_signature=[spec], autograph=False)
     def features(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"feature_vector": backbone(images)}
 
@@ -163,7 +163,9 @@ class Runner:
         self.batch_size = batch_size
         self._local = threading.local()
         runner = self._runner(1)
-        (self.input_name,) = runner.get_input_details()
+        inputs = runner.get_input_details()
+        (self.input_name,) = inputs
+        self.input_dims = tuple(int(d) for d in inputs[self.input_name]["shape"][1:])
         details = runner.get_output_details()
         self.output_dims = {name: tuple(d["shape"][1:]) for name, d in details.items()}
 
@@ -203,6 +205,7 @@ class Pipeline:
 
     def __init__(self, backbone: Runner, head: Runner | None, gate: Runner | None):
         self.backbone, self.head, self.gate = backbone, head, gate
+        self.image_size = backbone.input_dims[0]  # the side of the square photos it takes
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Head logits and, when there is a gate, ImageNet logits for float32 pixels."""
@@ -267,7 +270,9 @@ def features_file(backbone: backbones.Backbone, home: Path) -> Path:
     """The backbone as LiteRT float, converted once into BREEDBOT_HOME."""
     return _once(
         home_dir(home, backbone.identity) / FEATURES_FILE,
-        lambda path: convert(features_graph(backbone.module), backbone.module, path),
+        lambda path: convert(
+            features_graph(backbone.module, backbone.image_size), backbone.module, path
+        ),
     )
 
 
@@ -287,9 +292,9 @@ def _gate(backbone: backbones.Backbone) -> tf.types.experimental.ConcreteFunctio
     return dense_graph(*weights, "imagenet_logits")
 
 
-def calibration_tag(sha256s: Sequence[str]) -> str:
+def calibration_tag(sha256s: Sequence[str], image_size: int) -> str:
     """Name of an int8 set: the calibration photos' content and the preprocessing version."""
-    raw = "|".join([PREPROCESSING_VERSION, *sha256s])
+    raw = "|".join([preprocessing_version(image_size), *sha256s])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -310,7 +315,10 @@ def int8_files(
         BACKBONE: _once(
             where / f"features_int8-{tag}.tflite",
             lambda path: convert(
-                features_graph(backbone.module), backbone.module, path, to_float(photos())
+                features_graph(backbone.module, backbone.image_size),
+                backbone.module,
+                path,
+                to_float(photos()),
             ),
         )
     }
@@ -393,9 +401,10 @@ def export_version(
     gate = gate_file(backbone, home)
     if gate is not None:
         shared[GATE, FLOAT] = gate
-    tag = calibration_tag(calibration.sha256s)
+    size = backbone.image_size
+    tag = calibration_tag(calibration.sha256s, size)
     int8 = int8_files(
-        backbone, home, tag, lambda: decode_all(calibration.sources), calibration.features
+        backbone, home, tag, lambda: decode_all(calibration.sources, size), calibration.features
     )
     shared.update({(part, INT8): path for part, path in int8.items()})
     files = {
@@ -406,7 +415,7 @@ def export_version(
     for p, inputs in ((FLOAT, None), (INT8, calibration.features)):
         files[HEAD, p] = convert(head, None, directory / part_file(HEAD, p), inputs)
     convert_seconds = time.perf_counter() - started
-    int8_features = _cached_features(int8[BACKBONE], test, bottleneck_dir, num_threads)
+    int8_features = _cached_features(int8[BACKBONE], size, test, bottleneck_dir, num_threads)
     test_features = {FLOAT: test.features, INT8: int8_features.vectors[ORIGINAL.key()]}
     guess = {
         p: Runner(files[HEAD, p], num_threads=num_threads, batch_size=FEATURE_BATCH)(x)[
@@ -440,7 +449,7 @@ def export_version(
 
 
 def _cached_features(
-    model: Path, photos: Photos, bottleneck_dir: Path, num_threads: int | None
+    model: Path, image_size: int, photos: Photos, bottleneck_dir: Path, num_threads: int | None
 ) -> Extraction:
     """Features of `photos` through a backbone file, cached under the file's content hash."""
     identity = "litert:" + hashlib.sha256(model.read_bytes()).hexdigest()[:16]
@@ -452,6 +461,7 @@ def _cached_features(
         photos.sha256s,
         [[ORIGINAL]] * len(photos.sources),
         bottleneck_dir,
+        image_size=image_size,
         batch_size=EVAL_BATCH,
     )
     if ex.failures:

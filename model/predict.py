@@ -24,7 +24,7 @@ PET_CLASSES = frozenset(imagenet.PET_CLASS_IDS)
 
 log = logging.getLogger(__name__)
 
-# float32 [N,224,224,3] pixels in [0,1] -> the outputs of ClassifierModule.classify_images.
+# float32 [N,S,S,3] pixels in [0,1] -> the outputs of ClassifierModule.classify_images.
 ClassifyFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
@@ -70,8 +70,10 @@ class Classifier:
         model_dir: Path | None,
         *,
         engine: str,
+        image_size: int,
     ):
         self.engine = engine  # "tf", "litert-float" or "litert-int8"
+        self.image_size = image_size  # S: photos are resized to S x S for the backbone
         self._classify = classify
         self.labels = labels
         self.display_names = display_names
@@ -80,13 +82,13 @@ class Classifier:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
 
     def predict_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw model outputs for a float32 [N,224,224,3] batch in [0,1]."""
+        """Raw model outputs for a float32 [N,S,S,3] batch in [0,1]."""
         return self._classify(pixels)
 
     def predict(self, images: list[bytes], top_k: int = 5) -> list[Prediction]:
         """Classify encoded images in one forward pass; a bad image gets an error, not a raise."""
         t0 = time.perf_counter()
-        decoded = list(decode_many(images, self._pool))
+        decoded = list(decode_many(images, self._pool, size=self.image_size))
         good = [i for i, d in enumerate(decoded) if not isinstance(d, imagelib.ImageError)]
         t1 = time.perf_counter()
         out = (
@@ -123,7 +125,7 @@ class Classifier:
 
     def warm_up(self) -> None:
         """Run one dummy batch so the first real request does not pay for tracing."""
-        self.predict_pixels(np.zeros((1, imagelib.IMAGE_SIZE, imagelib.IMAGE_SIZE, 3), np.float32))
+        self.predict_pixels(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
 
 
 def read_labels(model_dir: Path) -> list[str]:
@@ -177,12 +179,21 @@ def load_classifier(
         labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
         names = imagenet.pet_class_names()
         if engine == "tf":
-            module = serving.zero_shot_module(bb.module, labels)
-            return Classifier(_tf_classify(module), labels, names, None, engine="tf")
+            module = serving.zero_shot_module(bb.module, labels, bb.image_size)
+            return Classifier(
+                _tf_classify(module), labels, names, None, engine="tf", image_size=bb.image_size
+            )
         if precision == litert.INT8:
             raise ValueError("the zero-shot model has no int8 form (nothing to calibrate it on)")
         pipeline = litert.zero_shot_pipeline(bb, home, num_threads=num_threads)
-        return Classifier(_litert_classify(pipeline), labels, names, None, engine="litert-float")
+        return Classifier(
+            _litert_classify(pipeline),
+            labels,
+            names,
+            None,
+            engine="litert-float",
+            image_size=pipeline.image_size,
+        )
     model_dir = Path(model_dir)
     labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
@@ -193,8 +204,16 @@ def load_classifier(
         )
         if pipeline:
             return Classifier(
-                _litert_classify(pipeline), labels, names, model_dir, engine=f"litert-{chosen}"
+                _litert_classify(pipeline),
+                labels,
+                names,
+                model_dir,
+                engine=f"litert-{chosen}",
+                image_size=pipeline.image_size,
             )
         log.warning("%s has no LiteRT %s model; serving it through TensorFlow", model_dir, chosen)
     module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
-    return Classifier(_tf_classify(module), labels, names, model_dir, engine="tf")
+    spec = module.signatures["classify_images"].structured_input_signature[1]["images"]
+    return Classifier(
+        _tf_classify(module), labels, names, model_dir, engine="tf", image_size=int(spec.shape[1])
+    )

@@ -254,6 +254,8 @@ def publish(
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "test_accuracy",
+        "accuracy_source",
+        "auto",
         "validation_accuracy",
         "n_test",
         "n_validation",
@@ -264,7 +266,11 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "backbone",
         "dataset_fingerprint",
     )
-    return {k: metrics[k] for k in keys if k in metrics}
+    summary = {k: metrics[k] for k in keys if k in metrics}
+    if "cross_validation" in metrics:  # without its per-step losses
+        cv = metrics["cross_validation"]
+        summary["cross_validation"] = {k: cv[k] for k in ("k", "accuracy", "std", "l2") if k in cv}
+    return summary
 
 
 def prune(root: Path, keep: int) -> list[int]:

@@ -20,7 +20,6 @@ import tensorflow as tf
 from tensorflow.python.saved_model import fingerprinting_utils
 
 from model import backbones, imagenet, images
-from model.images import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +34,24 @@ _CODE_TAG = hashlib.sha256(
     + tf.__version__.encode()
 ).hexdigest()[:12]
 
-IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
 
 
-def decode_for_serving(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Encoded images -> float32 [N,224,224,3] in [0,1]; the TF twin of images.decode_image."""
+def images_spec(size: int) -> tf.TensorSpec:
+    """A float batch of [size, size] RGB photos in [0, 1]."""
+    return tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+
+
+def decode_for_serving(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded images -> float32 [N,size,size,3] in [0,1]; the TF twin of images.decode_image."""
 
     def one(data: tf.Tensor) -> tf.Tensor:
         img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        img = tf.image.resize(img, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
+        img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
         return tf.clip_by_value(img / 255.0, 0.0, 1.0)
 
     return tf.map_fn(
-        one, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+        one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)
     )
 
 
@@ -62,9 +65,18 @@ class ClassifierModule(tf.Module):
         bias: np.ndarray,
         labels: list[str],
         *,
+        image_size: int,
         head_on_logits: bool = False,
     ):
         super().__init__()
+        self.image_size = image_size
+        # The backbone fixes the input side, so the signatures are made per instance.
+        self.classify_images = tf.function(
+            self._classify_images, input_signature=[images_spec(image_size)], autograph=False
+        )
+        self.classify_bytes = tf.function(
+            self._classify_bytes, input_signature=[BYTES_SPEC], autograph=False
+        )
         self.backbone = backbone
         self.kernel = tf.Variable(kernel.astype(np.float32), trainable=False, name="kernel")
         self.bias = tf.Variable(bias.astype(np.float32), trainable=False, name="bias")
@@ -75,8 +87,7 @@ class ClassifierModule(tf.Module):
         pets[list(imagenet.PET_CLASS_IDS)] = 1.0
         self.pet_mask = tf.constant(pets)
 
-    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
-    def classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Class probabilities, pet-gate mass and ImageNet best guess for a float batch."""
         n = tf.shape(images)[0]
         if self._has_imagenet:
@@ -101,18 +112,19 @@ class ClassifierModule(tf.Module):
             "imagenet_probability": inet_prob,
         }
 
-    @tf.function(input_signature=[BYTES_SPEC], autograph=False)
-    def classify_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _classify_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Same as classify_images, from encoded JPEG/PNG/GIF/BMP/WebP bytes."""
-        return self.classify_images(decode_for_serving(image_bytes))
+        return self.classify_images(decode_for_serving(image_bytes, self.image_size))
 
 
-def zero_shot_module(backbone: tf.Module, labels: list[str]) -> ClassifierModule:
+def zero_shot_module(backbone: tf.Module, labels: list[str], image_size: int) -> ClassifierModule:
     """The default model: ImageNet's head restricted to its 118 dog and 5 cat classes."""
     ids = list(imagenet.PET_CLASS_IDS)
     select = np.zeros((imagenet.NUM_CLASSES, len(ids)), np.float32)
     select[ids, np.arange(len(ids))] = 1.0
-    return ClassifierModule(backbone, select, np.zeros(len(ids)), labels, head_on_logits=True)
+    return ClassifierModule(
+        backbone, select, np.zeros(len(ids)), labels, image_size=image_size, head_on_logits=True
+    )
 
 
 def save(module: ClassifierModule, path: Path) -> None:
@@ -128,8 +140,7 @@ def save(module: ClassifierModule, path: Path) -> None:
 
 
 def save_retrained(
-    backbone: tf.Module,
-    backbone_identity: str,
+    backbone: backbones.Backbone,
     kernel: np.ndarray,
     bias: np.ndarray,
     labels: list[str],
@@ -143,7 +154,7 @@ def save_retrained(
     first such model is also kept under `home` as a template, and later ones copy its graph and
     write a checkpoint with the template's keys and the new head.
     """
-    template = _template_dir(home, backbone_identity, kernel.shape[1])
+    template = _template_dir(home, backbone.identity, kernel.shape[1])
     if (template / "saved_model.pb").is_file():
         try:
             _from_template(template, Path(path), kernel, bias)
@@ -155,7 +166,8 @@ def save_retrained(
             log.warning("SavedModel template %s unusable; saving in full", template, exc_info=True)
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(template, ignore_errors=True)
-    save(ClassifierModule(backbone, kernel, bias, labels), Path(path))
+    module = ClassifierModule(backbone.module, kernel, bias, labels, image_size=backbone.image_size)
+    save(module, Path(path))
     _keep_template(Path(path), template)
     prune_templates(home, KEEP_TEMPLATES)
 

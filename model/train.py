@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -12,14 +13,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from model import backbones, data, features, head, litert, metrics, serving
-from model.hparams import HParams, validate
+from model import backbones, crossval, data, features, head, litert, metrics, serving
+from model.hparams import AUTO, AUTO_CANDIDATES, L2_GRID, HParams, validate
 from model.problems import Problem
 
 # (stage, done, total, latest validation accuracy); stages: bottlenecks, training, saving.
@@ -30,6 +31,10 @@ METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 SAVED_MODEL_DIR = "saved_model"
 LOGS_DIR = "logs"
+# `auto` prefers a faster backbone whose cross-validated accuracy is at most this much lower.
+AUTO_TIE = 0.005
+# Photos int8 is checked against float on when no test split is held out.
+INT8_CHECK_IMAGES = 96
 
 
 class AccuracyGateError(Problem, RuntimeError):
@@ -71,12 +76,17 @@ def head_config(hp: HParams) -> head.HeadConfig:
         learning_rate=hp.learning_rate,
         batch_size=hp.train_batch_size,
         eval_interval=hp.eval_step_interval,
-        l2=hp.l2,
+        l2=hp.l2 if hp.l2 is not None else 0.0,  # without --l2, cross-validation sets it
         label_smoothing=hp.label_smoothing,
         early_stopping_patience=hp.early_stopping_patience if hp.early_stopping else None,
         class_weighting=hp.class_weighting,
         seed=hp.seed,
     )
+
+
+def l2_grid(hp: HParams) -> tuple[float, ...]:
+    """The L2 values cross-validation chooses from: --l2 alone when given."""
+    return (hp.l2,) if hp.l2 is not None else L2_GRID
 
 
 def extractor(
@@ -122,6 +132,7 @@ def bottlenecks(
         [im.sha256 for im in items],
         views,
         cache_root,
+        image_size=backbone.image_size,
         batch_size=batch_size,
         progress=progress,
     )
@@ -169,104 +180,112 @@ def retrain(
             extract_dir=Path(extract_dir),
             min_images_per_class=hp.min_images_per_class,
         )
-        splits = data.split_dataset(dataset, hp.testing_percentage, hp.validation_percentage)
-        backbone = backbones.load_backbone(hp.tfhub_module, home)
-        names = ("train", "validation", "test")
-        items = [im for name in names for im in splits[name]]
+        fit_items, test_items = _held_out(dataset, hp)
+        labels = dataset.classes
+        index = {label: i for i, label in enumerate(labels)}
+        items = fit_items + test_items
+        y_all = np.array([index[im.label] for im in items], np.int64)
         train_views = features.training_views(distortions(hp), hp.distortion_copies)
-        views = [train_views] * len(splits["train"]) + [[features.ORIGINAL]] * (
-            len(items) - len(splits["train"])
-        )
-        extract_started = time.perf_counter()
         engine = litert.resolve_engine(engine)
-        ex = bottlenecks(
+        extract_started = time.perf_counter()
+        handle, auto = hp.tfhub_module, None
+        if handle == AUTO:
+            embed = functools.partial(extractor, engine=engine, home=home, num_threads=num_threads)
+            handle, auto = choose_backbone(
+                items[: len(fit_items)], y_all, labels, hp, home, bottleneck_dir, progress, embed
+            )
+        backbone = backbones.load_backbone(handle, home)
+        fit = _fit(
             backbone,
             items,
-            views,
+            len(fit_items),
+            y_all,
+            labels,
+            train_views,
+            hp,
             bottleneck_dir,
-            batch_size=hp.extraction_batch_size,
-            progress=_report(progress, "bottlenecks"),
-            embed=extractor(backbone, engine, home, num_threads),
+            progress,
+            extractor(backbone, engine, home, num_threads),
         )
-        extraction_seconds = time.perf_counter() - extract_started
+        # The folds' training is counted as training, not extraction.
+        extraction_seconds = time.perf_counter() - extract_started - fit.cv_seconds
+        ex, cv = fit.extraction, fit.cv
         skipped = dataset.skipped + [
             (_relative(items[i].path, dataset.root), reason) for i, reason in ex.failures
         ]
-        bounds = np.cumsum([0] + [len(splits[name]) for name in names])
-
-        def ok_rows(k: int) -> np.ndarray:
-            rows = np.arange(bounds[k], bounds[k + 1])
-            return rows[ex.ok[rows]]
-
-        train_rows = ok_rows(0)
-        spread = train_rows[:: max(1, len(train_rows) // litert.CALIBRATION_IMAGES)]
-        calibration_rows = spread[: litert.CALIBRATION_IMAGES]
+        # What int8 is checked on: the test split, else photos spread over the whole set.
+        check_rows = fit.test_rows if len(fit.test_rows) else _spread(fit.rows, INT8_CHECK_IMAGES)
+        calibration_rows = _spread(fit.rows, litert.CALIBRATION_IMAGES)
         # Read now: the files of an uploaded zip are gone once this block ends.
         calibration_bytes = [items[i].path.read_bytes() for i in calibration_rows]
-        test_bytes = [items[i].path.read_bytes() for i in ok_rows(2)]
-    labels = dataset.classes
-    index = {label: i for i, label in enumerate(labels)}
-
-    def matrix(k: int, views_of_split: list[features.View]) -> tuple[np.ndarray, np.ndarray, list]:
-        rows = ok_rows(k)
-        kept = [items[i] for i in rows]
-        x = np.concatenate([ex.vectors[v.key()][rows] for v in views_of_split])
-        y = np.tile(np.array([index[im.label] for im in kept], np.int64), len(views_of_split))
-        return x, y, kept
-
-    train_x, train_y, train_kept = matrix(0, train_views)
-    val_x, val_y, _ = matrix(1, [features.ORIGINAL])
-    test_x, test_y, test_kept = matrix(2, [features.ORIGINAL])
-    _check_train_classes(labels, train_y)
+        check_bytes = [items[i].path.read_bytes() for i in check_rows]
+    original = ex.vectors[features.ORIGINAL.key()]
+    train_x = np.concatenate([ex.vectors[v.key()][fit.rows] for v in train_views])
+    train_y = np.tile(y_all[fit.rows], len(train_views))
+    names = [_relative(items[i].path, dataset.root) for i in range(len(items))]
     calibration = litert.Photos(
-        calibration_bytes,
-        [items[i].sha256 for i in calibration_rows],
-        ex.vectors[features.ORIGINAL.key()][calibration_rows],
+        calibration_bytes, [items[i].sha256 for i in calibration_rows], original[calibration_rows]
     )
-    test = litert.Photos(test_bytes, [im.sha256 for im in test_kept], test_x)
+    check = litert.Photos(check_bytes, [items[i].sha256 for i in check_rows], original[check_rows])
 
     work = Path(tempfile.mkdtemp(prefix=f".{output_graph.name}.tmp-", dir=output_graph.parent))
     try:
         train_started = time.perf_counter()
+        # The served layer: every photo but a held-out test split, for the steps the folds chose.
         trained = head.train_head(
             train_x,
             train_y,
-            val_x,
-            val_y,
+            train_x[:0],
+            train_y[:0],
             len(labels),
-            head_config(hp),
+            replace(
+                head_config(hp), steps=cv.best_step, l2=cv.best_l2, early_stopping_patience=None
+            ),
             log_dir=work / LOGS_DIR,
-            on_step=(lambda s, t, acc: progress("training", s, t, acc)) if progress else None,
+            on_step=(
+                (lambda s, t, acc: progress("training", s, t, cv.accuracy)) if progress else None
+            ),
         )
-        training_seconds = time.perf_counter() - train_started
-        val_pred = trained.probabilities(val_x).argmax(1)
-        val_acc = float((val_pred == val_y).mean()) if len(val_y) else 0.0
-        test_report = metrics.summarize(
-            test_y,
-            trained.probabilities(test_x),
-            labels,
-            [_relative(im.path, dataset.root) for im in test_kept],
+        training_seconds = time.perf_counter() - train_started + fit.cv_seconds
+        oof = metrics.summarize(
+            y_all[fit.rows], cv.probabilities, labels, [names[i] for i in fit.rows]
         )
-        gate = hp.assert_accuracy_at_least
-        if gate is not None and test_report["accuracy"] < gate:
-            raise AccuracyGateError(
-                "below_required_accuracy", accuracy=test_report["accuracy"], required=gate
+        test_report = (
+            metrics.summarize(
+                y_all[fit.test_rows],
+                trained.probabilities(original[fit.test_rows]),
+                labels,
+                [names[i] for i in fit.test_rows],
             )
+            if len(fit.test_rows)
+            else None
+        )
+        # The accuracy that is reported and gated on: the held-out test split's when there is
+        # one, else the cross-validated one.
+        accuracy = test_report["accuracy"] if test_report else cv.accuracy
+        gate = hp.assert_accuracy_at_least
+        if gate is not None and accuracy < gate:
+            raise AccuracyGateError("below_required_accuracy", accuracy=accuracy, required=gate)
         if progress:
-            progress("saving", 0, 1, val_acc)
+            progress("saving", 0, 1, cv.accuracy)
         saving_started = time.perf_counter()
+        shown = test_report or oof
+        title = (
+            f"test accuracy {accuracy:.1%} (N={shown['n']})"
+            if test_report
+            else f"{cv.k}-fold CV accuracy {accuracy:.1%} ± {cv.std:.1%} (N={shown['n']})"
+        )
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Drawn while the model is written: laying out 37 classes' labels takes ~0.4 s.
             plotted = pool.submit(
                 metrics.plot_confusion,
-                np.array(test_report["confusion_matrix"]),
+                np.array(shown["confusion_matrix"]),
                 labels,
                 work / CONFUSION_FILE,
-                f"test accuracy {test_report['accuracy']:.1%} (N={test_report['n']})",
+                title,
             )
             serving.save_retrained(
-                backbone.module,
-                backbone.identity,
+                backbone,
                 trained.kernel,
                 trained.bias,
                 labels,
@@ -280,32 +299,42 @@ def retrain(
                 trained.bias,
                 work / litert.VERSION_DIR,
                 calibration,
-                test,
-                test_y,
+                check,
+                y_all[check_rows],
                 bottleneck_dir,
                 num_threads=num_threads,
             )
+            litert_report["checked_on"] = "test split" if test_report else "training photos"
             plotted.result()
         (work / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), "utf-8")
         report = {
-            "test_accuracy": test_report["accuracy"],
-            "validation_accuracy": val_acc,
-            "n_test": test_report["n"],
-            "n_validation": len(val_y),
-            "n_train": len(train_kept),
+            "test_accuracy": accuracy,
+            "accuracy_source": "test_split" if test_report else "cross_validation",
+            "cross_validation": cv.report(),
+            "validation_accuracy": cv.accuracy,
+            "n_test": len(fit.test_rows),
+            "n_validation": len(fit.rows),
+            "n_train": len(fit.rows),
             "n_train_vectors": len(train_y),
             "labels": labels,
             "display_names": [data.display_name(label) for label in labels],
-            "per_class": test_report["per_class"],
-            "confusion_matrix": test_report["confusion_matrix"],
-            "misclassified": test_report["misclassified"],
-            "best_step": trained.best_step,
+            # Per class, confusion and mistakes: the out-of-fold answers (every photo once).
+            "per_class": oof["per_class"],
+            "confusion_matrix": oof["confusion_matrix"],
+            "misclassified": oof["misclassified"],
+            "test": test_report,
+            "best_step": cv.best_step,
             "history": {k: [round(float(v), 5) for v in h] for k, h in trained.history.items()},
             "extraction_seconds": round(extraction_seconds, 3),
             "training_seconds": round(training_seconds, 3),
             "saving_seconds": round(time.perf_counter() - saving_started, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
-            "backbone": {"handle": backbone.handle, "identity": backbone.identity},
+            "backbone": {
+                "handle": backbone.handle,
+                "identity": backbone.identity,
+                "image_size": backbone.image_size,
+            },
+            "auto": auto,
             "dataset_fingerprint": dataset.fingerprint,
             "bottlenecks": {"computed": ex.computed, "cached": ex.cached},
             "extraction_engine": engine,
@@ -316,7 +345,7 @@ def retrain(
         (work / METRICS_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
         _publish(work, output_graph)
         if progress:
-            progress("saving", 1, 1, val_acc)
+            progress("saving", 1, 1, cv.accuracy)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -329,12 +358,138 @@ def retrain(
         output_dir=output_graph,
         labels=labels,
         test_accuracy=report["test_accuracy"],
-        validation_accuracy=val_acc,
+        validation_accuracy=cv.accuracy,
         metrics=report,
         bottlenecks_computed=ex.computed,
         bottlenecks_cached=ex.cached,
         skipped=skipped,
     )
+
+
+def _held_out(
+    dataset: data.Dataset, hp: HParams
+) -> tuple[list[data.LabeledImage], list[data.LabeledImage]]:
+    """(photos the served layer trains on, the test split): no test split unless asked for."""
+    if hp.testing_percentage is None:
+        return list(dataset.images), []
+    splits = data.split_dataset(dataset, hp.testing_percentage, hp.validation_percentage)
+    return splits["train"] + splits["validation"], splits["test"]
+
+
+def _spread(rows: np.ndarray, k: int) -> np.ndarray:
+    """At most k rows, evenly spread over `rows`."""
+    return rows[:: max(1, len(rows) // k)][:k]
+
+
+@dataclass
+class _Fit:
+    """One backbone's bottlenecks of a dataset and the cross-validation of a layer on them."""
+
+    backbone: backbones.Backbone
+    extraction: features.Extraction
+    rows: np.ndarray  # photos the layer trains on (those that decoded)
+    test_rows: np.ndarray  # the held-out test split (those that decoded)
+    cv: crossval.CrossValidation
+    cv_seconds: float
+
+
+def _fit(
+    backbone: backbones.Backbone,
+    items: list[data.LabeledImage],
+    n_fit: int,
+    y: np.ndarray,
+    labels: list[str],
+    train_views: list[features.View],
+    hp: HParams,
+    bottleneck_dir: Path,
+    progress: ProgressFn | None,
+    embed: Callable[[np.ndarray], np.ndarray],
+) -> _Fit:
+    """Bottlenecks of `items` (the first `n_fit` with every training view), then k-fold CV."""
+    views = [train_views] * n_fit + [[features.ORIGINAL]] * (len(items) - n_fit)
+    ex = bottlenecks(
+        backbone,
+        items,
+        views,
+        bottleneck_dir,
+        batch_size=hp.extraction_batch_size,
+        progress=_report(progress, "bottlenecks"),
+        embed=embed,
+    )
+    ok = np.flatnonzero(ex.ok)
+    rows, test_rows = ok[ok < n_fit], ok[ok >= n_fit]
+    _check_train_classes(labels, y[rows])
+    started = time.perf_counter()
+    mirrored = features.FLIP.key() in {v.key() for v in train_views}
+    cv = crossval.cross_validate(
+        [ex.vectors[v.key()][rows] for v in train_views],
+        y[rows],
+        crossval.stable_folds([items[i] for i in rows], hp.cv_folds),
+        len(labels),
+        head_config(hp),
+        l2_grid(hp),
+        mirror=ex.vectors[features.FLIP.key()][rows] if mirrored else None,
+        on_steps=(lambda done, total: progress("training", done, total, None))
+        if progress
+        else None,
+    )
+    return _Fit(backbone, ex, rows, test_rows, cv, time.perf_counter() - started)
+
+
+def choose_backbone(
+    items: list[data.LabeledImage],
+    y: np.ndarray,
+    labels: list[str],
+    hp: HParams,
+    home: Path,
+    bottleneck_dir: Path,
+    progress: ProgressFn | None,
+    embed: Callable[[backbones.Backbone], Callable[[np.ndarray], np.ndarray]],
+) -> tuple[str, dict]:
+    """`--architecture auto`: the candidate whose layer cross-validates best on these photos.
+
+    Each candidate sees the originals only (mirrors and distorted copies are extracted later,
+    for the chosen one), cached like any bottleneck. A faster candidate within AUTO_TIE of the
+    best accuracy wins: it answers every later photo sooner. Returns the handle and the report.
+    """
+    scores = {}
+    for handle in AUTO_CANDIDATES:
+        started = time.perf_counter()
+        backbone = backbones.load_backbone(handle, home)
+        fit = _fit(
+            backbone,
+            items,
+            len(items),
+            y,
+            labels,
+            [features.ORIGINAL],
+            hp,
+            bottleneck_dir,
+            progress,
+            embed(backbone),
+        )
+        scores[handle] = {
+            "cv_accuracy": round(fit.cv.accuracy, 5),
+            "cv_std": round(fit.cv.std, 5),
+            "image_size": backbone.image_size,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    best = max(scores, key=lambda h: scores[h]["cv_accuracy"])
+    # Candidates are listed fastest first: the first within the tie margin of the best wins.
+    chosen = next(
+        h for h in scores if scores[h]["cv_accuracy"] >= scores[best]["cv_accuracy"] - AUTO_TIE
+    )
+    reason = (
+        f"best {hp.cv_folds}-fold accuracy on the photos' originals"
+        if chosen == best
+        else f"within {AUTO_TIE:.1%} of {best}'s accuracy and faster"
+    )
+    return chosen, {
+        "chosen": chosen,
+        "reason": reason,
+        "tie_margin": AUTO_TIE,
+        "candidates": scores,
+    }
 
 
 def _relative(path: Path, root: Path) -> str:

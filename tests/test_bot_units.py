@@ -108,6 +108,32 @@ def test_reply_texts() -> None:
     )
 
 
+def test_retrain_reply_reports_cross_validation_and_the_auto_choice() -> None:
+    """All photos trained the model: the reply gives the CV accuracy, its spread and the choice."""
+    metrics = {
+        "accuracy_source": "cross_validation",
+        "n_train": 599,
+        "cross_validation": {"k": 5, "accuracy": 0.893, "std": 0.021},
+        "auto": {
+            "chosen": "efficientnet_lite2",
+            "candidates": {
+                "efficientnet_lite0": {"cv_accuracy": 0.841},
+                "efficientnet_lite2": {"cv_accuracy": 0.893},
+            },
+        },
+    }
+    result = contract.RetrainResult(4, True, 0.893, metrics)
+    assert render.retrain_text(result, "en").splitlines()[:2] == [
+        "✅ Model v4 trained on all 599 photos: 5-fold cross-validated accuracy 89 % ± 2 %.",
+        "Backbone efficientnet_lite2, chosen by cross-validation: efficientnet_lite0 84 %, "
+        "efficientnet_lite2 89 %.",
+    ]
+    held_out = contract.RetrainResult(5, True, 0.9, {"accuracy_source": "test_split"})
+    assert render.retrain_text(held_out, "en").startswith(
+        "✅ Model v5 trained: test accuracy 90 %."
+    )
+
+
 def test_chart_is_a_png() -> None:
     """The top-k chart renders without a display."""
     assert render.top_k_chart(_result(0.93)).startswith(b"\x89PNG")

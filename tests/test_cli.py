@@ -62,7 +62,9 @@ def test_retrain_prints_final_accuracy_and_cache_use(
     out = capsys.readouterr().out
     assert code == 0
     assert re.search(r"^Bottlenecks: 0 computed, \d+ from cache$", out, re.M)
-    assert re.search(r"^Final test accuracy = \d+\.\d% \(N=\d+\)$", out, re.M)
+    assert re.search(
+        r"^Cross-validated accuracy = \d+\.\d% ± \d+\.\d% \(5 folds, N=200\)", out, re.M
+    )
     assert "=== MISCLASSIFIED TEST IMAGES ===" in out
     assert labels.read_text().split()[0] == "daisy"
     assert list(summaries.glob("train/events.out.tfevents.*"))

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from model import backbones, export, features, serving, train
+from model import backbones, crossval, data, export, features, serving, train
 from model import images as imagelib
 from model.hparams import HParams
 from model.predict import load_classifier
@@ -85,8 +86,18 @@ def test_retrain_writes_a_servable_folder(flowers_run: train.TrainResult) -> Non
         "dataset_fingerprint",
     ):
         assert key in m
-    assert m["n_test"] >= 5 and m["n_validation"] >= 5
-    assert sum(map(sum, m["confusion_matrix"])) == m["n_test"]
+    # No test split asked for: every photo trains the layer and 5-fold CV gives the accuracy.
+    assert m["accuracy_source"] == "cross_validation" and m["n_test"] == 0 and m["test"] is None
+    assert m["n_train"] == m["n_validation"] == 200
+    cv = m["cross_validation"]
+    assert cv["k"] == 5 and len(cv["fold_accuracy"]) == 5 and 0 < cv["std"] < 0.1
+    assert m["test_accuracy"] == cv["accuracy"] == m["validation_accuracy"]
+    assert m["best_step"] == cv["best_step"] <= FAST.how_many_training_steps
+    # The confusion matrix and the mistakes are the out-of-fold answers: every photo once.
+    assert sum(map(sum, m["confusion_matrix"])) == 200
+    wrong = 200 - sum(m["confusion_matrix"][i][i] for i in range(5))
+    assert len(m["misclassified"]) == wrong
+    assert cv["accuracy"] == pytest.approx(1 - wrong / 200)
     assert m["test_accuracy"] >= 0.8  # a linear probe on these features reaches ~0.87
     stages = {s for s, _, _ in flowers_run.metrics["_progress"]}
     assert {"bottlenecks", "training", "saving"} <= stages
@@ -125,9 +136,7 @@ def test_saved_model_from_a_template_serves_its_own_head(
         kernel = rng.normal(0, 0.05, (backbone.feature_dim, 3)).astype(np.float32)
         bias = rng.normal(0, 1, 3).astype(np.float32)
         path = tmp_path / name / train.SAVED_MODEL_DIR
-        serving.save_retrained(
-            backbone.module, backbone.identity, kernel, bias, list("abc"), path, home
-        )
+        serving.save_retrained(backbone, kernel, bias, list("abc"), path, home)
         loaded = tf.saved_model.load(str(path))
         got = loaded.signatures["classify_images"](images=tf.constant(pixels))
         logits = vectors @ kernel + bias
@@ -150,9 +159,7 @@ def test_saved_model_from_a_template_serves_its_own_head(
     (data_file,) = (template / "variables").glob("variables.data-*")
     data_file.write_bytes(data_file.read_bytes()[:1000])
     again = tmp_path / "third" / train.SAVED_MODEL_DIR
-    serving.save_retrained(
-        backbone.module, backbone.identity, kernel, bias, list("abc"), again, home
-    )
+    serving.save_retrained(backbone, kernel, bias, list("abc"), again, home)
     loaded = tf.saved_model.load(str(again))
     got = loaded.signatures["classify_images"](images=tf.constant(pixels))["probabilities"]
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
@@ -187,7 +194,13 @@ def test_cache_is_keyed_by_content(
     other = sorted((data_dir / "renamed_roses").iterdir())[0]
     sha = hashlib.sha256(other.read_bytes()).hexdigest()
     backbone_id = first.metrics["backbone"]["identity"]
-    entry = features.vector_path(cache / features.namespace(backbone_id, features.ORIGINAL), sha)
+    entry = features.vector_path(
+        cache
+        / features.namespace(
+            backbone_id, features.ORIGINAL, first.metrics["backbone"]["image_size"]
+        ),
+        sha,
+    )
     entry.write_bytes(b"not a numpy file")
     second = train.retrain(data_dir, tmp_path / "b", hp, home=breedbot_home, bottleneck_dir=cache)
     assert second.bottlenecks_computed == 2
@@ -265,3 +278,39 @@ def test_predict_survives_bad_bytes(flowers_run: train.TrainResult, datasets: Pa
     assert [p.error for p in preds[:3]] == ["empty", "truncated", "not_an_image"]
     assert preds[3].error is None and preds[3].top_k[0].label == "roses"
     assert len(preds[3].top_k) == 3
+
+
+def test_explicit_test_split_is_held_out_and_reported(
+    flowers_run: train.TrainResult, datasets: Path, breedbot_home: Path, cache: Path, tmp_path: Path
+) -> None:
+    """retrain.py's --testing_percentage: a fixed content-hashed test split, CV on the rest."""
+    hp = replace(FAST, testing_percentage=10)
+    result = train.retrain(
+        datasets / "flowers-dev", tmp_path / "held", hp, home=breedbot_home, bottleneck_dir=cache
+    )
+    m = result.metrics
+    dataset = data.load_dataset(datasets / "flowers-dev")
+    test = data.split_dataset(dataset, 10, 10)["test"]
+    assert m["accuracy_source"] == "test_split" and m["n_test"] == len(test) >= 5
+    assert m["n_train"] == 200 - len(test)
+    assert result.test_accuracy == m["test"]["accuracy"] == m["test_accuracy"]
+    assert sum(map(sum, m["test"]["confusion_matrix"])) == len(test)
+    assert m["cross_validation"]["k"] == 5 and m["litert"]["n_test"] == len(test)
+    # The held-out photos never trained the served layer: its answers on them match the report.
+    clf = load_classifier(result.output_dir, engine="litert", precision="float")
+    preds = clf.predict([im.path.read_bytes() for im in test], top_k=1)
+    hits = np.mean([p.top_k[0].label == im.label for p, im in zip(preds, test, strict=True)])
+    assert hits == pytest.approx(result.test_accuracy, abs=1.01 / len(test))  # a near tie at most
+
+
+def test_folds_are_stratified_and_decided_by_content(datasets: Path) -> None:
+    images = data.load_dataset(datasets / "pets-dev").images
+    folds = crossval.stable_folds(images, 5)
+    shuffled = list(images)
+    random.Random(1).shuffle(shuffled)
+    again = dict(zip(shuffled, crossval.stable_folds(shuffled, 5), strict=True))
+    assert [again[im] for im in images] == folds.tolist()  # listing order does not matter
+    for label in {im.label for im in images}:
+        counts = np.bincount([f for f, im in zip(folds, images, strict=True) if im.label == label])
+        assert counts.max() - counts[counts > 0].min() <= 1  # dealt round-robin within a class
+    assert np.ptp(np.bincount(folds, minlength=5)) <= 37  # at most one photo per class apart

@@ -193,14 +193,7 @@ def run(
                 num_threads=settings.litert_threads,
             )
             report("evaluating", 0, 1, result.validation_accuracy)
-            dataset = data.load_dataset(
-                source,
-                extract_dir=Path(tmp) / "eval",
-                min_images_per_class=hparams.min_images_per_class,
-            )
-            test = data.split_dataset(
-                dataset, hparams.testing_percentage, hparams.validation_percentage
-            )["test"]
+            test = _test_split(source, Path(tmp) / "eval", hparams)
             published = registry.publish(
                 root,
                 staged,
@@ -213,7 +206,11 @@ def run(
                     settings.min_accuracy if request.min_accuracy is None else request.min_accuracy
                 ),
                 force=request.force,
-                evaluate_active=lambda version: active_accuracy_on(version, test, settings),
+                # Without a held-out split (cross-validation), the active version has no photos
+                # it never saw to be measured on, so only the minimum applies.
+                evaluate_active=(
+                    (lambda version: active_accuracy_on(version, test, settings)) if test else None
+                ),
             )
         except (fetch.InputError, data.DatasetError, train.AccuracyGateError) as exc:
             raise _refused(exc.code, str(exc), **exc.params) from exc
@@ -242,6 +239,18 @@ def run(
         params=published.params,
         confusion_png_b64=png,
     )
+
+
+def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.LabeledImage]:
+    """The held-out test split retrain() reported on; empty when it cross-validated instead."""
+    if hparams.testing_percentage is None:
+        return []
+    dataset = data.load_dataset(
+        source, extract_dir=extract_dir, min_images_per_class=hparams.min_images_per_class
+    )
+    return data.split_dataset(dataset, hparams.testing_percentage, hparams.validation_percentage)[
+        "test"
+    ]
 
 
 def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings) -> Path:
