@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATASETS, emit, forget_earlier_retrains, machine, peak_rss_mb
 from model import backbones, data, features, litert, train
-from model import images as imagelib
 from model.hparams import HParams
-from model.predict import Classifier, load_classifier
+from model.predict import load_classifier
+from model.runtime import images as imagelib
+from model.runtime.classifier import Classifier
 
 ENGINES = {
     "tf": ("tf", "auto"),

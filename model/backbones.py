@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 import re
 import shutil
 import tempfile
@@ -25,8 +24,9 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from model.hparams import DEFAULT_BACKBONE
-from model.imagenet import NUM_CLASSES
-from model.images import IMAGE_SIZE
+from model.runtime.home import default_home
+from model.runtime.imagenet import NUM_CLASSES
+from model.runtime.images import IMAGE_SIZE
 from model.torch_pickle import load_legacy_state_dict
 
 # Bump when the exported graph changes, so stale exports (and caches keyed on them) are not reused.
@@ -275,12 +275,6 @@ def _export(network: _Network, directory: Path) -> None:
     root.regularization_losses = []
     signatures = {"serving_default": serving_default, "imagenet_logits": imagenet_logits}
     tf.saved_model.save(root, str(directory), signatures=signatures)
-
-
-def default_home() -> Path:
-    """The per-user cache directory for exported backbones ($XDG_CACHE_HOME/breedbot)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "breedbot"
 
 
 def resolve_handle(handle: str, home: Path) -> str:

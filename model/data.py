@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from model.images import ImageError, probe_image
 from model.problems import Problem
+from model.runtime.images import ImageError, probe_image
 
 LABELS_CSV = "labels.csv"
 _IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model import images as imagelib
+from model.runtime import images as imagelib
 
 # (done, total) -> None; the CLI wraps tqdm around it, the worker reports it to the chat.
 CountFn = Callable[[int, int], None]

@@ -1,16 +1,14 @@
-"""CPU inference through LiteRT (the TFLite interpreter with its XNNPACK delegate).
+"""LiteRT conversion (TensorFlow): a version's and the zero-shot model's .tflite files.
 
-A model runs as three .tflite files: the backbone (pixels -> features), then on its features the
-softmax head and the pet gate (the backbone's ImageNet classifier), each in float or full int8
-form. The backbone files depend only on the backbone (float) or on the calibration photos (int8),
-so they are converted once into BREEDBOT_HOME and a version gets its own links to them; only its
-small head is converted per version. Full int8 is calibrated on real photos and keeps float32
-inputs and outputs, so both forms take the same pixels as the TensorFlow path. The graphs stop at
-logits; `classification` turns them into the dict `ClassifierModule.classify_images` returns, so
-the two engines share one interface.
-
-Runtime: `ai_edge_litert.interpreter.Interpreter` (tf.lite.Interpreter is deprecated). An
-interpreter is not thread-safe, so a `Runner` keeps one per calling thread.
+`model.runtime.litert` runs them without TensorFlow. A model runs as three .tflite files: the
+backbone (pixels -> features), then on its features the softmax head and the pet gate (the
+backbone's ImageNet classifier), each in float or full int8 form. The backbone files depend only
+on the backbone (float) or on the calibration photos (int8), so they are converted once into
+BREEDBOT_HOME and a version gets its own links to them; only its small head is converted per
+version. Full int8 is calibrated on real photos and keeps float32 inputs and outputs, so both
+forms take the same pixels as the TensorFlow path. The graphs stop at logits; `classification`
+turns them into the dict `ClassifierModule.classify_images` returns, so the two engines share
+one interface.
 """
 
 from __future__ import annotations
@@ -18,42 +16,43 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
-from model import backbones, imagenet
+from model import backbones
 from model.features import ORIGINAL, Extraction, decode_all, extract
-from model.images import preprocessing_version, to_float
+from model.runtime.images import preprocessing_version, to_float
+from model.runtime.litert import (
+    BACKBONE,
+    BATCH_SIZES,
+    CONVERSION_VERSION,
+    FEATURE_BATCH,
+    FLOAT,
+    GATE,
+    HEAD,
+    INT8,
+    PRECISIONS,
+    VERSION_DIR,
+    ZERO_SHOT_FILE,
+    Runner,
+    part_file,
+    zero_shot_dir,
+    zero_shot_ready,
+)
 
-ENGINES = ("auto", "tf", "litert")
-FLOAT, INT8 = "float", "int8"
-PRECISIONS = (FLOAT, INT8)
-
-# Inside a version folder, next to the SavedModel: one file per part and precision.
-VERSION_DIR = "litert"
-BACKBONE, HEAD, GATE = "backbone", "head", "gate"
 # Under BREEDBOT_HOME, one folder per backbone identity.
 FEATURES_FILE = "features_float.tflite"
 GATE_FILE = "gate_float.tflite"
-# Bump when the converted graphs change, so stale conversions in BREEDBOT_HOME are not reused.
-CONVERSION_VERSION = 2
-
-# Interpreter batch per precision, from photos/s on 2 cores with real photos at batch 1, 4, 8, 32:
-# float 190, 193, 179, 166 (XNNPACK float gains nothing from batching); int8 390, 402, 438, 430.
-BATCH_SIZES = {FLOAT: 1, INT8: 8}
-# Rows per call of the head and the gate: a matrix product, so one call per batch.
-FEATURE_BATCH = 32
 # Photos of the version's training split that calibrate its int8 form. On pets-dev, 16, 64 and 256
 # gave 99.7, 99.5 and 99.5 % top-1 agreement with float over all 599 photos, for 2.6, 5 and 15 s.
 CALIBRATION_IMAGES = 32
@@ -64,18 +63,6 @@ EVAL_BATCH = 32
 MAX_INT8_ACCURACY_LOSS = 0.01
 # ...and agrees with float on at least this share of top-1 answers.
 MIN_INT8_AGREEMENT = 0.98
-
-_PET_IDS = list(imagenet.PET_CLASS_IDS)
-_PET_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.PET_CLASS_IDS)
-
-
-def resolve_engine(engine: str) -> str:
-    """The engine to use: "auto" means tf when TensorFlow sees a GPU, else litert."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "auto":
-        return "tf" if tf.config.list_physical_devices("GPU") else "litert"
-    return engine
 
 
 def features_graph(backbone: Any, image_size: int) -> tf.types.experimental.ConcreteFunction:
@@ -150,101 +137,6 @@ def home_dir(home: Path, backbone_identity: str) -> Path:
     return Path(home) / "litert" / name
 
 
-class Runner:
-    """A .tflite model with one input, run batch-wise, one interpreter per calling thread.
-
-    Each interpreter keeps one input batch size: resizing one re-plans XNNPACK (up to a second),
-    so a batch runs as full chunks of `batch_size` and the remainder one row at a time.
-    """
-
-    def __init__(self, path: Path, *, num_threads: int | None = None, batch_size: int = 1):
-        self.path = Path(path)
-        self.num_threads = num_threads or os.cpu_count() or 1
-        self.batch_size = batch_size
-        self._local = threading.local()
-        runner = self._runner(1)
-        inputs = runner.get_input_details()
-        (self.input_name,) = inputs
-        self.input_dims = tuple(int(d) for d in inputs[self.input_name]["shape"][1:])
-        details = runner.get_output_details()
-        self.output_dims = {name: tuple(d["shape"][1:]) for name, d in details.items()}
-
-    def _runner(self, batch: int) -> Any:
-        runners = getattr(self._local, "runners", None)
-        if runners is None:
-            runners = self._local.runners = {}
-        if batch not in runners:
-            interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-            runners[batch] = interpreter.get_signature_runner()  # sized on its first call
-        return runners[batch]
-
-    def _chunks(self, n: int) -> Iterator[tuple[int, int]]:
-        full = n - n % self.batch_size
-        yield from ((s, self.batch_size) for s in range(0, full, self.batch_size))
-        yield from ((s, 1) for s in range(full, n))
-
-    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for a float32 batch (pixels in [0,1] or features), over all chunks."""
-        inputs = np.ascontiguousarray(inputs, np.float32)
-        parts: dict[str, list[np.ndarray]] = {
-            name: [np.zeros((0, *dims), np.float32)] for name, dims in self.output_dims.items()
-        }
-        for start, size in self._chunks(len(inputs)):
-            out = self._runner(size)(**{self.input_name: inputs[start : start + size]})
-            for name, chunks in parts.items():
-                chunks.append(out[name])
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
-class Pipeline:
-    """Backbone, then the head and the pet gate on its features: one model's files as one call.
-
-    Without a head (the zero-shot model) the logits are the gate's on the ImageNet pet classes;
-    without a gate (a backbone with no ImageNet classifier) the gate is unknown.
-    """
-
-    def __init__(self, backbone: Runner, head: Runner | None, gate: Runner | None):
-        self.backbone, self.head, self.gate = backbone, head, gate
-        self.image_size = backbone.input_dims[0]  # the side of the square photos it takes
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Head logits and, when there is a gate, ImageNet logits for float32 pixels."""
-        features = self.backbone(images)["feature_vector"]
-        out = {}
-        if self.gate is not None:
-            out["imagenet_logits"] = self.gate(features)["imagenet_logits"]
-        if self.head is not None:
-            out["logits"] = self.head(features)["logits"]
-        else:
-            out["logits"] = out["imagenet_logits"][:, _PET_IDS]
-        return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def classification(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Head and pet-gate logits -> the outputs of `ClassifierModule.classify_images`."""
-    probabilities = _softmax(outputs["logits"].astype(np.float64)).astype(np.float32)
-    n = len(probabilities)
-    if "imagenet_logits" not in outputs:  # the backbone has no ImageNet head: gate unknown
-        return {
-            "probabilities": probabilities,
-            "pet_probability": -np.ones(n, np.float32),
-            "imagenet_class": -np.ones(n, np.int32),
-            "imagenet_probability": np.zeros(n, np.float32),
-        }
-    inet = _softmax(outputs["imagenet_logits"].astype(np.float64))
-    return {
-        "probabilities": probabilities,
-        "pet_probability": inet[:, _PET_MASK].sum(axis=1).astype(np.float32),
-        "imagenet_class": inet.argmax(axis=1).astype(np.int32),
-        "imagenet_probability": inet.max(axis=1).astype(np.float32),
-    }
-
-
 def int8_decision(
     n_test: int, float_accuracy: float, int8_accuracy: float, agreement: float
 ) -> str:
@@ -252,11 +144,6 @@ def int8_decision(
     keeps_accuracy = int8_accuracy >= float_accuracy - MAX_INT8_ACCURACY_LOSS
     agrees = agreement >= MIN_INT8_AGREEMENT
     return INT8 if n_test > 0 and keeps_accuracy and agrees else FLOAT
-
-
-def part_file(part: str, precision: str) -> str:
-    """File name of one part (backbone, head, gate) in one precision inside VERSION_DIR."""
-    return f"{part}_{precision}.tflite"
 
 
 def _once(path: Path, make: Callable[[Path], object]) -> Path:
@@ -469,22 +356,6 @@ def _cached_features(
     return ex
 
 
-def version_pipeline(
-    directory: Path, precision: str, *, num_threads: int | None = None
-) -> Pipeline | None:
-    """A version's LiteRT model in one precision, or None if the folder lacks its files."""
-    path = {part: Path(directory) / part_file(part, precision) for part in (BACKBONE, HEAD, GATE)}
-    if not (path[BACKBONE].is_file() and path[HEAD].is_file()):
-        return None
-    return Pipeline(
-        Runner(path[BACKBONE], num_threads=num_threads, batch_size=BATCH_SIZES[precision]),
-        Runner(path[HEAD], num_threads=num_threads, batch_size=FEATURE_BATCH),
-        Runner(path[GATE], num_threads=num_threads, batch_size=FEATURE_BATCH)
-        if path[GATE].is_file()
-        else None,
-    )
-
-
 def lazy_features(make: Callable[[], Runner]) -> Callable[[np.ndarray], np.ndarray]:
     """A backbone Runner's `feature_vector` as a function; `make` runs on the first call only,
     so a run served wholly from the bottleneck cache builds (or converts) nothing."""
@@ -503,15 +374,20 @@ def features_runner(
     return Runner(features_file(backbone, home), num_threads=num_threads, batch_size=batch_size)
 
 
-def zero_shot_pipeline(
-    backbone: backbones.Backbone, home: Path, *, num_threads: int | None = None
-) -> Pipeline:
-    """The zero-shot pet model (ImageNet head on its pet classes) as LiteRT float, made once."""
+def prepare_zero_shot(backbone_name: str, home: Path) -> Path:
+    """Convert a named backbone's zero-shot model (features and gate, float) into BREEDBOT_HOME,
+    where `model.runtime` loads it without TensorFlow; a no-op once done."""
+    folder = zero_shot_dir(home, backbone_name)
+    if zero_shot_ready(home, backbone_name):
+        return folder
+    backbone = backbones.load_backbone(backbone_name, home)
     gate = gate_file(backbone, home)
     if gate is None:
         raise ValueError(f"{backbone.handle} has no ImageNet classifier to answer zero-shot with")
-    return Pipeline(
-        features_runner(backbone, home, num_threads=num_threads),
-        None,
-        Runner(gate, num_threads=num_threads, batch_size=FEATURE_BATCH),
-    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {BACKBONE: features_file(backbone, home), GATE: gate}
+    for path in files.values():
+        _place(path, folder / path.name)
+    index = {part: path.name for part, path in files.items()}
+    write_atomically(folder / ZERO_SHOT_FILE, json.dumps(index).encode())
+    return folder

@@ -1,140 +1,34 @@
-"""Batched inference for the zero-shot default model and retrained version folders alike."""
+"""`load_classifier`: a version folder or the zero-shot model, through LiteRT or TensorFlow.
+
+TensorFlow is imported only on the paths that need it: the tf engine, a version without LiteRT
+files, and converting the zero-shot model the first time it is used.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from model import backbones, data, imagenet, litert, serving, train
-from model import images as imagelib
-from model.features import decode_many
-
-PET_GATE = 0.5  # ImageNet mass on the 123 dog and cat classes that calls it a pet
-# Cats and dogs of breeds ImageNet lacks spread their mass over lynx, fox and the like while their
-# top class is still a pet: passing on either lifts pets-dev from 91.7 % to 96 % (flowers: 0.5 %).
-PET_CLASSES = frozenset(imagenet.PET_CLASS_IDS)
+from model.hparams import DEFAULT_BACKBONE
+from model.runtime import imagenet, litert
+from model.runtime.classifier import (
+    Classifier,
+    ClassifyFn,
+    read_labels,
+    version_classifier,
+    zero_shot_classifier,
+)
+from model.runtime.home import default_home
 
 log = logging.getLogger(__name__)
 
-# float32 [N,S,S,3] pixels in [0,1] -> the outputs of ClassifierModule.classify_images.
-ClassifyFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
+def _tf_classify(module: Any) -> ClassifyFn:
+    import tensorflow as tf
 
-@dataclass(frozen=True)
-class Guess:
-    """One ranked answer."""
-
-    label: str
-    display_name: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The answer for one image; `error` is set (and `top_k` empty) when the image was rejected."""
-
-    top_k: list[Guess]
-    is_pet: bool | None
-    pet_probability: float
-    imagenet_label: str
-    imagenet_probability: float
-    error: str | None = None
-    error_message: str | None = None
-
-
-@dataclass
-class Timings:
-    """Where the time of the last predict() call went, in milliseconds."""
-
-    decode_ms: float = 0.0
-    model_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-class Classifier:
-    """A loaded model: holds a TensorFlow graph or LiteRT interpreters, so it is a class."""
-
-    def __init__(
-        self,
-        classify: ClassifyFn,
-        labels: list[str],
-        display_names: list[str],
-        model_dir: Path | None,
-        *,
-        engine: str,
-        image_size: int,
-    ):
-        self.engine = engine  # "tf", "litert-float" or "litert-int8"
-        self.image_size = image_size  # S: photos are resized to S x S for the backbone
-        self._classify = classify
-        self.labels = labels
-        self.display_names = display_names
-        self.model_dir = model_dir
-        self.last_timings = Timings()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
-
-    def predict_pixels(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw model outputs for a float32 [N,S,S,3] batch in [0,1]."""
-        return self._classify(pixels)
-
-    def predict(self, images: list[bytes], top_k: int = 5) -> list[Prediction]:
-        """Classify encoded images in one forward pass; a bad image gets an error, not a raise."""
-        t0 = time.perf_counter()
-        decoded = list(decode_many(images, self._pool, size=self.image_size))
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, imagelib.ImageError)]
-        t1 = time.perf_counter()
-        out = (
-            self.predict_pixels(imagelib.to_float(np.stack([decoded[i] for i in good])))
-            if good
-            else {}
-        )
-        self.last_timings = Timings((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
-        results: list[Prediction] = []
-        row = {i: r for r, i in enumerate(good)}
-        for i, d in enumerate(decoded):
-            if isinstance(d, imagelib.ImageError):
-                results.append(Prediction([], None, 0.0, "", 0.0, d.code, str(d)))
-            else:
-                results.append(self._prediction(out, row[i], top_k))
-        return results
-
-    def _prediction(self, out: dict[str, np.ndarray], r: int, top_k: int) -> Prediction:
-        probs = out["probabilities"][r]
-        # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
-        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
-        guesses = [
-            Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6)) for j in order
-        ]
-        pet = float(out["pet_probability"][r])
-        cls = int(out["imagenet_class"][r])
-        return Prediction(
-            top_k=guesses,
-            is_pet=None if pet < 0 else (pet >= PET_GATE or cls in PET_CLASSES),
-            pet_probability=max(pet, 0.0),
-            imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
-            imagenet_probability=float(out["imagenet_probability"][r]),
-        )
-
-    def warm_up(self) -> None:
-        """Run one dummy batch so the first real request does not pay for tracing."""
-        self.predict_pixels(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
-
-
-def read_labels(model_dir: Path) -> list[str]:
-    """The labels of a version folder, one per line in index order."""
-    text = (Path(model_dir) / train.LABELS_FILE).read_text("utf-8")
-    return [line for line in text.splitlines() if line]
-
-
-def _tf_classify(module: tf.Module) -> ClassifyFn:
     def classify(pixels: np.ndarray) -> dict[str, np.ndarray]:
         out = module.classify_images(tf.constant(pixels, tf.float32))
         return {k: v.numpy() for k, v in out.items()}
@@ -142,24 +36,45 @@ def _tf_classify(module: tf.Module) -> ClassifyFn:
     return classify
 
 
-def _litert_classify(pipeline: litert.Pipeline) -> ClassifyFn:
-    return lambda pixels: litert.classification(pipeline(pixels))
+def _tf_zero_shot(home: Path, backbone: str) -> Classifier:
+    from model import backbones, serving
+
+    bb = backbones.load_backbone(backbone, home)
+    labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
+    module = serving.zero_shot_module(bb.module, labels, bb.image_size)
+    classify = _tf_classify(module)
+    names = imagenet.pet_class_names()
+    return Classifier(classify, labels, names, None, engine="tf", image_size=bb.image_size)
 
 
-def served_precision(model_dir: Path) -> str | None:
-    """The LiteRT precision a version folder serves (from metrics.json), None if it has none."""
+def _tf_version(model_dir: Path) -> Classifier:
+    import tensorflow as tf
+
+    from model import data, train
+
+    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
+    spec = module.signatures["classify_images"].structured_input_signature[1]["images"]
+    labels = read_labels(model_dir)
+    names = [data.display_name(x) for x in labels]
+    size = int(spec.shape[1])
+    return Classifier(_tf_classify(module), labels, names, model_dir, engine="tf", image_size=size)
+
+
+def _litert_zero_shot(home: Path, backbone: str, num_threads: int | None) -> Classifier:
     try:
-        report = json.loads((Path(model_dir) / train.METRICS_FILE).read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    return report.get("litert", {}).get("served")
+        return zero_shot_classifier(home, backbone, num_threads=num_threads)
+    except litert.NotConverted:
+        from model import litert as conversion  # TensorFlow, once per backbone and home
+
+        conversion.prepare_zero_shot(backbone, home)
+        return zero_shot_classifier(home, backbone, num_threads=num_threads)
 
 
 def load_classifier(
     model_dir: Path | None = None,
     *,
     home: Path | None = None,
-    backbone: str = backbones.DEFAULT_BACKBONE,
+    backbone: str = DEFAULT_BACKBONE,
     engine: str = "auto",
     precision: str = "auto",
     num_threads: int | None = None,
@@ -173,47 +88,17 @@ def load_classifier(
     engine = litert.resolve_engine(engine)
     if precision not in ("auto", *litert.PRECISIONS):
         raise ValueError(f"precision must be auto, float or int8, got {precision!r}")
-    home = Path(home) if home else backbones.default_home()
+    home = Path(home) if home else default_home()
     if model_dir is None:
-        bb = backbones.load_backbone(backbone, home)
-        labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
-        names = imagenet.pet_class_names()
         if engine == "tf":
-            module = serving.zero_shot_module(bb.module, labels, bb.image_size)
-            return Classifier(
-                _tf_classify(module), labels, names, None, engine="tf", image_size=bb.image_size
-            )
+            return _tf_zero_shot(home, backbone)
         if precision == litert.INT8:
             raise ValueError("the zero-shot model has no int8 form (nothing to calibrate it on)")
-        pipeline = litert.zero_shot_pipeline(bb, home, num_threads=num_threads)
-        return Classifier(
-            _litert_classify(pipeline),
-            labels,
-            names,
-            None,
-            engine="litert-float",
-            image_size=pipeline.image_size,
-        )
+        return _litert_zero_shot(home, backbone, num_threads)
     model_dir = Path(model_dir)
-    labels = read_labels(model_dir)
-    names = [data.display_name(x) for x in labels]
     if engine == "litert":
-        chosen = served_precision(model_dir) if precision == "auto" else precision
-        pipeline = chosen and litert.version_pipeline(
-            model_dir / litert.VERSION_DIR, chosen, num_threads=num_threads
-        )
-        if pipeline:
-            return Classifier(
-                _litert_classify(pipeline),
-                labels,
-                names,
-                model_dir,
-                engine=f"litert-{chosen}",
-                image_size=pipeline.image_size,
-            )
-        log.warning("%s has no LiteRT %s model; serving it through TensorFlow", model_dir, chosen)
-    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
-    spec = module.signatures["classify_images"].structured_input_signature[1]["images"]
-    return Classifier(
-        _tf_classify(module), labels, names, model_dir, engine="tf", image_size=int(spec.shape[1])
-    )
+        found = version_classifier(model_dir, precision, num_threads=num_threads)
+        if found is not None:
+            return found
+        log.warning("%s: no LiteRT %s model; serving it through TensorFlow", model_dir, precision)
+    return _tf_version(model_dir)

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import fingerprinting_utils
 
-from model import backbones, imagenet, images
+from model import backbones
+from model.runtime import imagenet, images
 
 log = logging.getLogger(__name__)
 

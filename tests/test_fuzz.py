@@ -18,7 +18,7 @@ from PIL import Image
 from bot.handlers.admin import OPTIONS, REQUEST_OPTIONS, OptionsError, parse_retrain_options
 from bot.keyboards import parse_feedback
 from model.data import DatasetError, ZipLimits, load_dataset
-from model.images import ERROR_CODES, ImageError, decode_image
+from model.runtime.images import ERROR_CODES, ImageError, decode_image
 
 pytestmark = pytest.mark.reliability
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from model.images import (
+from model.runtime.images import (
     ERROR_CODES,
     IMAGE_SIZE,
     MAX_PIXELS,

@@ -45,3 +45,24 @@ def test_the_worker_never_loads_telegram() -> None:
     """Every worker task module loaded: no Telegram client, no HTTP client, nothing of the bot."""
     setup = "import worker.celery_app as w\nw.app.loader.import_default_modules()\n"
     assert _loaded(setup, TELEGRAM) == []
+
+
+def test_a_cpu_worker_answers_a_photo_without_tensorflow(
+    breedbot_home: Path, datasets: Path
+) -> None:
+    """Every worker task module, the zero-shot model converted (in a child process) and served
+    through LiteRT, one real photo answered: TensorFlow never enters the worker's process."""
+    photo = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
+    setup = (
+        "import worker.celery_app as w\n"
+        "w.app.loader.import_default_modules()\n"
+        "from pathlib import Path\n"
+        "from worker import serving\n"
+        "from model.predict import load_classifier\n"
+        f"home = Path({str(breedbot_home)!r})\n"
+        "serving.prepare_zero_shot(home, 'litert')\n"
+        "classifier = load_classifier(home=home, engine='litert')\n"
+        f"best = classifier.predict([Path({str(photo)!r}).read_bytes()])[0].top_k[0]\n"
+        "assert best.label == 'pug', best\n"
+    )
+    assert _loaded(setup, HEAVY) == []

@@ -20,9 +20,9 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from model import backbones, crossval, data, export, features, serving, train
-from model import images as imagelib
 from model.hparams import HParams
 from model.predict import load_classifier
+from model.runtime import images as imagelib
 
 pytestmark = pytest.mark.slow
 

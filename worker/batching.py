@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
-from model.predict import Classifier, Prediction
+from model.runtime.classifier import Classifier, Prediction
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ in an unknown state. Progress events stream back through a queue while the job r
 from __future__ import annotations
 
 import ctypes
+import importlib
 import multiprocessing
 import os
 import queue
@@ -31,11 +32,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(
-    parent: int, job: Callable[..., Any], args: tuple[Any, ...], events: multiprocessing.Queue
-) -> None:
+def _child(parent: int, target: str, args: tuple[Any, ...], events: multiprocessing.Queue) -> None:
     _die_with_parent(parent)
     try:
+        module, name = target.split(":")
+        job = getattr(importlib.import_module(module), name)
         result = job(*args, lambda event: events.put(("event", event)))
     except BaseException as exc:  # handed to the parent, which raises it
         events.put(("error", exc))
@@ -43,16 +44,18 @@ def _child(
         events.put(("result", result))
 
 
-def run(job: Callable[..., Any], args: tuple[Any, ...], on_event: Callable[[Any], None]) -> Any:
-    """`job(*args, emit)` in a child; each `emit(event)` calls `on_event(event)` here.
+def run(target: str, args: tuple[Any, ...], on_event: Callable[[Any], None]) -> Any:
+    """`job(*args, emit)` in a child, `target` naming the job as "module:function"; each
+    `emit(event)` calls `on_event(event)` here.
 
-    Returns what the job returned, or raises what it raised (`job`, its arguments, events and
+    Only the child imports the job's module, so what it imports (TensorFlow) stays out of this
+    process. Returns what the job returned, or raises what it raised (its arguments, events and
     result must pickle).
     """
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     process = context.Process(
-        target=_child, args=(os.getpid(), job, args, events), name="breedbot-job", daemon=True
+        target=_child, args=(os.getpid(), target, args, events), name="breedbot-job", daemon=True
     )
     process.start()
     try:

@@ -1,11 +1,13 @@
 """The per-process classifier: loaded after fork, warmed up, reloaded when the active pointer moves.
 
-TensorFlow is not fork-safe, so nothing here runs at import. The worker uses the threads pool:
-the model lives in the worker process itself, loaded from `celeryd_after_setup` before the
-consumer starts (or from `worker_process_init` in a prefork child), and every pool thread shares
-it through the gather loop. A watcher thread stats the pointer file once per interval; when it
-moves, the new version is loaded and warmed up beside the old one and then swapped in, so jobs
-already holding the old classifier finish on it.
+On a CPU this process never imports TensorFlow: it serves through `model.runtime` (LiteRT), and
+what TensorFlow must build (the zero-shot conversion, a retrain) runs in a child process. On a
+GPU (the tf engine) it loads TensorFlow, which is not fork-safe, so nothing here runs at import.
+The worker uses the threads pool: the model lives in the worker process itself, loaded from
+`celeryd_after_setup` before the consumer starts (or from `worker_process_init` in a prefork
+child), and every pool thread shares it through the gather loop. A watcher thread stats the
+pointer file once per interval; when it moves, the new version is loaded and warmed up beside
+the old one and then swapped in, so jobs already holding the old classifier finish on it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from pathlib import Path
 
 import contract
 from model import registry
-from model.predict import Classifier, load_classifier
-from worker import fetch, stats
+from model.hparams import DEFAULT_BACKBONE
+from model.predict import load_classifier
+from model.runtime import litert
+from model.runtime.classifier import Classifier
+from model.runtime.home import default_home
+from worker import child, fetch, stats
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -119,6 +125,7 @@ class ModelHolder:
 
     def start(self) -> None:
         """Load and warm up now, before the first job, then watch the pointer."""
+        prepare_zero_shot(self.home, self.engine)
         self.current()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
@@ -131,6 +138,17 @@ class ModelHolder:
                 self.check()
             except Exception:
                 log.exception("model watcher check failed")
+
+
+def prepare_zero_shot(home: Path | None, engine: str) -> None:
+    """Convert the LiteRT zero-shot model once per BREEDBOT_HOME, in a child process: it takes
+    TensorFlow, which this process never imports when it serves through LiteRT."""
+    home = Path(home) if home else default_home()
+    if litert.resolve_engine(engine) == "litert" and not litert.zero_shot_ready(
+        home, DEFAULT_BACKBONE
+    ):
+        log.info("converting the zero-shot model into %s (once)", home)
+        child.run("worker.tf_jobs:convert_zero_shot", (DEFAULT_BACKBONE, home), lambda _: None)
 
 
 @functools.cache
