@@ -28,7 +28,8 @@ def headline(result: ClassifyResult, language: str, low_confidence: float) -> st
             pct=percent(result.imagenet_probability),
         )
     best = _guesses(result)[0]
-    key = "result" if best.probability >= low_confidence else "not_sure"
+    sure = best.probability >= low_confidence and not result.pet_unsure
+    key = "result" if sure else "not_sure"
     return t(language, key, name=best.display_name, pct=percent(best.probability))
 
 

@@ -141,6 +141,7 @@ class ClassifyResult(_Payload):
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # machine-readable code when the image was rejected
     error_message: str | None = None
+    pet_unsure: bool = False  # the cat/dog gate passed it only as "not sure, maybe X"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 DEFAULT_BACKBONE = "efficientnet_lite0"  # the zero-shot model's, and any single-backbone default
 # `--architecture auto`: these backbones, fastest first, compete by cross-validated accuracy.
 AUTO = "auto"
-AUTO_CANDIDATES = ("efficientnet_lite0", "efficientnet_lite2")
+AUTO_CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # L2 values cross-validation chooses from unless --l2 is given; the probe in
 # bench/retrain_bench.py (logistic regression, C=1) regularises about as strongly as 1e-3.
 L2_GRID = (3e-4, 1e-3, 3e-3)

@@ -85,7 +85,7 @@ class ClassifierModule(tf.Module):
         self._head_on_logits = head_on_logits
         self._has_imagenet = hasattr(backbone, "features_and_logits")
         pets = np.zeros(imagenet.NUM_CLASSES, np.float32)
-        pets[list(imagenet.PET_CLASS_IDS)] = 1.0
+        pets[list(imagenet.CARNIVORE_CLASS_IDS)] = 1.0
         self.pet_mask = tf.constant(pets)
 
     def _classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -98,12 +98,15 @@ class ClassifierModule(tf.Module):
             pet = tf.reduce_sum(inet * self.pet_mask, axis=1)
             inet_class = tf.argmax(inet, axis=1, output_type=tf.int32)
             inet_prob = tf.reduce_max(inet, axis=1)
+            top5 = tf.math.top_k(inet, k=5).indices
+            in_top5 = tf.reduce_max(tf.gather(self.pet_mask, top5), axis=1)
         else:
             features = self.backbone(images)
             logits = features
             pet = -tf.ones([n])  # unknown: this backbone has no ImageNet head
             inet_class = -tf.ones([n], tf.int32)
             inet_prob = tf.zeros([n])
+            in_top5 = tf.zeros([n])
         head_in = logits if self._head_on_logits else features
         probs = tf.nn.softmax(tf.matmul(head_in, self.kernel) + self.bias)
         return {
@@ -111,6 +114,7 @@ class ClassifierModule(tf.Module):
             "pet_probability": pet,
             "imagenet_class": inet_class,
             "imagenet_probability": inet_prob,
+            "pet_in_top5": in_top5,
         }
 
     def _classify_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:

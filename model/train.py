@@ -449,10 +449,14 @@ def choose_backbone(
     """`--architecture auto`: the candidate whose layer cross-validates best on these photos.
 
     Each candidate sees the originals only (mirrors and distorted copies are extracted later,
-    for the chosen one), cached like any bottleneck. A faster candidate within AUTO_TIE of the
-    best accuracy wins: it answers every later photo sooner. Returns the handle and the report.
+    for the chosen one), cached like any bottleneck, with one L2 value. A faster candidate
+    within AUTO_TIE of the best accuracy wins: it answers every later photo sooner. Returns the
+    handle and the report.
     """
     scores = {}
+    # One L2 for every candidate (the grid's middle unless --l2 is given): a fair comparison at
+    # a third of the cost; the chosen backbone's own cross-validation then tries the whole grid.
+    one_l2 = replace(hp, l2=hp.l2 if hp.l2 is not None else L2_GRID[len(L2_GRID) // 2])
     for handle in AUTO_CANDIDATES:
         started = time.perf_counter()
         backbone = backbones.load_backbone(handle, home)
@@ -463,7 +467,7 @@ def choose_backbone(
             y,
             labels,
             [features.ORIGINAL],
-            hp,
+            one_l2,
             bottleneck_dir,
             progress,
             embed(backbone),

@@ -15,6 +15,7 @@ import pytest
 from model import backbones, data, features, litert, train
 from model.hparams import HParams
 from model.predict import load_classifier
+from model.runtime import imagenet
 from model.runtime import images as imagelib
 from model.runtime import litert as runtime_litert
 from model.runtime.classifier import Classifier, Prediction
@@ -270,3 +271,21 @@ def test_cache_is_shared_between_engines(
         embed=train.extractor(backbone, "tf"),
     )
     assert (ex.computed, ex.cached) == (0, len(items))
+
+
+def test_pet_gate_answers_real_pets_and_refuses_flowers(pets_version: Path, datasets: Path) -> None:
+    """The gate through predict(): ImageNet's carnivore mass, then "not sure, maybe X"."""
+    clf = load_classifier(pets_version, engine="litert", precision="float")
+    uncovered = [
+        p
+        for p in sorted((datasets / "pets-dev").glob("*/*.jpg"))
+        if p.parent.name not in imagenet.OXFORD_TO_IMAGENET
+    ]
+    flowers = sorted((datasets / "flowers-dev").glob("*/*.jpg"))
+    pets = clf.predict([p.read_bytes() for p in uncovered], top_k=1)
+    others = clf.predict([p.read_bytes() for p in flowers], top_k=1)
+    assert np.mean([p.is_pet for p in pets]) >= 0.97  # breeds ImageNet has no class for
+    assert np.mean([p.is_pet for p in others]) <= 0.02
+    unsure = [p for p in pets + others if p.pet_unsure]
+    assert unsure and all(p.is_pet and p.top_k[0].probability >= 0.5 for p in unsure)
+    assert all(p.pet_probability < 0.5 for p in unsure)

@@ -202,6 +202,7 @@ def classify(
                 contract.Guess(g.label, g.display_name, g.probability).to_dict() for g in p.top_k
             ],
             is_pet=p.is_pet,
+            pet_unsure=p.pet_unsure,
             pet_probability=p.pet_probability,
             imagenet_label=p.imagenet_label,
             imagenet_probability=p.imagenet_probability,

@@ -12,6 +12,9 @@ NUM_CLASSES = 1000
 DOG_CLASS_IDS: tuple[int, ...] = tuple(range(151, 269))
 CAT_CLASS_IDS: tuple[int, ...] = tuple(range(281, 286))
 PET_CLASS_IDS: tuple[int, ...] = DOG_CLASS_IDS + CAT_CLASS_IDS
+# ImageNet's carnivore block: dogs, wolves and foxes, domestic and big cats, bears, mongooses.
+# Cats and dogs of breeds ImageNet lacks spread their mass over lynx, fox and the like.
+CARNIVORE_CLASS_IDS: tuple[int, ...] = tuple(range(151, 300))
 
 # The 25 Oxford-IIIT Pet breeds that ImageNet has a class for.
 OXFORD_TO_IMAGENET: dict[str, int] = {

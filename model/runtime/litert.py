@@ -44,7 +44,7 @@ BATCH_SIZES = {FLOAT: 1, INT8: 8}
 FEATURE_BATCH = 32
 
 _PET_IDS = list(imagenet.PET_CLASS_IDS)
-_PET_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.PET_CLASS_IDS)
+_GATE_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.CARNIVORE_CLASS_IDS)
 
 
 class NotConverted(LookupError):
@@ -152,13 +152,16 @@ def classification(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "pet_probability": -np.ones(n, np.float32),
             "imagenet_class": -np.ones(n, np.int32),
             "imagenet_probability": np.zeros(n, np.float32),
+            "pet_in_top5": np.zeros(n, np.float32),
         }
     inet = _softmax(outputs["imagenet_logits"].astype(np.float64))
+    top5 = np.argsort(-inet, axis=1, kind="stable")[:, :5]
     return {
         "probabilities": probabilities,
-        "pet_probability": inet[:, _PET_MASK].sum(axis=1).astype(np.float32),
+        "pet_probability": inet[:, _GATE_MASK].sum(axis=1).astype(np.float32),
         "imagenet_class": inet.argmax(axis=1).astype(np.int32),
         "imagenet_probability": inet.max(axis=1).astype(np.float32),
+        "pet_in_top5": _GATE_MASK[top5].any(axis=1).astype(np.float32),
     }
 
 
