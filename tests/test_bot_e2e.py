@@ -16,6 +16,7 @@ from celery import Celery
 from PIL import Image
 
 from bot.fake_api import PlaygroundClient
+from tests.browser import chromium_or_skip
 from worker import contract
 from worker.settings import WorkerSettings
 
@@ -266,7 +267,6 @@ def test_commands_start_help_and_non_admin_refused(chat: PlaygroundClient) -> No
     assert [c["command"] for c in commands] == ["start", "help", "breeds"]
 
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -277,6 +277,7 @@ def test_playground_page_in_headless_chromium(
     emulator_url: str, datasets: Path, tmp_path: Path
 ) -> None:
     """The web chat: upload a photo, see the breed, press ✅ and see the thanks."""
+    chromium = chromium_or_skip()  # skipped without Chromium, except in CI
     from playwright.sync_api import expect, sync_playwright
 
     photo = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
@@ -285,7 +286,7 @@ def test_playground_page_in_headless_chromium(
         # A new empty profile each run (playwright passes it as --user-data-dir).
         browser = playwright.chromium.launch_persistent_context(
             profile,
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1100, "height": 800},
         )

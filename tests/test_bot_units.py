@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from bot.settings import BotSettings
 from model.data import DatasetError
 from model.registry import GATE_MESSAGES, RegistryError
 from model.train import AccuracyGateError
+from tests.browser import chromium_or_skip
 from worker import contract
 from worker.settings import WorkerSettings
 
@@ -225,3 +227,14 @@ def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
     assert problem_text("en", error.code, error.params, str(error)) == str(error)
     assert problem_text("pt-BR", "no_such_version", {}, "english") == "english"  # values missing
     assert problem_text("pt-BR", None, {}, "english") == "english"
+
+
+def test_browser_test_skips_without_chromium_but_fails_in_ci(tmp_path: Path) -> None:
+    """No Chromium: a skip that says how to install it; with CI=true, a failure instead."""
+    missing = tmp_path / "chromium"
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        chromium_or_skip(missing, env={})
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        chromium_or_skip(missing, env={"CI": "true"})
+    missing.write_bytes(b"")
+    assert chromium_or_skip(missing, env={"CI": "true"}) == missing
