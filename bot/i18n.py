@@ -52,10 +52,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_admin": "Sorry, only admins can do that.",
         "retrain_usage": "Send /retrain with a .zip attached, or reply to a .zip with /retrain.",
         "retrain_bad_options": "I could not read these options:\n{problems}",
-        "option_unknown": "{word}: unknown option (known: {known})",
-        "option_invalid": "{option}: {raw!r} is not a valid {kind}",
-        "option_range": "{option}={raw}: out of range ({low}…{high})",
-        "option_merge": "merge=1 only goes with /retrain feedback",
         "retrain_queued": "⏳ Retrain queued…",
         "progress_download": "⬇️ Downloading the dataset…",
         "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
@@ -128,10 +124,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "not_admin": "Desculpe, só administradores podem fazer isso.",
         "retrain_usage": "Mande /retrain com um .zip anexado, ou responda a um .zip com /retrain.",
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
-        "option_unknown": "{word}: opção desconhecida (conhecidas: {known})",
-        "option_invalid": "{option}: {raw!r} não é um {kind} válido",
-        "option_range": "{option}={raw}: fora do intervalo ({low}…{high})",
-        "option_merge": "merge=1 só vale junto com /retrain feedback",
         "retrain_queued": "⏳ Retreino na fila…",
         "progress_download": "⬇️ Baixando o conjunto de dados…",
         "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
@@ -229,6 +221,16 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
         "fetch_failed": "não consegui baixar o arquivo",
+        "no_token": "o worker está sem TELEGRAM_BOT_TOKEN e não consegue baixar o arquivo",
+        "bad_payload": "o pedido chegou sem a imagem ou o zip em formato legível",
+        "option_unknown": "{word}: essa opção não existe (as opções são {known})",
+        "option_int": "{option}={raw}: use um número inteiro de {low} a {high}",
+        "option_float": "{option}={raw}: use um número de {low} a {high}",
+        "option_flag": "{option}={raw}: use 1 (ligado) ou 0 (desligado)",
+        "option_merge": "merge=1 só vale junto com /retrain feedback",
+        "option_split": (
+            "as partes de teste e de validação somam {total}%; juntas, devem ficar abaixo de 100%"
+        ),
     },
 }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import dataclasses
+import importlib
 import pickle
 import string
 from pathlib import Path
@@ -14,18 +17,24 @@ from telegram.ext import ApplicationBuilder, MessageHandler, filters
 
 from bot import render
 from bot.app import build_app
-from bot.handlers.admin import OptionsError, parse_retrain_options
+from bot.handlers.admin import options_text, parse_retrain_options
 from bot.i18n import PROBLEMS, STRINGS, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
 from bot.playground import PLAYGROUND_TOKEN
 from bot.polling import handle_batch
 from bot.settings import BotSettings
+from contract import options
+from contract.options import OptionError
+from model.cli import build_parser
 from model.data import DatasetError
-from model.registry import GATE_MESSAGES, RegistryError
-from model.train import AccuracyGateError
+from model.hparams import HParams, validate
+from model.problems import Problem
+from model.registry import GATE_MESSAGES
 from tests.browser import chromium_or_skip
 from worker import contract
 from worker.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_retrain_options_map_to_retrain_py_names() -> None:
@@ -47,31 +56,63 @@ def test_retrain_options_map_to_retrain_py_names() -> None:
 @pytest.mark.parametrize(
     ("words", "problem"),
     [
-        (["speed=3"], "speed=3: unknown option"),
-        (["steps"], "steps: unknown option"),
-        (["steps=0"], "steps=0: out of range"),
-        (["lr=fast"], "lr: 'fast' is not a valid float"),
-        (["flip=maybe"], "flip: 'maybe' is not a valid flag"),
-        (["min_acc=1.5"], "min_acc=1.5: out of range"),
+        (["speed=3"], "speed=3: there is no such option"),
+        (["steps"], "steps: there is no such option"),
+        (["steps=0"], "steps=0: use a whole number from 1 to 100000"),
+        (["steps=abc"], "steps=abc: use a whole number from 1 to 100000"),
+        (["lr=fast"], "lr=fast: use a number from 0.00001 to 1"),
+        (["lr=5"], "lr=5: use a number from 0.00001 to 1"),
+        (["flip=maybe"], r"flip=maybe: use 1 \(on\) or 0 \(off\)"),
+        (["min_acc=1.5"], "min_acc=1.5: use a number from 0 to 1"),
+        (["test_pct=50", "val_pct=50"], "add up to 100%"),
         (["merge=1"], "merge=1 only goes with /retrain feedback"),
     ],
 )
 def test_retrain_options_errors_name_the_problem(words: list[str], problem: str) -> None:
-    """Each bad option is reported by name."""
-    with pytest.raises(OptionsError, match=problem):
+    """Each bad option is reported by name, with what a good value looks like."""
+    with pytest.raises(OptionError, match=problem):
         parse_retrain_options(words)
 
 
+def test_one_option_table_for_the_bot_the_cli_and_hparams() -> None:
+    """A value the bot accepts, HParams.validate and the CLI accept too, and the reverse."""
+    for raw, accepted in (("5", False), ("1", True), ("0.00001", True), ("0", False)):
+        hparams = HParams(learning_rate=float(raw))
+        if accepted:
+            assert parse_retrain_options([f"lr={raw}"]).params == {"learning_rate": float(raw)}
+            validate(hparams)
+            assert retrain_args(["--learning_rate", raw]).learning_rate == float(raw)
+        else:
+            with pytest.raises(OptionError):
+                parse_retrain_options([f"lr={raw}"])
+            with pytest.raises(OptionError, match="learning_rate"):
+                validate(hparams)
+            with pytest.raises(SystemExit):
+                retrain_args(["--learning_rate", raw])
+    with pytest.raises(OptionError, match="extraction_batch_size"):
+        validate(HParams(extraction_batch_size=0))
+    assert {f.name for f in dataclasses.fields(HParams)} - {o.name for o in options.HPARAMS} == {
+        "tfhub_module"  # a name or a path, checked when the backbone loads
+    }
+
+
+def retrain_args(flags: list[str]) -> Any:
+    """`breedbot retrain` flags as parsed."""
+    return build_parser().parse_args(["retrain", "--image_dir", "x", *flags])
+
+
 def test_option_problems_are_worded_in_the_users_language() -> None:
-    with pytest.raises(OptionsError) as info:
+    with pytest.raises(OptionError) as info:
         parse_retrain_options(["speed=3", "steps=0", "lr=fast"])
-    lines = info.value.text("pt-BR").splitlines()
-    assert lines[0].startswith("• speed=3: opção desconhecida (conhecidas: steps, lr,")
+    lines = options_text(info.value, "pt-BR").splitlines()
+    assert lines[0].startswith("• speed=3: essa opção não existe (as opções são steps, lr,")
     assert lines[1:] == [
-        "• steps=0: fora do intervalo (1…100000)",
-        "• lr: 'fast' não é um float válido",
+        "• steps=0: use um número inteiro de 1 a 100000",
+        "• lr=fast: use um número de 0.00001 a 1",
     ]
-    assert str(info.value) == info.value.text("en")
+    assert options_text(info.value, "en").splitlines()[1] == (
+        "• steps=0: use a whole number from 1 to 100000"
+    )
 
 
 def test_language_choice_and_complete_translations() -> None:
@@ -193,23 +234,47 @@ def _fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def _problem_classes(cls: type[Problem]) -> list[type[Problem]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _problem_classes(sub))]
+
+
+def _inline_codes() -> dict[str, set[str]]:
+    """Codes the worker raises inline, read from its source: `_failed(error, message[, code],
+    **values)` and `InputError(code, message, **values)` calls with a literal code."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / "worker").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in {"_failed", "InputError"} or not node.args:
+                continue
+            code = node.args[2] if name == "_failed" and len(node.args) > 2 else node.args[0]
+            if isinstance(code, ast.Constant) and isinstance(code.value, str):
+                found.setdefault(code.value, set()).update(k.arg for k in node.keywords if k.arg)
+    return found
+
+
 def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
-    """Same codes and the same values as the English texts of the library and the worker."""
-    english = {
-        **DatasetError.messages,
-        **AccuracyGateError.messages,
-        **RegistryError.messages,
-        **GATE_MESSAGES,
-        # worker/retraining.py and worker/fetch.py word these inline, with these values
-        "storage": "{why}",
-        "unsupported": "",
-        "too_large": "{limit_mb}",
-        "fetch_failed": "",
+    """Every problem code in the source (library errors, accuracy gate, options, the worker's
+    inline codes) has a Portuguese text using exactly the values the English one gets."""
+    importlib.import_module("model.train")  # defines AccuracyGateError
+    templates = {
+        code: template
+        for cls in _problem_classes(Problem)
+        for code, template in cls.messages.items()
     }
+    values = {code: _fields(template) for code, template in templates.items()}
+    values |= {code: _fields(template) for code, template in GATE_MESSAGES.items()}
+    values |= {code: _fields(template) for code, template in options.MESSAGES.items()}
+    inline = _inline_codes()
+    assert {"storage", "no_token", "fetch_failed", "too_large"} <= set(inline)  # the scan works
+    values |= inline
     portuguese = PROBLEMS["pt-BR"]
-    assert set(portuguese) == set(english)
-    for code, template in english.items():
-        assert _fields(portuguese[code]) == _fields(template), code
+    assert sorted(set(values) - set(portuguese)) == []  # missing translations
+    assert sorted(set(portuguese) - set(values)) == []  # codes nothing raises any more
+    for code, fields in values.items():
+        assert _fields(portuguese[code]) == fields, code
 
 
 def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:

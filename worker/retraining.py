@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import re
 import shutil
@@ -16,6 +15,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from contract import options
 from model import data, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
@@ -46,11 +46,8 @@ def exclusive() -> Iterator[None]:
 
 
 def hparams_from(params: dict) -> HParams:
-    """retrain.py-named parameters to HParams; unknown names or bad values raise ValueError."""
-    names = {f.name for f in dataclasses.fields(HParams)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"unknown retrain parameter(s): {', '.join(unknown)}")
+    """retrain.py-named parameters to HParams; unknown names or bad values raise OptionError."""
+    options.check(params)  # names and values first: HParams(**params) takes anything
     hparams = HParams(**params)
     validate(hparams)
     return hparams
@@ -168,8 +165,8 @@ def run(
         return _failed("unsupported", "merging feedback with the last dataset is not supported")
     try:
         hparams = hparams_from(request.params)
-    except (TypeError, ValueError) as exc:
-        return _failed("bad_params", str(exc))
+    except options.OptionError as exc:  # a bot of another release let it through
+        return _failed("bad_params", str(exc), exc.code, **exc.params)
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
     staged: Path | None = None
