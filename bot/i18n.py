@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import string
+from datetime import datetime
+from typing import Any
+
+from babel.dates import format_datetime
+from babel.numbers import format_decimal, format_percent
+
 DEFAULT_LANGUAGE = "en"
+LOCALES = {"en": "en", "pt-BR": "pt_BR"}  # our languages -> CLDR locales
 
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
@@ -26,7 +34,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "cmd_breeds": "Breeds the model knows",
         "working": "🔎 Looking…",
         "too_big": (
-            "This file is {size} MB; Telegram lets bots download at most 20 MB. Send a smaller one."
+            "This file is {size:.1f} MB; Telegram lets bots download at most 20 MB. "
+            "Send a smaller one."
         ),
         "not_image": "That file is not an image I can read (JPEG, PNG, WebP or GIF).",
         "rate_limited": (
@@ -66,6 +75,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Weakest classes:",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
+        "built_in": "built in",
         "promoted": "Model v{version} is active now.",
         "stats": "Jobs today: {jobs}\nAverage latency: {latency} ms\nActive model: v{version}",
         "breeds": "I know {n} breeds (model v{version}):\n{names}",
@@ -97,7 +107,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "cmd_breeds": "Raças que o modelo conhece",
         "working": "🔎 Analisando…",
         "too_big": (
-            "Este arquivo tem {size} MB; o Telegram só deixa bots baixarem até 20 MB. "
+            "Este arquivo tem {size:.1f} MB; o Telegram só deixa bots baixarem até 20 MB. "
             "Mande um menor."
         ),
         "not_image": "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP ou GIF).",
@@ -138,6 +148,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Classes mais fracas:",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
+        "built_in": "embutido",
         "promoted": "O modelo v{version} está ativo agora.",
         "stats": "Tarefas hoje: {jobs}\nLatência média: {latency} ms\nModelo ativo: v{version}",
         "breeds": "Conheço {n} raças (modelo v{version}):\n{names}",
@@ -242,16 +253,47 @@ def pick_language(language_code: str | None) -> str:
     return DEFAULT_LANGUAGE
 
 
+class _LocaleFormatter(string.Formatter):
+    """str.format with numbers written the locale's way (CLDR, through Babel): "25,3" and
+    "93,1%" in pt-BR, "25.3" and "93.1%" in English. Strings pass through unchanged."""
+
+    def __init__(self, language: str) -> None:
+        self.locale = LOCALES.get(language, LOCALES[DEFAULT_LANGUAGE])
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return super().format_field(value, format_spec)
+        if format_spec.endswith("%"):  # "{accuracy:.1%}"
+            digits = int(format_spec.lstrip(".")[:-1] or 0)
+            pattern = "#,##0" + ("." + "0" * digits if digits else "") + "%"
+            return format_percent(value, pattern, locale=self.locale)
+        if format_spec.endswith("f"):  # "{size:.1f}"
+            digits = int(format_spec.lstrip(".")[:-1] or 0)
+            pattern = "0" + ("." + "0" * digits if digits else "")
+            return format_decimal(value, pattern, locale=self.locale)
+        return format_decimal(value, locale=self.locale, group_separator=False)
+
+
 def t(language: str, key: str, **values: object) -> str:
     """The string `key` in `language` (English when missing), formatted with `values`."""
     table = STRINGS.get(language, STRINGS[DEFAULT_LANGUAGE])
     text = table.get(key) or STRINGS[DEFAULT_LANGUAGE][key]
-    return text.format(**values)
+    return _LocaleFormatter(language).format(text, **values)
 
 
-def percent(probability: float) -> str:
-    """A probability as a whole percentage ("93 %"), the same in both languages."""
-    return f"{round(probability * 100)} %"
+def percent(probability: float, language: str) -> str:
+    """A probability as a whole percentage, the locale's way ("93%")."""
+    return _LocaleFormatter(language).format("{0:.0%}", probability)
+
+
+def number(value: float, language: str) -> str:
+    """A number the locale's way ("25,3" in pt-BR)."""
+    return _LocaleFormatter(language).format("{0}", value)
+
+
+def moment(when: datetime, language: str) -> str:
+    """A date and time, short, the locale's way ("01/12/2026 20:55" in pt-BR)."""
+    return format_datetime(when, "short", locale=LOCALES.get(language, "en"))
 
 
 def error_reason(language: str, code: str, message: str | None) -> str:
@@ -266,6 +308,6 @@ def problem_text(language: str, code: str | None, params: dict[str, object], eng
     if template is None:
         return english
     try:
-        return template.format(**params)
+        return _LocaleFormatter(language).format(template, **params)
     except (KeyError, IndexError, ValueError):  # a worker of another release sent other values
         return english

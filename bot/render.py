@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from bot.i18n import error_reason, percent, problem_text, t
+from bot.i18n import DEFAULT_LANGUAGE, error_reason, percent, problem_text, t
 from worker.contract import ClassifyResult, Guess, Progress, RetrainResult
 
 
@@ -25,11 +25,11 @@ def headline(result: ClassifyResult, language: str, low_confidence: float) -> st
             language,
             "no_pet",
             label=result.imagenet_label,
-            pct=percent(result.imagenet_probability),
+            pct=percent(result.imagenet_probability, language),
         )
     best = _guesses(result)[0]
     key = "result" if best.probability >= low_confidence else "not_sure"
-    return t(language, key, name=best.display_name, pct=percent(best.probability))
+    return t(language, key, name=best.display_name, pct=percent(best.probability, language))
 
 
 def classification_text(result: ClassifyResult, language: str, low_confidence: float) -> str:
@@ -37,7 +37,7 @@ def classification_text(result: ClassifyResult, language: str, low_confidence: f
     lines = [headline(result, language, low_confidence)]
     if not result.error and result.is_pet is not False:
         following = ", ".join(
-            f"{g.display_name} ({percent(g.probability)})" for g in _guesses(result)[1:3]
+            f"{g.display_name} ({percent(g.probability, language)})" for g in _guesses(result)[1:3]
         )
         if following:
             lines.append(t(language, "next_guesses", guesses=following))
@@ -72,7 +72,7 @@ def top_k_chart(result: ClassifyResult) -> bytes:
     probs = [g.probability for g in guesses]
     bars = ax.barh([g.display_name for g in guesses], probs, color="#4c72b0")
     bars[-1].set_color("#dd8452")
-    ax.bar_label(bars, labels=[percent(p) for p in probs], padding=3)
+    ax.bar_label(bars, labels=[percent(p, DEFAULT_LANGUAGE) for p in probs], padding=3)
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("probability")
     ax.set_title(f"Top {len(guesses)} (model v{result.model_version})")
@@ -84,7 +84,7 @@ def progress_text(progress: Progress, language: str) -> str:
     """The status line of a running retrain ("Training step 300/500 · validation accuracy 91 %")."""
     text = t(language, f"progress_{progress.stage}", done=progress.done, total=progress.total)
     if progress.validation_accuracy is not None:
-        accuracy = t(language, "validation", pct=percent(progress.validation_accuracy))
+        accuracy = t(language, "validation", pct=percent(progress.validation_accuracy, language))
         text = f"{text} · {accuracy}"
     return text
 
@@ -94,13 +94,12 @@ def retrain_text(result: RetrainResult, language: str) -> str:
     reason = problem_text(language, result.problem, result.params, result.reason)
     if result.error or result.version is None:
         return t(language, "retrain_failed", reason=reason or result.error)
-    lines = [
-        t(language, "retrain_done", version=result.version, pct=percent(result.test_accuracy or 0))
-    ]
+    accuracy = percent(result.test_accuracy or 0, language)
+    lines = [t(language, "retrain_done", version=result.version, pct=accuracy)]
     worst = result.metrics.get("worst_classes") or []
     if worst:
         lines.append(t(language, "worst_classes"))
-        lines += [f"• {label}: {percent(accuracy)}" for label, accuracy in worst]
+        lines += [f"• {label}: {percent(accuracy, language)}" for label, accuracy in worst]
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import pickle
 import string
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from telegram.ext import ApplicationBuilder, MessageHandler, filters
 from bot import render
 from bot.app import build_app
 from bot.handlers.admin import options_text, parse_retrain_options
-from bot.i18n import PROBLEMS, STRINGS, pick_language, problem_text, t
+from bot.i18n import PROBLEMS, STRINGS, moment, percent, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
 from bot.playground import PLAYGROUND_TOKEN
 from bot.polling import handle_batch
@@ -136,18 +137,35 @@ def _result(probability: float, is_pet: bool = True, error: str | None = None) -
 def test_reply_texts() -> None:
     """Breed and percentage, "not sure", "no cat or dog" and translated image errors."""
     assert render.classification_text(_result(0.93), "en", 0.5).splitlines() == [
-        "Pug — 93 %",
-        "Next guesses: Boxer (5 %), Beagle (3 %)",
+        "Pug — 93%",
+        "Next guesses: Boxer (5%), Beagle (3%)",
         "Model v3",
     ]
     assert render.headline(_result(0.4), "pt-BR", 0.5).startswith("🤔 Não tenho certeza")
     assert render.headline(_result(0.9, is_pet=False), "en", 0.5) == (
-        "I see no cat or dog here. Looks like: espresso (61 %)"
+        "I see no cat or dog here. Looks like: espresso (61%)"
     )
     assert render.headline(_result(0, error="truncated"), "en", 0.5).endswith("(truncated)")
     progress = contract.Progress("training", 300, 500, 0.91)
     assert render.progress_text(progress, "en") == (
-        "🏋️ Training step 300/500 · validation accuracy 91 %"
+        "🏋️ Training step 300/500 · validation accuracy 91%"
+    )
+
+
+def test_numbers_dates_and_percentages_follow_the_locale() -> None:
+    """CLDR through Babel: "25,3 MB" and "93%" in pt-BR, "25.3 MB" and "93%" in English."""
+    assert t("pt-BR", "too_big", size=25.3).startswith("Este arquivo tem 25,3 MB;")
+    assert t("en", "too_big", size=25.3).startswith("This file is 25.3 MB;")
+    assert render.headline(_result(0.93), "pt-BR", 0.5) == "Pug — 93%"
+    assert percent(0.931, "en") == percent(0.931, "pt-BR") == "93%"
+    gate = {"accuracy": 0.931, "minimum": 0.95}
+    assert problem_text("pt-BR", "below_minimum", gate, "") == (
+        "a acurácia de teste 93,1% está abaixo do mínimo 95,0%"
+    )
+    when = datetime(2026, 12, 1, 20, 55)
+    assert (moment(when, "pt-BR"), moment(when, "en")) == (
+        "01/12/2026 20:55",
+        "12/1/26, 8:55\u202fPM",
     )
 
 

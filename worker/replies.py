@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from bot import render
-from bot.i18n import problem_text, t
+from bot.i18n import moment, percent, problem_text, t
 from bot.keyboards import feedback_keyboard
 from worker import contract, fetch, outbox, serving
 from worker.celery_app import app
@@ -185,8 +186,12 @@ def _album_results(
 def _models_text(versions: list[dict[str, Any]], language: str) -> str:
     lines = [t(language, "models_header")]
     for item in map(contract.ModelVersion.from_dict, versions):
-        accuracy = "–" if item.test_accuracy is None else render.percent(item.test_accuracy)
-        created = (item.created_at or "built in")[:16]
+        accuracy = "–" if item.test_accuracy is None else percent(item.test_accuracy, language)
+        created = (
+            moment(datetime.fromisoformat(item.created_at), language)
+            if item.created_at
+            else t(language, "built_in")
+        )
         mark = "▶" if item.active else "•"
         lines.append(
             t(
@@ -211,7 +216,7 @@ def _switch_text(result: dict[str, Any], language: str) -> str:
 
 def _stats_text(result: dict[str, Any], language: str) -> str:
     stats = contract.Stats.from_dict(result)
-    latency = "–" if stats.avg_latency_ms is None else f"{stats.avg_latency_ms:.0f}"
+    latency = "–" if stats.avg_latency_ms is None else round(stats.avg_latency_ms)
     return t(
         language, "stats", jobs=stats.jobs_today, latency=latency, version=stats.active_version
     )
