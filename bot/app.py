@@ -104,6 +104,9 @@ def build_app(settings: BotSettings) -> Application:
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, photos.on_image))
     application.add_handler(MessageHandler(filters.Document.ALL, photos.not_an_image))
     application.add_handler(CallbackQueryHandler(feedback.on_button, pattern=r"^fb:"))
+    # Last: anything else gets a pointer to /help rather than silence.
+    application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
+    application.add_handler(MessageHandler(filters.TEXT, commands.hint))
 
     application.add_error_handler(on_error)
     return application

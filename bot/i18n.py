@@ -29,6 +29,11 @@ STRINGS: dict[str, dict[str, str]] = {
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – train on corrections\n"
             "/models, /promote N, /rollback, /stats"
         ),
+        "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
+        "unknown_command": "I do not know {command}. /help lists what I can do.",
+        "promote_usage": (
+            "Which version? Write its number, for example /promote 3 (/models lists them)."
+        ),
         "cmd_start": "Start",
         "cmd_help": "How to use the bot",
         "cmd_breeds": "Breeds the model knows",
@@ -101,6 +106,11 @@ STRINGS: dict[str, dict[str, str]] = {
             "\n\nAdmin:\n/retrain (com um .zip, ou respondendo a um) [steps=500 lr=0.01 flip=1 "
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – treinar com as correções\n"
             "/models, /promote N, /rollback, /stats"
+        ),
+        "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
+        "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
+        "promote_usage": (
+            "Qual versão? Escreva o número, por exemplo /promote 3 (/models lista as versões)."
         ),
         "cmd_start": "Começar",
         "cmd_help": "Como usar o bot",
@@ -232,6 +242,13 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
         "fetch_failed": "não consegui baixar o arquivo",
+        "feedback_one_class": (
+            "As correções até agora cobrem só {found} raça(s): {classes}. O retreino precisa de "
+            "pelo menos 2: toque em ✅ ou ❌ embaixo de mais respostas."
+        ),
+        "feedback_empty": (
+            "Ainda não há correções: toque em ✅ ou ❌ embaixo das respostas às fotos primeiro."
+        ),
         "no_token": "o worker está sem TELEGRAM_BOT_TOKEN e não consegue baixar o arquivo",
         "bad_payload": "o pedido chegou sem a imagem ou o zip em formato legível",
         "option_unknown": "{word}: essa opção não existe (as opções são {known})",

@@ -132,6 +132,21 @@ def _failed(
     )
 
 
+def _feedback_failure(exc: data.DatasetError) -> contract.RetrainResult:
+    """A dataset problem of `/retrain feedback`, worded as what to do in the chat."""
+    if exc.code == "one_class":
+        found, classes = exc.params["found"], exc.params["classes"]
+        message = (
+            f"The corrections so far cover only {found} breed(s): {classes}. Retraining needs "
+            "at least 2: press ✅ or ❌ under more answers."
+        )
+        return _failed("bad_dataset", message, "feedback_one_class", found=found, classes=classes)
+    if exc.code in {"not_found", "no_images"}:
+        message = "No corrections yet: press ✅ or ❌ under answers to photos first."
+        return _failed("bad_dataset", message, "feedback_empty")
+    return _failed("bad_dataset", str(exc), exc.code, **exc.params)
+
+
 # Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -210,6 +225,8 @@ def run(
         except fetch.InputError as exc:
             return _failed(exc.code, str(exc), **exc.params)
         except data.DatasetError as exc:
+            if ref.feedback:  # the admin can only collect more corrections, not fix folders
+                return _feedback_failure(exc)
             return _failed("bad_dataset", str(exc), exc.code, **exc.params)
         except train.AccuracyGateError as exc:
             return _failed("below_gate", str(exc), exc.code, **exc.params)

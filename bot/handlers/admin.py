@@ -99,14 +99,14 @@ async def retrain(update: Update, context: Context) -> None:
     language = language_of(update)
     words = (message.text or message.caption or "").split()[1:]
     try:
-        options = parse_retrain_options(words)
+        caption = parse_retrain_options(words)
     except options.OptionError as error:
         problems = options_text(error, language)
         await message.reply_text(t(language, "retrain_bad_options", problems=problems))
         return
     document = _zip_of(message)
-    if options.feedback:
-        dataset = contract.DatasetRef(name="feedback", feedback=True, merge_last=options.merge_last)
+    if caption.feedback:
+        dataset = contract.DatasetRef(name="feedback", feedback=True, merge_last=caption.merge_last)
     elif document is None:
         await message.reply_text(t(language, "retrain_usage"))
         return
@@ -120,9 +120,9 @@ async def retrain(update: Update, context: Context) -> None:
     target = reply_to(message, language, "retrain", status_message_id=status.message_id)
     request = contract.RetrainRequest(
         dataset=dataset.to_dict(),
-        params=options.params,
-        min_accuracy=options.min_accuracy,
-        force=options.force,
+        params=caption.params,
+        min_accuracy=caption.min_accuracy,
+        force=caption.force,
         requested_by=update.effective_user.id,
         reply_to=target.to_dict(),
     )
@@ -145,7 +145,7 @@ async def promote(update: Update, context: Context) -> None:
     """Make version N active."""
     assert update.effective_message is not None and update.effective_user is not None
     if len(context.args or []) != 1 or not context.args[0].isdigit():
-        await update.effective_message.reply_text("/promote N")
+        await update.effective_message.reply_text(t(language_of(update), "promote_usage"))
         return
     request = contract.PromoteRequest(int(context.args[0]), update.effective_user.id)
     await _control(update, context, contract.PROMOTE, "switch", request.to_dict())
