@@ -95,11 +95,22 @@ def retrain_text(result: RetrainResult, language: str) -> str:
     if result.error or result.version is None:
         return t(language, "retrain_failed", reason=reason or result.error)
     accuracy = percent(result.test_accuracy or 0, language)
-    lines = [t(language, "retrain_done", version=result.version, pct=accuracy)]
+    n_test = result.metrics.get("n_test", 0)
+    lines = [t(language, "retrain_done", version=result.version, pct=accuracy, n=n_test)]
     worst = result.metrics.get("worst_classes") or []
     if worst:
         lines.append(t(language, "worst_classes"))
-        lines += [f"• {label}: {percent(accuracy, language)}" for label, accuracy in worst]
+        lines += [
+            t(
+                language,
+                "worst_class",
+                name=name,
+                right=round(share * n),
+                n=n,
+                pct=percent(share, language),
+            )
+            for name, share, n in worst
+        ]
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:

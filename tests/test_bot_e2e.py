@@ -364,7 +364,10 @@ def test_admin_retrain_progress_then_live_then_rollback(
     edits = [e["message"]["text"] for e in events if e["type"] == "edited"]
     assert any("bottlenecks" in text for text in edits)
     assert any(text.startswith("🏋️ Training step") for text in edits)
-    assert "It is live now." in edits[-1] and "Weakest classes:" in edits[-1]
+    assert "It is live now." in edits[-1] and "test photos" in edits[-1]
+    saving = next(i for i, text in enumerate(edits) if text.startswith("💾"))
+    assert not any(text.startswith(("🧮", "🏋️", "📏")) for text in edits[saving:])  # in order
+    assert "_" not in edits[-1]  # breeds by display name, never by folder name
     matrix = chat.wait_for(ADMIN, lambda ev: any("confusion" in (e["message"].get("caption") or "")
                                                  for e in ev if e["type"] == "sent"),
                            after=cursor)  # fmt: skip

@@ -32,7 +32,7 @@ from model.hparams import HParams, validate
 from model.problems import Problem
 from model.registry import GATE_MESSAGES
 from tests.browser import chromium_or_skip
-from worker import contract
+from worker import contract, retraining
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +166,31 @@ def test_numbers_dates_and_percentages_follow_the_locale() -> None:
     assert (moment(when, "pt-BR"), moment(when, "en")) == (
         "01/12/2026 20:55",
         "12/1/26, 8:55\u202fPM",
+    )
+
+
+def test_retrain_reply_reads_like_a_report() -> None:
+    """Display names, only classes below 100 %, the photos behind each figure, stages in order."""
+    per_class = {
+        "Egyptian_Mau": {"accuracy": 2 / 3, "n": 3},
+        "american_bulldog": {"accuracy": 1.0, "n": 5},
+        "pug": {"accuracy": 0.75, "n": 4},
+    }
+    metrics = {"n_test": 12, "worst_classes": retraining._weakest(per_class)}
+    result = contract.RetrainResult(7, True, 0.83, metrics)
+    assert render.retrain_text(result, "en").splitlines() == [
+        "✅ Model v7 trained: 83% right on 12 test photos.",
+        "Weakest breeds:",
+        "• Egyptian Mau: 2 of 3 right (67%)",
+        "• Pug: 3 of 4 right (75%)",
+        "It is live now.",
+    ]
+    assert render.retrain_text(result, "pt-BR").splitlines()[2] == (
+        "• Egyptian Mau: 2 de 3 certas (67%)"
+    )
+    comparing = contract.Progress("comparing", 0, 1, 0.9)
+    assert render.progress_text(comparing, "en") == (
+        "⚖️ Comparing it with the active model… · validation accuracy 90%"
     )
 
 

@@ -159,7 +159,7 @@ class RetrainRequest(_Payload):
 
 @dataclass(frozen=True)
 class Progress(_Payload):
-    stage: str  # "download", "bottlenecks", "training", "evaluating", "saving"
+    stage: str  # in this order: "download", "bottlenecks", "training", "saving", "comparing"
     done: int
     total: int
     validation_accuracy: float | None = None

@@ -242,7 +242,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
     folder = registry.version_dir(get_settings().models_root, outcome.version)
     chart = folder / "confusion_matrix.png" if folder else None
     if chart and chart.is_file():
-        send_picture(reply_to, chart.read_bytes(), f"v{outcome.version}: confusion matrix")
+        caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
+        send_picture(reply_to, chart.read_bytes(), caption)
 
 
 @app.task(

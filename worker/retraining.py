@@ -132,6 +132,15 @@ def _failed(
     )
 
 
+def _weakest(per_class: dict[str, Any]) -> list[list[Any]]:
+    """Up to three classes below 100 % test accuracy: [display name, accuracy, test photos]."""
+    return [
+        [data.display_name(label), accuracy, per_class[label]["n"]]
+        for label, accuracy in metrics_lib.worst_classes(per_class)
+        if accuracy < 1
+    ]
+
+
 def _feedback_failure(exc: data.DatasetError) -> contract.RetrainResult:
     """A dataset problem of `/retrain feedback`, worded as what to do in the chat."""
     if exc.code == "one_class":
@@ -199,7 +208,8 @@ def run(
                 engine=settings.inference_engine,
                 num_threads=settings.litert_threads,
             )
-            report("evaluating", 0, 1, result.validation_accuracy)
+            # After "saving": the gate compares the new version with the active one.
+            report("comparing", 0, 1, result.validation_accuracy)
             dataset = data.load_dataset(
                 source,
                 extract_dir=Path(tmp) / "eval",
@@ -241,7 +251,7 @@ def run(
     metrics = {
         **published.record["metrics"],
         "gate": published.record["gate"],
-        "worst_classes": metrics_lib.worst_classes(result.metrics.get("per_class", {})),
+        "worst_classes": _weakest(result.metrics.get("per_class", {})),
     }
     return contract.RetrainResult(
         published.version,
