@@ -42,7 +42,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "This file is {size:.1f} MB; Telegram lets bots download at most 20 MB. "
             "Send a smaller one."
         ),
-        "not_image": "That file is not an image I can read (JPEG, PNG, WebP or GIF).",
+        "not_image": "That file is not an image I can read (JPEG, PNG, WebP, HEIC, AVIF or GIF).",
         "rate_limited": (
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
@@ -122,7 +122,9 @@ STRINGS: dict[str, dict[str, str]] = {
             "Este arquivo tem {size:.1f} MB; o Telegram só deixa bots baixarem até 20 MB. "
             "Mande um menor."
         ),
-        "not_image": "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP ou GIF).",
+        "not_image": (
+            "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP, HEIC, AVIF ou GIF)."
+        ),
         "rate_limited": (
             "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
         ),
