@@ -106,7 +106,7 @@ def build_app(settings: BotSettings) -> Application:
     application.add_handler(CallbackQueryHandler(feedback.on_button, pattern=r"^fb:"))
     # Last: anything else gets a pointer to /help rather than silence.
     application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
-    application.add_handler(MessageHandler(filters.TEXT, commands.hint))
+    application.add_handler(MessageHandler(filters.TEXT, feedback.on_text))
 
     application.add_error_handler(on_error)
     return application

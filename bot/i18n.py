@@ -59,7 +59,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "right": "✅ right",
         "wrong": "❌ wrong",
         "other": "other",
-        "which": "Which breed is it?",
+        "which": "Which breed is it? Tap one, or type its name.",
+        "feedback_done": "This photo has its answer already. Thanks!",
+        "breed_unknown": (
+            "I do not know a breed called “{typed}”. Type it again (/breeds lists the ones I "
+            "know), or tap a button above."
+        ),
         "thanks": "Thanks! Saved as {name}.",
         "thanks_other": "Thanks! I will not use this photo as a breed example.",
         "feedback_gone": "This answer is too old for feedback.",
@@ -141,7 +146,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "right": "✅ certo",
         "wrong": "❌ errado",
         "other": "outra",
-        "which": "Qual é a raça?",
+        "which": "Qual é a raça? Toque numa, ou escreva o nome.",
+        "feedback_done": "Esta foto já tem resposta. Obrigado!",
+        "breed_unknown": (
+            "Não conheço uma raça chamada “{typed}”. Escreva de novo (/breeds lista as que "
+            "conheço), ou toque num botão acima."
+        ),
         "thanks": "Obrigado! Salvo como {name}.",
         "thanks_other": "Obrigado! Não vou usar esta foto como exemplo de raça.",
         "feedback_gone": "Esta resposta é antiga demais para receber correção.",

@@ -6,19 +6,27 @@ The real bot process against the emulator and Redis; a worker only where a test 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 
 from bot import render
 from bot.fake_api import PlaygroundClient
+from bot.handlers.feedback import folder_label, match_breed
+from bot.keyboards import feedback_keyboard
+from bot.playground import PLAYGROUND_TOKEN
 from worker import contract, retraining
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from conftest import ServiceHandle
+
+    from worker.redis_server import RedisServer
 
 ADMIN = 5151
 
@@ -102,3 +110,66 @@ def test_one_class_feedback_retrain_says_to_collect_more(tmp_path: Path, dataset
     assert render.retrain_text(empty, "en") == (
         "❌ Retrain failed: No corrections yet: press ✅ or ❌ under answers to photos first."
     )
+
+
+def test_zero_shot_and_retrained_labels_file_alike_and_typed_breeds_match() -> None:
+    """v0's "Egyptian Mau" and a retrained "Egyptian_Mau" are one folder; typos still match."""
+    assert folder_label("Egyptian Mau") == folder_label("Egyptian_Mau") == "Egyptian_Mau"
+    known = [["Egyptian Mau", "Egyptian Mau"], ["Siamese cat", "Siamese cat"], ["pug", "Pug"]]
+    assert match_breed("egyptian_mau", known) == known[0]
+    assert match_breed("  Egyptain  Mau ", known) == known[0]
+    assert match_breed("siamese kat", known) == known[1]
+    assert match_breed("zebra", known) is None
+
+
+def _buttons(message: dict[str, Any]) -> dict[str, str]:
+    rows = message.get("reply_markup", {}).get("inline_keyboard", [])
+    return {b["text"]: b["callback_data"] for row in rows for b in row}
+
+
+def test_feedback_takes_one_answer_and_a_typed_breed(
+    chat: PlaygroundClient, redis_server: RedisServer, datasets: Path
+) -> None:
+    """❌, then the breed typed with a typo: filed once under the raw label, the keyboard gone,
+    and a later press of the old ✅ changes nothing. (The worker's part is played here.)"""
+    user = 402
+    db = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    photo = sorted((datasets / "pets-dev" / "Egyptian_Mau").glob("*.jpg"))[0].read_bytes()
+    chat.send(user, file=photo, user_id=user)
+    deadline = time.monotonic() + 30
+    while not (mine := [k for k in db.scan_iter("breedbot:photo:*")
+                        if db.hget(k, "chat_id") == str(user)]):  # fmt: skip
+        assert time.monotonic() < deadline, "the bot did not record the photo"
+        time.sleep(0.1)
+    photo_id = mine[0].rsplit(":", 1)[1]
+    # What the reply task does: the answer's guesses, the model's labels, the answer itself.
+    guesses = [["tabby", "Tabby"], ["Egyptian Mau", "Egyptian Mau"], ["pug", "Pug"]]
+    db.hset(mine[0], mapping={"labels": json.dumps(guesses), "version": 0})
+    known = [*guesses, ["Siamese cat", "Siamese cat"]]
+    db.set(contract.labels_key(0), json.dumps(known))
+    answer = chat.http.post(
+        f"/bot{PLAYGROUND_TOKEN}/sendMessage",
+        json={
+            "chat_id": user,
+            "text": "Tabby — 51%",
+            "reply_markup": feedback_keyboard(photo_id, "en"),
+        },
+    ).json()["result"]
+    cursor = chat.events(user)[-1]["seq"]
+    chat.press(user, answer["message_id"], _buttons(answer)["❌ wrong"])
+    events = chat.wait_for(user, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
+    assert [e["text"] for e in events if e["type"] == "answer"] == [
+        "Which breed is it? Tap one, or type its name."
+    ]
+    assert _answer(chat, user, "zebra").startswith("I do not know a breed called “zebra”.")
+    assert _answer(chat, user, "egyptain mau") == "Thanks! Saved as Egyptian Mau."
+    assert db.hget(mine[0], "label") == "Egyptian_Mau"
+    # The keyboard goes away with the answer.
+    chat.wait_for(user, lambda ev: any(e["type"] == "edited" and "reply_markup" not in e["message"]
+                                       for e in ev), after=cursor)  # fmt: skip
+    cursor = chat.events(user)[-1]["seq"]
+    chat.press(user, answer["message_id"], _buttons(answer)["✅ right"])
+    events = chat.wait_for(user, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
+    assert events[-1]["text"] == "This photo has its answer already. Thanks!"
+    assert db.hget(mine[0], "label") == "Egyptian_Mau"
+    assert _answer(chat, user, "egyptian mau").startswith("I look at photos")  # no longer asked

@@ -163,32 +163,40 @@ def test_portuguese_reply(chat: PlaygroundClient, datasets: Path) -> None:
     assert set(_buttons(reply)) == {"✅ certo", "❌ errado"}
 
 
-def test_feedback_is_stored_once_and_last_answer_wins(
+def test_feedback_is_filed_once_under_a_folder_name(
     chat: PlaygroundClient, datasets: Path, feedback_root: Path
 ) -> None:
-    """✅ files the photo under the top label; ❌ then another breed moves it there."""
+    """✅ files the photo under the top label and removes the keyboard; a later ❌ changes
+    nothing. ❌ then another breed files a second photo under that breed's folder name (v0's
+    ImageNet names have spaces; folders never do, so a feedback retrain sees one class each)."""
     chat.send(107, file=_photo(datasets, "pets-dev/pug", 1))
     reply = _sent(chat.wait_for(107, _replies()))[0]
-    right = _buttons(reply)["✅ right"]
-    photo_id = right.split(":")[1]
-    stored = chat.press(107, reply["message_id"], right)
-    answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev))
-    assert answers[-1]["text"] == "Thanks! Saved as Pug."
+    photo_id = _buttons(reply)["✅ right"].split(":")[1]
+    chat.press(107, reply["message_id"], _buttons(reply)["✅ right"])
+    events = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev))
+    assert [e["text"] for e in events if e["type"] == "answer"] == ["Thanks! Saved as Pug."]
+    assert "reply_markup" not in [e for e in events if e["type"] == "edited"][-1]["message"]
     first = _eventually(lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")))
     assert [p.parent.name for p in first] == ["pug"]
-
-    cursor = answers[-1]["seq"]
+    cursor = events[-1]["seq"]
     chat.press(107, reply["message_id"], _buttons(reply)["❌ wrong"])
+    answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
+    assert answers[-1]["text"] == "This photo has its answer already. Thanks!"
+
+    chat.send(107, file=_photo(datasets, "pets-dev/Egyptian_Mau", 0))
+    cursor = answers[-1]["seq"]
+    second = _sent(chat.wait_for(107, _replies(), after=cursor))[0]
+    other_id = _buttons(second)["❌ wrong"].split(":")[1]
+    chat.press(107, second["message_id"], _buttons(second)["❌ wrong"])
     edited = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev), after=cursor)
     choices = _buttons([e for e in edited if e["type"] == "edited"][-1]["message"])
     assert "other" in choices and len(choices) == 5  # four other likely breeds + other
-    second_name, second = next(iter(choices.items()))
-    chat.press(107, reply["message_id"], second)
-    _eventually(lambda: [p for p in feedback_root.glob(f"*/{photo_id}.jpg") if p != first[0]])
-    files = list(feedback_root.glob(f"*/{photo_id}.jpg"))
-    assert len(files) == 1 and files[0].read_bytes() == _photo(datasets, "pets-dev/pug", 1)
-    assert stored["callback_query_id"]
-    assert second_name.lower().replace(" ", "_") in files[0].parent.name.lower().replace(" ", "_")
+    name, data = next(iter(choices.items()))
+    chat.press(107, second["message_id"], data)
+    files = _eventually(lambda: list(feedback_root.glob(f"*/{other_id}.jpg")))
+    folder = files[0].parent.name
+    assert " " not in folder and folder.casefold() == "_".join(name.split()).casefold()
+    assert list(feedback_root.glob(f"*/{photo_id}.jpg")) == first
 
 
 def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Path) -> None:

@@ -160,11 +160,22 @@ def _answer_photo(
         return
     markup = feedback_keyboard(photo_id, reply_to.language) if photo_id else None
     if photo_id:
-        # The bot reads these when a feedback button is pressed.
+        # The bot reads these when a feedback button is pressed, or a breed typed after ❌.
         names = [[g["label"], g["display_name"]] for g in result.top_k]
-        redis_client().hset(contract.photo_key(photo_id), "labels", json.dumps(names))
+        record = {"labels": json.dumps(names), "version": result.model_version}
+        redis_client().hset(contract.photo_key(photo_id), mapping=record)
+        _remember_labels(result.model_version)
     extra = {"reply_markup": markup} if markup else {}
     send_picture(reply_to, render.top_k_chart(result), text, **extra)
+
+
+def _remember_labels(version: int) -> None:
+    """Keep the served model's [label, display name] pairs in Redis, once per version."""
+    served = serving.holder().current()
+    if served.version == version:
+        pairs = list(zip(served.classifier.labels, served.classifier.display_names, strict=True))
+        key = contract.labels_key(version)
+        redis_client().set(key, json.dumps(pairs), nx=True, ex=contract.PHOTO_TTL_SECONDS)
 
 
 def _album_results(
