@@ -393,7 +393,9 @@ class FakeTelegram:
             "message": self.messages[chat_id, message_id],
             "data": form["data"],
         }
-        self._event("press", chat_id, data=form["data"], message_id=message_id)
+        self._event(
+            "press", chat_id, data=form["data"], message_id=message_id, callback_query_id=query_id
+        )
         update = await self._add_update({"callback_query": query})
         return {"update_id": update["update_id"], "callback_query_id": query_id}
 

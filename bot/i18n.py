@@ -16,12 +16,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "start": (
             "Hi {name}! Send me a photo of a cat or a dog and I will tell you its breed.\n"
-            "Albums and images sent as files work too. /help for more."
+            "Albums and images sent as files work too. /help for more.\n"
+            "Out of the box I know ImageNet's 123 cat and dog classes (118 dogs, 5 cats); "
+            "an admin's /retrain teaches me others."
         ),
         "help": (
             "Send a photo (or an image file, or an album) of a cat or a dog.\n"
             "I answer with the breed, my confidence, the next two guesses and a chart.\n"
-            "Press ✅ or ❌ under an answer to teach me.\n\n"
+            "Press ✅ or ❌ under an answer to teach me.\n"
+            "The built-in model (v0) knows ImageNet's 123 cat and dog classes; breeds outside "
+            "them need a retrained model (/retrain, for admins).\n\n"
             "/breeds – the breeds I know\n/help – this message"
         ),
         "help_admin": (
@@ -101,12 +105,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "start": (
             "Oi, {name}! Mande a foto de um gato ou de um cachorro e eu digo a raça.\n"
-            "Álbuns e imagens enviadas como arquivo também valem. /help para mais."
+            "Álbuns e imagens enviadas como arquivo também valem. /help para mais.\n"
+            "De fábrica conheço as 123 classes de gatos e cães do ImageNet (118 cães, 5 gatos); "
+            "o /retrain de um administrador me ensina outras."
         ),
         "help": (
             "Mande uma foto (ou um arquivo de imagem, ou um álbum) de um gato ou cachorro.\n"
             "Respondo com a raça, minha confiança, os dois palpites seguintes e um gráfico.\n"
-            "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n\n"
+            "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n"
+            "O modelo de fábrica (v0) conhece as 123 classes de gatos e cães do ImageNet; outras "
+            "raças pedem um modelo retreinado (/retrain, para administradores).\n\n"
             "/breeds – as raças que conheço\n/help – esta mensagem"
         ),
         "help_admin": (

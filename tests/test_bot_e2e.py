@@ -301,14 +301,35 @@ def test_playground_page_in_headless_chromium(
         try:
             page = browser.new_page()
             page.goto(f"{emulator_url}/")
+            expect(page.locator("#hint")).to_contain_text("123 cat and dog classes")
             page.set_input_files("#file", photo)
             page.click("#send-photo")
             answer = page.locator(".msg.bot .text").first
             expect(answer).to_contain_text("Pug", timeout=120_000)
             expect(page.locator(".msg.bot img")).to_be_visible()
+            expect(page.locator("#hint")).to_have_count(0)
             page.screenshot(path=tmp_path / "playground.png")
             page.get_by_role("button", name="✅ right").click()
-            expect(page.locator(".toast")).to_have_text("Thanks! Saved as Pug.", timeout=60_000)
+            # The toast sits right under the answer whose button was pressed.
+            toast = page.locator(".msg.bot + .toast")
+            expect(toast).to_have_text("Thanks! Saved as Pug.", timeout=60_000)
+
+            # "↩ reply" under a sent file, then /retrain: the message is a reply to that file.
+            notes = tmp_path / "notes.txt"
+            notes.write_text("not a dataset")
+            page.set_input_files("#file", notes)
+            page.click("#send-file")
+            page.locator(".msg.user .reply-link").last.click()
+            expect(page.locator("#replying")).to_contain_text("notes.txt")
+            page.fill("#text", "/retrain")
+            page.click("#send-text")
+            expect(page.locator(".msg.bot .text").last).to_have_text(
+                "Sorry, only admins can do that.", timeout=60_000
+            )
+            with contextlib.closing(PlaygroundClient(emulator_url)) as user:
+                asked = [e["message"] for e in user.events(1) if e["type"] == "user"][-1]
+            assert asked["text"] == "/retrain"
+            assert asked["reply_to_message"]["document"]["file_name"] == "notes.txt"
         finally:
             browser.close()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import dataclasses
 import importlib
+import io
 import pickle
 import string
 from datetime import datetime
@@ -13,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from telegram import Update
 from telegram.ext import ApplicationBuilder, MessageHandler, filters
 
 from bot import render
 from bot.app import build_app
+from bot.fake_api import PlaygroundClient
 from bot.handlers.admin import options_text, parse_retrain_options
 from bot.i18n import PROBLEMS, STRINGS, moment, percent, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
@@ -29,6 +33,7 @@ from contract.options import OptionError
 from model.cli import build_parser
 from model.data import DatasetError
 from model.hparams import HParams, validate
+from model.imagenet import PET_CLASS_IDS
 from model.problems import Problem
 from model.registry import GATE_MESSAGES
 from tests.browser import chromium_or_skip
@@ -346,3 +351,31 @@ def test_browser_test_skips_without_chromium_but_fails_in_ci(tmp_path: Path) -> 
         chromium_or_skip(missing, env={"CI": "true"})
     missing.write_bytes(b"")
     assert chromium_or_skip(missing, env={"CI": "true"}) == missing
+
+
+def test_playground_page_hint_favicon_and_toast_anchor(emulator_url: str) -> None:
+    """The page opens with a hint (not blank), the favicon exists, and a button press names its
+    callback query, so the page can show the toast beside the message whose button it was."""
+    with contextlib.closing(PlaygroundClient(emulator_url)) as user:
+        page = user.http.get("/").text
+        assert 'id="hint"' in page and "123 cat and dog classes" in page
+        assert "reply_to_message_id" in page  # "↩ reply" under a sent zip, then /retrain
+        icon = user.http.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+        assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+        sent = user.send(601, text="hi")["message"]
+        pressed = user.press(601, sent["message_id"], "fb:x:ok")
+        press = [e for e in user.events(601) if e["type"] == "press"][-1]
+        assert press["callback_query_id"] == pressed["callback_query_id"]
+        assert press["message_id"] == sent["message_id"]
+
+
+def test_v0s_limits_are_explained_where_a_newcomer_looks() -> None:
+    """/start and /help (both languages) and the README name the 123 ImageNet classes."""
+    classes = str(len(PET_CLASS_IDS))
+    for language in ("en", "pt-BR"):
+        assert classes in t(language, "start", name="Ana") and "/retrain" in t(
+            language, "start", name="Ana"
+        )
+        assert classes in t(language, "help")
+    assert f"ImageNet's {classes} cat and dog classes" in (REPO / "README.md").read_text()
