@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sys
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from telegram import Update
+from telegram.error import InvalidToken
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -21,6 +24,7 @@ from telegram.ext import (
     filters,
 )
 
+from bot.backoff import patiently
 from bot.context import BotData
 from bot.errors import on_error
 from bot.handlers import admin, commands, feedback, guards, photos
@@ -28,6 +32,7 @@ from bot.jobs import make_celery
 from bot.polling import run
 from bot.settings import BotSettings
 
+SET_COMMANDS_TRIES = 4
 RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
 
 
@@ -43,8 +48,11 @@ async def _start(application: Application) -> None:
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
     )
-    await application.bot.set_my_commands(commands.bot_commands("en"))
-    await application.bot.set_my_commands(commands.bot_commands("pt-BR"), language_code="pt")
+    # The command menu is a convenience: after a few failed attempts the bot starts without it.
+    for language, code in (("en", None), ("pt-BR", "pt")):
+        menu = commands.bot_commands(language)
+        set_menu = functools.partial(application.bot.set_my_commands, menu, language_code=code)
+        await patiently(f"setMyCommands ({language})", set_menu, SET_COMMANDS_TRIES)
 
 
 async def _stop(application: Application) -> None:
@@ -97,6 +105,9 @@ def build_app(settings: BotSettings) -> Application:
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, photos.on_image))
     application.add_handler(MessageHandler(filters.Document.ALL, photos.not_an_image))
     application.add_handler(CallbackQueryHandler(feedback.on_button, pattern=r"^fb:"))
+    # Last: anything else gets a pointer to /help rather than silence.
+    application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
+    application.add_handler(MessageHandler(filters.TEXT, feedback.on_text))
 
     application.add_error_handler(on_error)
     return application
@@ -119,7 +130,13 @@ def main() -> None:
             allowed_updates=Update.ALL_TYPES,
         )
     else:
-        asyncio.run(run(application))
+        try:
+            asyncio.run(run(application))
+        except InvalidToken:
+            logging.getLogger(__name__).error(
+                "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather (/mybots)"
+            )
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import string
+from datetime import datetime
+from typing import Any
+
+from babel.dates import format_datetime
+from babel.numbers import format_decimal, format_percent
+
 DEFAULT_LANGUAGE = "en"
+LOCALES = {"en": "en", "pt-BR": "pt_BR"}  # our languages -> CLDR locales
 
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "start": (
             "Hi {name}! Send me a photo of a cat or a dog and I will tell you its breed.\n"
-            "Albums and images sent as files work too. /help for more."
+            "Albums and images sent as files work too. /help for more.\n"
+            "Out of the box I know ImageNet's 123 cat and dog classes (118 dogs, 5 cats); "
+            "an admin's /retrain teaches me others."
         ),
         "help": (
             "Send a photo (or an image file, or an album) of a cat or a dog.\n"
             "I answer with the breed, my confidence, the next two guesses and a chart.\n"
-            "Press ✅ or ❌ under an answer to teach me.\n\n"
+            "Press ✅ or ❌ under an answer to teach me.\n"
+            "The built-in model (v0) knows ImageNet's 123 cat and dog classes; breeds outside "
+            "them need a retrained model (/retrain, for admins).\n\n"
             "/breeds – the breeds I know\n/help – this message"
         ),
         "help_admin": (
@@ -21,14 +33,20 @@ STRINGS: dict[str, dict[str, str]] = {
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – train on corrections\n"
             "/models, /promote N, /rollback, /stats"
         ),
+        "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
+        "unknown_command": "I do not know {command}. /help lists what I can do.",
+        "promote_usage": (
+            "Which version? Write its number, for example /promote 3 (/models lists them)."
+        ),
         "cmd_start": "Start",
         "cmd_help": "How to use the bot",
         "cmd_breeds": "Breeds the model knows",
         "working": "🔎 Looking…",
         "too_big": (
-            "This file is {size} MB; Telegram lets bots download at most 20 MB. Send a smaller one."
+            "This file is {size:.1f} MB; Telegram lets bots download at most 20 MB. "
+            "Send a smaller one."
         ),
-        "not_image": "That file is not an image I can read (JPEG, PNG, WebP or GIF).",
+        "not_image": "That file is not an image I can read (JPEG, PNG, WebP, HEIC, AVIF or GIF).",
         "rate_limited": (
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
@@ -45,25 +63,26 @@ STRINGS: dict[str, dict[str, str]] = {
         "right": "✅ right",
         "wrong": "❌ wrong",
         "other": "other",
-        "which": "Which breed is it?",
+        "which": "Which breed is it? Tap one, or type its name.",
+        "feedback_done": "This photo has its answer already. Thanks!",
+        "breed_unknown": (
+            "I do not know a breed called “{typed}”. Type it again (/breeds lists the ones I "
+            "know), or tap a button above."
+        ),
         "thanks": "Thanks! Saved as {name}.",
         "thanks_other": "Thanks! I will not use this photo as a breed example.",
         "feedback_gone": "This answer is too old for feedback.",
         "not_admin": "Sorry, only admins can do that.",
         "retrain_usage": "Send /retrain with a .zip attached, or reply to a .zip with /retrain.",
         "retrain_bad_options": "I could not read these options:\n{problems}",
-        "option_unknown": "{word}: unknown option (known: {known})",
-        "option_invalid": "{option}: {raw!r} is not a valid {kind}",
-        "option_range": "{option}={raw}: out of range ({low}…{high})",
-        "option_merge": "merge=1 only goes with /retrain feedback",
         "retrain_queued": "⏳ Retrain queued…",
         "progress_download": "⬇️ Downloading the dataset…",
         "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
         "progress_training": "🏋️ Training step {done}/{total}",
-        "progress_evaluating": "📏 Evaluating {done}/{total}",
+        "progress_comparing": "⚖️ Comparing it with the active model…",
         "progress_saving": "💾 Saving the model…",
         "validation": "validation accuracy {pct}",
-        "retrain_done": "✅ Model v{version} trained: test accuracy {pct}.",
+        "retrain_done": "✅ Model v{version} trained: {pct} right on {n} test photos.",
         "retrain_done_cv": (
             "✅ Model v{version} trained on all {n} photos: {k}-fold cross-validated accuracy "
             "{pct} ± {spread}."
@@ -72,9 +91,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "retrain_live": "It is live now.",
         "retrain_not_live": "It did not go live: {reason}",
         "retrain_failed": "❌ Retrain failed: {reason}",
-        "worst_classes": "Weakest classes:",
+        "worst_classes": "Weakest breeds:",
+        "worst_class": "• {name}: {right} of {n} right ({pct})",
+        "confusion_matrix": "v{version}: confusion matrix (rows: true breed, columns: answer)",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
+        "built_in": "built in",
         "promoted": "Model v{version} is active now.",
         "stats": "Jobs today: {jobs}\nAverage latency: {latency} ms\nActive model: v{version}",
         "breeds": "I know {n} breeds (model v{version}):\n{names}",
@@ -88,12 +110,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "start": (
             "Oi, {name}! Mande a foto de um gato ou de um cachorro e eu digo a raça.\n"
-            "Álbuns e imagens enviadas como arquivo também valem. /help para mais."
+            "Álbuns e imagens enviadas como arquivo também valem. /help para mais.\n"
+            "De fábrica conheço as 123 classes de gatos e cães do ImageNet (118 cães, 5 gatos); "
+            "o /retrain de um administrador me ensina outras."
         ),
         "help": (
             "Mande uma foto (ou um arquivo de imagem, ou um álbum) de um gato ou cachorro.\n"
             "Respondo com a raça, minha confiança, os dois palpites seguintes e um gráfico.\n"
-            "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n\n"
+            "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n"
+            "O modelo de fábrica (v0) conhece as 123 classes de gatos e cães do ImageNet; outras "
+            "raças pedem um modelo retreinado (/retrain, para administradores).\n\n"
             "/breeds – as raças que conheço\n/help – esta mensagem"
         ),
         "help_admin": (
@@ -101,15 +127,22 @@ STRINGS: dict[str, dict[str, str]] = {
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – treinar com as correções\n"
             "/models, /promote N, /rollback, /stats"
         ),
+        "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
+        "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
+        "promote_usage": (
+            "Qual versão? Escreva o número, por exemplo /promote 3 (/models lista as versões)."
+        ),
         "cmd_start": "Começar",
         "cmd_help": "Como usar o bot",
         "cmd_breeds": "Raças que o modelo conhece",
         "working": "🔎 Analisando…",
         "too_big": (
-            "Este arquivo tem {size} MB; o Telegram só deixa bots baixarem até 20 MB. "
+            "Este arquivo tem {size:.1f} MB; o Telegram só deixa bots baixarem até 20 MB. "
             "Mande um menor."
         ),
-        "not_image": "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP ou GIF).",
+        "not_image": (
+            "Esse arquivo não é uma imagem que eu consiga ler (JPEG, PNG, WebP, HEIC, AVIF ou GIF)."
+        ),
         "rate_limited": (
             "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
         ),
@@ -126,25 +159,26 @@ STRINGS: dict[str, dict[str, str]] = {
         "right": "✅ certo",
         "wrong": "❌ errado",
         "other": "outra",
-        "which": "Qual é a raça?",
+        "which": "Qual é a raça? Toque numa, ou escreva o nome.",
+        "feedback_done": "Esta foto já tem resposta. Obrigado!",
+        "breed_unknown": (
+            "Não conheço uma raça chamada “{typed}”. Escreva de novo (/breeds lista as que "
+            "conheço), ou toque num botão acima."
+        ),
         "thanks": "Obrigado! Salvo como {name}.",
         "thanks_other": "Obrigado! Não vou usar esta foto como exemplo de raça.",
         "feedback_gone": "Esta resposta é antiga demais para receber correção.",
         "not_admin": "Desculpe, só administradores podem fazer isso.",
         "retrain_usage": "Mande /retrain com um .zip anexado, ou responda a um .zip com /retrain.",
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
-        "option_unknown": "{word}: opção desconhecida (conhecidas: {known})",
-        "option_invalid": "{option}: {raw!r} não é um {kind} válido",
-        "option_range": "{option}={raw}: fora do intervalo ({low}…{high})",
-        "option_merge": "merge=1 só vale junto com /retrain feedback",
         "retrain_queued": "⏳ Retreino na fila…",
         "progress_download": "⬇️ Baixando o conjunto de dados…",
         "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
         "progress_training": "🏋️ Passo de treino {done}/{total}",
-        "progress_evaluating": "📏 Avaliando {done}/{total}",
+        "progress_comparing": "⚖️ Comparando com o modelo ativo…",
         "progress_saving": "💾 Salvando o modelo…",
         "validation": "acurácia de validação {pct}",
-        "retrain_done": "✅ Modelo v{version} treinado: acurácia de teste {pct}.",
+        "retrain_done": "✅ Modelo v{version} treinado: {pct} de acerto em {n} fotos de teste.",
         "retrain_done_cv": (
             "✅ Modelo v{version} treinado com todas as {n} fotos: acurácia por validação "
             "cruzada ({k} partes) {pct} ± {spread}."
@@ -153,9 +187,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "retrain_live": "Já está no ar.",
         "retrain_not_live": "Não entrou no ar: {reason}",
         "retrain_failed": "❌ O retreino falhou: {reason}",
-        "worst_classes": "Classes mais fracas:",
+        "worst_classes": "Raças mais fracas:",
+        "worst_class": "• {name}: {right} de {n} certas ({pct})",
+        "confusion_matrix": "v{version}: matriz de confusão (linhas: raça real, colunas: resposta)",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
+        "built_in": "embutido",
         "promoted": "O modelo v{version} está ativo agora.",
         "stats": "Tarefas hoje: {jobs}\nLatência média: {latency} ms\nModelo ativo: v{version}",
         "breeds": "Conheço {n} raças (modelo v{version}):\n{names}",
@@ -238,6 +275,22 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
+        "feedback_one_class": (
+            "As correções até agora cobrem só {found} raça(s): {classes}. O retreino precisa de "
+            "pelo menos 2: toque em ✅ ou ❌ embaixo de mais respostas."
+        ),
+        "feedback_empty": (
+            "Ainda não há correções: toque em ✅ ou ❌ embaixo das respostas às fotos primeiro."
+        ),
+        "bad_payload": "o pedido chegou sem a imagem ou o zip em formato legível",
+        "option_unknown": "{word}: essa opção não existe (as opções são {known})",
+        "option_int": "{option}={raw}: use um número inteiro de {low} a {high}",
+        "option_float": "{option}={raw}: use um número de {low} a {high}",
+        "option_flag": "{option}={raw}: use 1 (ligado) ou 0 (desligado)",
+        "option_merge": "merge=1 só vale junto com /retrain feedback",
+        "option_split": (
+            "as partes de teste e de validação somam {total}%; juntas, devem ficar abaixo de 100%"
+        ),
     },
 }
 
@@ -249,16 +302,47 @@ def pick_language(language_code: str | None) -> str:
     return DEFAULT_LANGUAGE
 
 
+class _LocaleFormatter(string.Formatter):
+    """str.format with numbers written the locale's way (CLDR, through Babel): "25,3" and
+    "93,1%" in pt-BR, "25.3" and "93.1%" in English. Strings pass through unchanged."""
+
+    def __init__(self, language: str) -> None:
+        self.locale = LOCALES.get(language, LOCALES[DEFAULT_LANGUAGE])
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return super().format_field(value, format_spec)
+        if format_spec.endswith("%"):  # "{accuracy:.1%}"
+            digits = int(format_spec.lstrip(".")[:-1] or 0)
+            pattern = "#,##0" + ("." + "0" * digits if digits else "") + "%"
+            return format_percent(value, pattern, locale=self.locale)
+        if format_spec.endswith("f"):  # "{size:.1f}"
+            digits = int(format_spec.lstrip(".")[:-1] or 0)
+            pattern = "0" + ("." + "0" * digits if digits else "")
+            return format_decimal(value, pattern, locale=self.locale)
+        return format_decimal(value, locale=self.locale, group_separator=False)
+
+
 def t(language: str, key: str, **values: object) -> str:
     """The string `key` in `language` (English when missing), formatted with `values`."""
     table = STRINGS.get(language, STRINGS[DEFAULT_LANGUAGE])
     text = table.get(key) or STRINGS[DEFAULT_LANGUAGE][key]
-    return text.format(**values)
+    return _LocaleFormatter(language).format(text, **values)
 
 
-def percent(probability: float) -> str:
-    """A probability as a whole percentage ("93 %"), the same in both languages."""
-    return f"{round(probability * 100)} %"
+def percent(probability: float, language: str) -> str:
+    """A probability as a whole percentage, the locale's way ("93%")."""
+    return _LocaleFormatter(language).format("{0:.0%}", probability)
+
+
+def number(value: float, language: str) -> str:
+    """A number the locale's way ("25,3" in pt-BR)."""
+    return _LocaleFormatter(language).format("{0}", value)
+
+
+def moment(when: datetime, language: str) -> str:
+    """A date and time, short, the locale's way ("01/12/2026 20:55" in pt-BR)."""
+    return format_datetime(when, "short", locale=LOCALES.get(language, "en"))
 
 
 def error_reason(language: str, code: str, message: str | None) -> str:
@@ -273,6 +357,6 @@ def problem_text(language: str, code: str | None, params: dict[str, object], eng
     if template is None:
         return english
     try:
-        return template.format(**params)
+        return _LocaleFormatter(language).format(template, **params)
     except (KeyError, IndexError, ValueError):  # a worker of another release sent other values
         return english

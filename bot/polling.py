@@ -13,37 +13,49 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from telegram import Update
-from telegram.error import NetworkError, RetryAfter
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application
 
+from bot import backoff
 from bot.handlers import guards
 
 log = logging.getLogger(__name__)
 POLL_TIMEOUT = 10  # seconds Telegram holds a getUpdates call open when there is nothing new
-MAX_BACKOFF = 30.0
+# An empty answer that came back well before `timeout` means the server (a proxy, a local Bot API
+# server) does not hold the call open: wait this long before the next one, instead of spinning.
+EARLY_EMPTY_WAIT = 1.0
 
 
 async def poll(application: Application, timeout: int = POLL_TIMEOUT) -> None:
     """Fetch, handle and only then confirm batches of updates, until cancelled."""
     offset = 0
-    backoff = 1.0
+    waits = backoff.delays()
+    this = asyncio.current_task()
+    assert this is not None
     while True:
+        # Python 3.11's asyncio.wait_for (redis-py sends with it) drops a cancel that lands just
+        # as its call completes; the request stays counted on the task, so Ctrl-C still ends here.
+        if this.cancelling():
+            raise asyncio.CancelledError
+        asked = time.monotonic()
         try:
             updates = await application.bot.get_updates(
                 offset=offset, timeout=timeout, allowed_updates=Update.ALL_TYPES
             )
-        except RetryAfter as error:
-            await asyncio.sleep(error.retry_after.total_seconds())
+        except InvalidToken:
+            raise
+        except TelegramError as error:  # the network, a 5xx, a rate limit, another poller
+            delay = backoff.wait_after(error, next(waits))
+            log.warning("getUpdates failed (%s); trying again in %.0f s", error, delay)
+            await asyncio.sleep(delay)
             continue
-        except NetworkError as error:  # TimedOut included; Telegram or the network is away
-            log.warning("getUpdates failed (%s); retrying in %.0f s", error, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(2 * backoff, MAX_BACKOFF)
-            continue
-        backoff = 1.0
+        waits = backoff.delays()
         if not updates:
+            if time.monotonic() - asked < timeout / 2:
+                await asyncio.sleep(EARLY_EMPTY_WAIT)
             continue
         await handle_batch(application, updates)
         await guards.mark_handled(application, updates)
@@ -78,14 +90,22 @@ async def run(application: Application) -> None:
     assert polling is not None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, polling.cancel)
-    async with application:  # initialize() ... shutdown()
+    with contextlib.suppress(asyncio.CancelledError):
+        await _serve(application)
+
+
+async def _serve(application: Application) -> None:
+    # getMe (inside initialize) and deleteWebhook are retried: a blip at start must not stop us.
+    await backoff.patiently("getMe", application.bot.initialize)
+    async with application:  # initialize() (done above) ... shutdown()
         # run_polling would call these two hooks; this loop replaces it, so it calls them.
         if application.post_init:
             await application.post_init(application)
         await application.start()
         try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll(application)
+            # Telegram refuses getUpdates while a webhook is set (a previous webhook deployment).
+            await backoff.patiently("deleteWebhook", application.bot.delete_webhook)
+            await poll(application)
         finally:
             await application.stop()
             if application.post_shutdown:

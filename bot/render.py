@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from bot.i18n import error_reason, percent, problem_text, t
+from bot.i18n import DEFAULT_LANGUAGE, error_reason, percent, problem_text, t
 from contract import ClassifyResult, Guess, Progress, RetrainResult
 
 
@@ -25,12 +25,12 @@ def headline(result: ClassifyResult, language: str, low_confidence: float) -> st
             language,
             "no_pet",
             label=result.imagenet_label,
-            pct=percent(result.imagenet_probability),
+            pct=percent(result.imagenet_probability, language),
         )
     best = _guesses(result)[0]
     sure = best.probability >= low_confidence and not result.pet_unsure
     key = "result" if sure else "not_sure"
-    return t(language, key, name=best.display_name, pct=percent(best.probability))
+    return t(language, key, name=best.display_name, pct=percent(best.probability, language))
 
 
 def classification_text(result: ClassifyResult, language: str, low_confidence: float) -> str:
@@ -38,7 +38,7 @@ def classification_text(result: ClassifyResult, language: str, low_confidence: f
     lines = [headline(result, language, low_confidence)]
     if not result.error and result.is_pet is not False:
         following = ", ".join(
-            f"{g.display_name} ({percent(g.probability)})" for g in _guesses(result)[1:3]
+            f"{g.display_name} ({percent(g.probability, language)})" for g in _guesses(result)[1:3]
         )
         if following:
             lines.append(t(language, "next_guesses", guesses=following))
@@ -73,7 +73,7 @@ def top_k_chart(result: ClassifyResult) -> bytes:
     probs = [g.probability for g in guesses]
     bars = ax.barh([g.display_name for g in guesses], probs, color="#4c72b0")
     bars[-1].set_color("#dd8452")
-    ax.bar_label(bars, labels=[percent(p) for p in probs], padding=3)
+    ax.bar_label(bars, labels=[percent(p, DEFAULT_LANGUAGE) for p in probs], padding=3)
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("probability")
     ax.set_title(f"Top {len(guesses)} (model v{result.model_version})")
@@ -85,7 +85,7 @@ def progress_text(progress: Progress, language: str) -> str:
     """The status line of a running retrain ("Training step 300/500 · validation accuracy 91 %")."""
     text = t(language, f"progress_{progress.stage}", done=progress.done, total=progress.total)
     if progress.validation_accuracy is not None:
-        accuracy = t(language, "validation", pct=percent(progress.validation_accuracy))
+        accuracy = t(language, "validation", pct=percent(progress.validation_accuracy, language))
         text = f"{text} · {accuracy}"
     return text
 
@@ -101,23 +101,35 @@ def retrain_text(result: RetrainResult, language: str) -> str:
             version=result.version,
             n=result.metrics.get("n_train", "?"),
             k=cv["k"],
-            pct=percent(cv["accuracy"]),
-            spread=percent(cv["std"]),
+            pct=percent(cv["accuracy"], language),
+            spread=percent(cv["std"], language),
         )
     else:
-        pct = percent(result.test_accuracy or 0)
-        headline = t(language, "retrain_done", version=result.version, pct=pct)
+        accuracy = percent(result.test_accuracy or 0, language)
+        n_test = result.metrics.get("n_test", 0)
+        headline = t(language, "retrain_done", version=result.version, pct=accuracy, n=n_test)
     lines = [headline]
     auto = result.metrics.get("auto")
     if auto:
         scores = ", ".join(
-            f"{name} {percent(c['cv_accuracy'])}" for name, c in auto["candidates"].items()
+            f"{name} {percent(c['cv_accuracy'], language)}"
+            for name, c in auto["candidates"].items()
         )
         lines.append(t(language, "backbone_auto", chosen=auto["chosen"], scores=scores))
     worst = result.metrics.get("worst_classes") or []
     if worst:
         lines.append(t(language, "worst_classes"))
-        lines += [f"• {label}: {percent(accuracy)}" for label, accuracy in worst]
+        lines += [
+            t(
+                language,
+                "worst_class",
+                name=name,
+                right=round(share * n),
+                n=n,
+                pct=percent(share, language),
+            )
+            for name, share, n in worst
+        ]
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from redis.retry import Retry
 
 import contract
 from bot import botapi, outbox, render
-from bot.i18n import problem_text, t
+from bot.i18n import moment, percent, problem_text, t
 from bot.keyboards import feedback_keyboard
 from bot.reply_app import app
 
@@ -101,9 +102,10 @@ def _answer_photo(
         return
     markup = feedback_keyboard(photo_id, reply_to.language) if photo_id else None
     if photo_id:
-        # The bot reads these when a feedback button is pressed.
+        # The bot reads these when a feedback button is pressed, or a breed typed after ❌.
         names = [[g["label"], g["display_name"]] for g in result.top_k]
-        redis_client().hset(contract.photo_key(photo_id), "labels", json.dumps(names))
+        record = {"labels": json.dumps(names), "version": result.model_version}
+        redis_client().hset(contract.photo_key(photo_id), mapping=record)
     extra = {"reply_markup": markup} if markup else {}
     botapi.send_picture(reply_to, render.top_k_chart(result), text, **extra)
 
@@ -127,8 +129,12 @@ def _album_results(
 def _models_text(versions: list[dict[str, Any]], language: str) -> str:
     lines = [t(language, "models_header")]
     for item in map(contract.ModelVersion.from_dict, versions):
-        accuracy = "–" if item.test_accuracy is None else render.percent(item.test_accuracy)
-        created = (item.created_at or "built in")[:16]
+        accuracy = "–" if item.test_accuracy is None else percent(item.test_accuracy, language)
+        created = (
+            moment(datetime.fromisoformat(item.created_at), language)
+            if item.created_at
+            else t(language, "built_in")
+        )
         mark = "▶" if item.active else "•"
         lines.append(
             t(
@@ -150,7 +156,7 @@ def _switch_text(result: dict[str, Any], language: str) -> str:
 
 def _stats_text(result: dict[str, Any], language: str) -> str:
     stats = contract.Stats.from_dict(result)
-    latency = "–" if stats.avg_latency_ms is None else f"{stats.avg_latency_ms:.0f}"
+    latency = "–" if stats.avg_latency_ms is None else round(stats.avg_latency_ms)
     return t(
         language, "stats", jobs=stats.jobs_today, latency=latency, version=stats.active_version
     )
@@ -171,7 +177,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.send_text(reply_to, text)
     if outcome.confusion_png_b64:
         png = contract.decode_bytes(outcome.confusion_png_b64)
-        botapi.send_picture(reply_to, png, f"v{outcome.version}: confusion matrix")
+        caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
+        botapi.send_picture(reply_to, png, caption)
 
 
 @app.task(

@@ -55,13 +55,20 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024  # Telegram's own getFile cap
 MAX_INLINE_DATASET_BYTES = 64 * 1024 * 1024
 
 # A photo the bot accepted, for feedback: a Redis hash with "file_id", "labels" (JSON list written
-# by the reply task, best first) and "label" (the user's latest answer; "" for "other").
+# by the reply task, best first), "version" (the model that answered) and "label" (the user's
+# answer, a folder name; "" for "other").
 PHOTO_TTL_SECONDS = 30 * 24 * 3600
 
 
 def photo_key(photo_id: str) -> str:
     """Redis key of the hash describing one classified photo."""
     return f"breedbot:photo:{photo_id}"
+
+
+def labels_key(version: int) -> str:
+    """Redis key of a model version's [label, display name] pairs (JSON), written by a worker when
+    it loads the version, so the bot can match a breed typed after ❌ (a photo's "version")."""
+    return f"breedbot:labels:{version}"
 
 
 # The outbox: every classify chain the bot publishes is also kept here until its reply task has
@@ -167,7 +174,7 @@ class RetrainRequest(_Payload):
 
 @dataclass(frozen=True)
 class Progress(_Payload):
-    stage: str  # "download", "bottlenecks", "training", "evaluating", "saving"
+    stage: str  # in this order: "download", "bottlenecks", "training", "saving", "comparing"
     done: int
     total: int
     validation_accuracy: float | None = None

@@ -14,9 +14,11 @@ import itertools
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -33,6 +35,12 @@ BOT_USER = {
     "can_join_groups": False,
     "can_read_all_group_messages": False,
     "supports_inline_queries": False,
+}
+# Telegram's wording of the error answers the fault modes give.
+FAULTS = {
+    409: "Conflict: terminated by other getUpdates request; make sure that only one bot instance "
+    "is running",
+    500: "Internal Server Error",
 }
 # Form fields that carry JSON objects (PTB posts everything else as plain strings).
 JSON_FIELDS = {
@@ -115,6 +123,11 @@ class FakeTelegram:
         # While set, file downloads wait (a stalled file server); tests kill a bot mid-handler.
         self.hold_downloads = False
         self.held_downloads = 0
+        # Faults for tests: per method, the HTTP codes of its next answers (then it works again),
+        # and a getUpdates that answers at once, ignoring `timeout`, as some proxies do.
+        self.faults: dict[str, list[int]] = {}
+        self.ignore_poll_timeout = False
+        self.calls: Counter[str] = Counter()
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda p: BOT_USER,
             "logOut": lambda p: True,
@@ -302,7 +315,7 @@ class FakeTelegram:
         if offset > 0:
             self.pending = [u for u in self.pending if u["update_id"] >= offset]
         limit = int(params.get("limit") or 100)
-        timeout = float(params.get("timeout") or 0)
+        timeout = 0 if self.ignore_poll_timeout else float(params.get("timeout") or 0)
         async with self.changed:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait_for(lambda: self.pending), timeout)
@@ -380,7 +393,9 @@ class FakeTelegram:
             "message": self.messages[chat_id, message_id],
             "data": form["data"],
         }
-        self._event("press", chat_id, data=form["data"], message_id=message_id)
+        self._event(
+            "press", chat_id, data=form["data"], message_id=message_id, callback_query_id=query_id
+        )
         update = await self._add_update({"callback_query": query})
         return {"update_id": update["update_id"], "callback_query_id": query_id}
 
@@ -406,6 +421,10 @@ class FakeTelegram:
         try:
             self._check_token(request.match_info["token"])
             method = request.match_info["method"]
+            self.calls[method] += 1
+            if self.faults.get(method):
+                code = self.faults[method].pop(0)
+                raise ApiError(code, FAULTS.get(code, HTTPStatus(code).phrase))
             params = await _read_params(request)
             if method == "getUpdates":
                 result: Any = await self._get_updates(params)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from importlib.resources import files
 
 from aiohttp import web
+from PIL import Image, ImageDraw
 
 from fakegram.api import FakeTelegram
 
@@ -22,9 +24,28 @@ def page_app(fake: FakeTelegram) -> web.Application:
     html = files("fakegram").joinpath("static/playground.html").read_text("utf-8")
     html = html.replace("__ADMIN_ID__", str(PLAYGROUND_ADMIN))
 
+    icon = favicon()
+
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=html, content_type="text/html")
 
+    async def favicon_ico(request: web.Request) -> web.Response:
+        return web.Response(body=icon, content_type="image/x-icon")
+
     app = fake.app()
     app.router.add_get("/", page)
+    app.router.add_get("/favicon.ico", favicon_ico)
     return app
+
+
+def favicon() -> bytes:
+    """A paw print in the page's blue, as a 32 px ICO (drawn here: no binary in the repo)."""
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    blue = (81, 125, 162, 255)
+    draw.ellipse((8, 15, 24, 29), fill=blue)  # the pad
+    for x, y in ((3, 9), (10, 3), (18, 3), (25, 9)):  # the toes
+        draw.ellipse((x, y, x + 6, y + 8), fill=blue)
+    buffer = io.BytesIO()
+    image.save(buffer, "ICO", sizes=[(32, 32)])
+    return buffer.getvalue()

@@ -10,8 +10,11 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from contract import options
 from model.hparams import DEFAULT_BACKBONE, HParams
 
 DEFAULT_MODEL = "default (zero-shot ImageNet cats and dogs)"
@@ -25,16 +28,21 @@ def home_dir() -> Path:
     return Path(env).expanduser() if env else default_home()
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def _arg_type(option: options.Option) -> Callable[[str], Any]:
+    """argparse `type=` for an option: its parser, with the table's wording on a bad value."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return option.parse(raw, f"--{option.name}")
+        except options.OptionError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = option.name  # argparse names the type in its messages
+    return parse
 
 
 def add_retrain_args(p: argparse.ArgumentParser) -> None:
-    """retrain.py's flags, with HParams' defaults."""
+    """retrain.py's flags, with HParams' defaults and the option table's types, ranges and help."""
     defaults = HParams()
     p.add_argument(
         "--image_dir", type=Path, required=True, help="class folders, labels.csv or .zip"
@@ -53,31 +61,20 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
             "auto (the best of several by cross-validation), a TF Hub URL or a SavedModel path"
         ),
     )
-    p.add_argument("--assert_accuracy_at_least", type=float, help="write nothing below this")
-    p.add_argument(
-        "--testing_percentage",
-        type=float,
-        default=defaults.testing_percentage,
-        help="hold out this share as a test split (default: none, k-fold cross-validation)",
-    )
-    bools = {
-        "flip_left_right",
-        "early_stopping",
-        "class_weighting",
-        "print_misclassified_test_images",
-    }
-    p.add_argument("--l2", type=float, help="L2 weight (default: chosen by cross-validation)")
-    skip = {"tfhub_module", "assert_accuracy_at_least", "testing_percentage", "l2"}
-    for f in dataclasses.fields(HParams):
-        if f.name in skip:
-            continue
-        default = getattr(defaults, f.name)
-        if f.name in bools:
-            p.add_argument(
-                f"--{f.name}", type=_bool, nargs="?", const=True, default=default, metavar="BOOL"
-            )
-        else:
-            p.add_argument(f"--{f.name}", type=type(default), default=default)
+    for option in options.HPARAMS:
+        default = getattr(defaults, option.name)
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if option.kind is bool else {}
+        help_text = option.help.replace("%", "%%")  # argparse formats help with %
+        if option.low is not None:
+            help_text += f" ({option.low:g}..{option.high:g})"
+        p.add_argument(
+            f"--{option.name}",
+            type=_arg_type(option),
+            default=default,
+            help=help_text,
+            metavar=option.kind.__name__.upper(),
+            **extra,
+        )
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:

@@ -1,11 +1,14 @@
 """Retrain hyperparameters: retrain.py's flag names and meanings, plus breedbot's additions.
 
-Kept free of TensorFlow so that the CLI can parse its flags without loading it.
+Kept free of TensorFlow so that the CLI can parse its flags without loading it. Names, types,
+ranges and help texts live in `contract/options.py`, shared with the bot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from contract import options
 
 DEFAULT_BACKBONE = "efficientnet_lite0"  # the zero-shot model's, and any single-backbone default
 # `--architecture auto`: these backbones, fastest first, compete by cross-validated accuracy.
@@ -52,33 +55,5 @@ class HParams:
 
 
 def validate(hparams: HParams) -> None:
-    """Reject out-of-range values with a message naming the flag."""
-    hp = hparams
-    gate = hp.assert_accuracy_at_least
-    test_pct = hp.testing_percentage or 0.0
-    checks = [
-        (1 <= hp.how_many_training_steps <= 100_000, "how_many_training_steps must be 1..100000"),
-        (0 < hp.learning_rate <= 1.0, "learning_rate must be in (0, 1]"),
-        (0 <= test_pct < 100, "testing_percentage must be in [0, 100)"),
-        (0 <= hp.validation_percentage < 100, "validation_percentage must be in [0, 100)"),
-        (
-            test_pct + hp.validation_percentage < 100,
-            "testing_percentage + validation_percentage must be below 100",
-        ),
-        (2 <= hp.cv_folds <= 20, "cv_folds must be 2..20"),
-        (hp.eval_step_interval >= 1, "eval_step_interval must be >= 1"),
-        (1 <= hp.train_batch_size <= 100_000, "train_batch_size must be 1..100000"),
-        (0 <= hp.random_crop <= 100, "random_crop must be in [0, 100]"),
-        (0 <= hp.random_scale <= 100, "random_scale must be in [0, 100]"),
-        (0 <= hp.random_brightness <= 100, "random_brightness must be in [0, 100]"),
-        (0 <= hp.distortion_copies <= 20, "distortion_copies must be in [0, 20]"),
-        (hp.early_stopping_patience >= 1, "early_stopping_patience must be >= 1"),
-        (hp.l2 is None or 0 <= hp.l2 <= 1, "l2 must be in [0, 1]"),
-        (0 <= hp.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-        (hp.min_images_per_class >= 2, "min_images_per_class must be >= 2"),
-        (1 <= hp.extraction_batch_size <= 1024, "extraction_batch_size must be 1..1024"),
-        (gate is None or 0 <= gate <= 1, "assert_accuracy_at_least must be in [0, 1]"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    """Reject out-of-range values (an `OptionError`, a ValueError naming each flag)."""
+    options.check({option.name: getattr(hparams, option.name) for option in options.HPARAMS})

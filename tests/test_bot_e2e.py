@@ -18,6 +18,7 @@ from PIL import Image
 import contract
 from bot.i18n import problem_text, t
 from fakegram.api import PlaygroundClient
+from tests.browser import chromium_or_skip
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -163,32 +164,40 @@ def test_portuguese_reply(chat: PlaygroundClient, datasets: Path) -> None:
     assert set(_buttons(reply)) == {"✅ certo", "❌ errado"}
 
 
-def test_feedback_is_stored_once_and_last_answer_wins(
+def test_feedback_is_filed_once_under_a_folder_name(
     chat: PlaygroundClient, datasets: Path, feedback_root: Path
 ) -> None:
-    """✅ files the photo under the top label; ❌ then another breed moves it there."""
+    """✅ files the photo under the top label and removes the keyboard; a later ❌ changes
+    nothing. ❌ then another breed files a second photo under that breed's folder name (v0's
+    ImageNet names have spaces; folders never do, so a feedback retrain sees one class each)."""
     chat.send(107, file=_photo(datasets, "pets-dev/pug", 1))
     reply = _sent(chat.wait_for(107, _replies()))[0]
-    right = _buttons(reply)["✅ right"]
-    photo_id = right.split(":")[1]
-    stored = chat.press(107, reply["message_id"], right)
-    answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev))
-    assert answers[-1]["text"] == "Thanks! Saved as Pug."
+    photo_id = _buttons(reply)["✅ right"].split(":")[1]
+    chat.press(107, reply["message_id"], _buttons(reply)["✅ right"])
+    events = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev))
+    assert [e["text"] for e in events if e["type"] == "answer"] == ["Thanks! Saved as Pug."]
+    assert "reply_markup" not in [e for e in events if e["type"] == "edited"][-1]["message"]
     first = _eventually(lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")))
     assert [p.parent.name for p in first] == ["pug"]
-
-    cursor = answers[-1]["seq"]
+    cursor = events[-1]["seq"]
     chat.press(107, reply["message_id"], _buttons(reply)["❌ wrong"])
+    answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
+    assert answers[-1]["text"] == "This photo has its answer already. Thanks!"
+
+    chat.send(107, file=_photo(datasets, "pets-dev/Egyptian_Mau", 0))
+    cursor = answers[-1]["seq"]
+    second = _sent(chat.wait_for(107, _replies(), after=cursor))[0]
+    other_id = _buttons(second)["❌ wrong"].split(":")[1]
+    chat.press(107, second["message_id"], _buttons(second)["❌ wrong"])
     edited = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev), after=cursor)
     choices = _buttons([e for e in edited if e["type"] == "edited"][-1]["message"])
     assert "other" in choices and len(choices) == 5  # four other likely breeds + other
-    second_name, second = next(iter(choices.items()))
-    chat.press(107, reply["message_id"], second)
-    _eventually(lambda: [p for p in feedback_root.glob(f"*/{photo_id}.jpg") if p != first[0]])
-    files = list(feedback_root.glob(f"*/{photo_id}.jpg"))
-    assert len(files) == 1 and files[0].read_bytes() == _photo(datasets, "pets-dev/pug", 1)
-    assert stored["callback_query_id"]
-    assert second_name.lower().replace(" ", "_") in files[0].parent.name.lower().replace(" ", "_")
+    name, data = next(iter(choices.items()))
+    chat.press(107, second["message_id"], data)
+    files = _eventually(lambda: list(feedback_root.glob(f"*/{other_id}.jpg")))
+    folder = files[0].parent.name
+    assert " " not in folder and folder.casefold() == "_".join(name.split()).casefold()
+    assert list(feedback_root.glob(f"*/{photo_id}.jpg")) == first
 
 
 def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Path) -> None:
@@ -267,7 +276,6 @@ def test_commands_start_help_and_non_admin_refused(chat: PlaygroundClient) -> No
     assert [c["command"] for c in commands] == ["start", "help", "breeds"]
 
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -278,6 +286,7 @@ def test_playground_page_in_headless_chromium(
     emulator_url: str, datasets: Path, tmp_path: Path
 ) -> None:
     """The web chat: upload a photo, see the breed, press ✅ and see the thanks."""
+    chromium = chromium_or_skip()  # skipped without Chromium, except in CI
     from playwright.sync_api import expect, sync_playwright
 
     photo = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
@@ -286,21 +295,42 @@ def test_playground_page_in_headless_chromium(
         # A new empty profile each run (playwright passes it as --user-data-dir).
         browser = playwright.chromium.launch_persistent_context(
             profile,
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1100, "height": 800},
         )
         try:
             page = browser.new_page()
             page.goto(f"{emulator_url}/")
+            expect(page.locator("#hint")).to_contain_text("123 cat and dog classes")
             page.set_input_files("#file", photo)
             page.click("#send-photo")
             answer = page.locator(".msg.bot .text").first
             expect(answer).to_contain_text("Pug", timeout=120_000)
             expect(page.locator(".msg.bot img")).to_be_visible()
+            expect(page.locator("#hint")).to_have_count(0)
             page.screenshot(path=tmp_path / "playground.png")
             page.get_by_role("button", name="✅ right").click()
-            expect(page.locator(".toast")).to_have_text("Thanks! Saved as Pug.", timeout=60_000)
+            # The toast sits right under the answer whose button was pressed.
+            toast = page.locator(".msg.bot + .toast")
+            expect(toast).to_have_text("Thanks! Saved as Pug.", timeout=60_000)
+
+            # "↩ reply" under a sent file, then /retrain: the message is a reply to that file.
+            notes = tmp_path / "notes.txt"
+            notes.write_text("not a dataset")
+            page.set_input_files("#file", notes)
+            page.click("#send-file")
+            page.locator(".msg.user .reply-link").last.click()
+            expect(page.locator("#replying")).to_contain_text("notes.txt")
+            page.fill("#text", "/retrain")
+            page.click("#send-text")
+            expect(page.locator(".msg.bot .text").last).to_have_text(
+                "Sorry, only admins can do that.", timeout=60_000
+            )
+            with contextlib.closing(PlaygroundClient(emulator_url)) as user:
+                asked = [e["message"] for e in user.events(1) if e["type"] == "user"][-1]
+            assert asked["text"] == "/retrain"
+            assert asked["reply_to_message"]["document"]["file_name"] == "notes.txt"
         finally:
             browser.close()
 
@@ -321,7 +351,8 @@ def test_retrain_bad_options_and_corrupt_zip(chat: PlaygroundClient) -> None:
               filename="data.zip", mime_type="application/zip",
               caption="/retrain steps=0 speed=fast", user_id=ADMIN)  # fmt: skip
     problems = _sent(chat.wait_for(ADMIN, _replies()))[0]["text"]
-    assert "steps=0: out of range" in problems and "speed=fast: unknown option" in problems
+    assert "steps=0: use a whole number from 1 to 100000" in problems
+    assert "speed=fast: there is no such option" in problems
     cursor = chat.events(ADMIN)[-1]["seq"]
     chat.send(ADMIN, file=b"PK\x03\x04 not really a zip", kind="document",
               filename="data.zip", mime_type="application/zip", caption="/retrain",
@@ -375,7 +406,10 @@ def test_admin_retrain_progress_then_live_then_rollback(
     edits = [e["message"]["text"] for e in events if e["type"] == "edited"]
     assert any("bottlenecks" in text for text in edits)
     assert any(text.startswith("🏋️ Training step") for text in edits)
-    assert "It is live now." in edits[-1] and "Weakest classes:" in edits[-1]
+    assert "It is live now." in edits[-1] and "test photos" in edits[-1]
+    saving = next(i for i, text in enumerate(edits) if text.startswith("💾"))
+    assert not any(text.startswith(("🧮", "🏋️", "📏")) for text in edits[saving:])  # in order
+    assert "_" not in edits[-1]  # breeds by display name, never by folder name
     matrix = chat.wait_for(ADMIN, lambda ev: any("confusion" in (e["message"].get("caption") or "")
                                                  for e in ev if e["type"] == "sent"),
                            after=cursor)  # fmt: skip

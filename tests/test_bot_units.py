@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
+import dataclasses
+import importlib
+import io
 import pickle
 import string
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from telegram import Update
 from telegram.ext import ApplicationBuilder, MessageHandler, filters
 
 import contract
 from bot import render
 from bot.app import build_app
-from bot.handlers.admin import OptionsError, parse_retrain_options
-from bot.i18n import PROBLEMS, STRINGS, pick_language, problem_text, t
+from bot.handlers.admin import options_text, parse_retrain_options
+from bot.i18n import PROBLEMS, STRINGS, moment, percent, pick_language, problem_text, t
 from bot.keyboards import breeds_keyboard, feedback_keyboard, parse_feedback
 from bot.polling import handle_batch
 from bot.settings import BotSettings
+from contract import options
+from contract.options import OptionError
+from fakegram.api import PlaygroundClient
 from fakegram.playground import PLAYGROUND_TOKEN
+from model.cli import build_parser
 from model.data import DatasetError
-from model.registry import GATE_MESSAGES, RegistryError
-from model.train import AccuracyGateError
+from model.hparams import HParams, validate
+from model.problems import Problem
+from model.registry import GATE_MESSAGES
+from model.runtime.imagenet import PET_CLASS_IDS
+from tests.browser import chromium_or_skip
+from worker import tf_jobs
 from worker.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_retrain_options_map_to_retrain_py_names() -> None:
@@ -45,31 +63,63 @@ def test_retrain_options_map_to_retrain_py_names() -> None:
 @pytest.mark.parametrize(
     ("words", "problem"),
     [
-        (["speed=3"], "speed=3: unknown option"),
-        (["steps"], "steps: unknown option"),
-        (["steps=0"], "steps=0: out of range"),
-        (["lr=fast"], "lr: 'fast' is not a valid float"),
-        (["flip=maybe"], "flip: 'maybe' is not a valid flag"),
-        (["min_acc=1.5"], "min_acc=1.5: out of range"),
+        (["speed=3"], "speed=3: there is no such option"),
+        (["steps"], "steps: there is no such option"),
+        (["steps=0"], "steps=0: use a whole number from 1 to 100000"),
+        (["steps=abc"], "steps=abc: use a whole number from 1 to 100000"),
+        (["lr=fast"], "lr=fast: use a number from 0.00001 to 1"),
+        (["lr=5"], "lr=5: use a number from 0.00001 to 1"),
+        (["flip=maybe"], r"flip=maybe: use 1 \(on\) or 0 \(off\)"),
+        (["min_acc=1.5"], "min_acc=1.5: use a number from 0 to 1"),
+        (["test_pct=50", "val_pct=50"], "add up to 100%"),
         (["merge=1"], "merge=1 only goes with /retrain feedback"),
     ],
 )
 def test_retrain_options_errors_name_the_problem(words: list[str], problem: str) -> None:
-    """Each bad option is reported by name."""
-    with pytest.raises(OptionsError, match=problem):
+    """Each bad option is reported by name, with what a good value looks like."""
+    with pytest.raises(OptionError, match=problem):
         parse_retrain_options(words)
 
 
+def test_one_option_table_for_the_bot_the_cli_and_hparams() -> None:
+    """A value the bot accepts, HParams.validate and the CLI accept too, and the reverse."""
+    for raw, accepted in (("5", False), ("1", True), ("0.00001", True), ("0", False)):
+        hparams = HParams(learning_rate=float(raw))
+        if accepted:
+            assert parse_retrain_options([f"lr={raw}"]).params == {"learning_rate": float(raw)}
+            validate(hparams)
+            assert retrain_args(["--learning_rate", raw]).learning_rate == float(raw)
+        else:
+            with pytest.raises(OptionError):
+                parse_retrain_options([f"lr={raw}"])
+            with pytest.raises(OptionError, match="learning_rate"):
+                validate(hparams)
+            with pytest.raises(SystemExit):
+                retrain_args(["--learning_rate", raw])
+    with pytest.raises(OptionError, match="extraction_batch_size"):
+        validate(HParams(extraction_batch_size=0))
+    assert {f.name for f in dataclasses.fields(HParams)} - {o.name for o in options.HPARAMS} == {
+        "tfhub_module"  # a name or a path, checked when the backbone loads
+    }
+
+
+def retrain_args(flags: list[str]) -> Any:
+    """`breedbot retrain` flags as parsed."""
+    return build_parser().parse_args(["retrain", "--image_dir", "x", *flags])
+
+
 def test_option_problems_are_worded_in_the_users_language() -> None:
-    with pytest.raises(OptionsError) as info:
+    with pytest.raises(OptionError) as info:
         parse_retrain_options(["speed=3", "steps=0", "lr=fast"])
-    lines = info.value.text("pt-BR").splitlines()
-    assert lines[0].startswith("• speed=3: opção desconhecida (conhecidas: steps, lr,")
+    lines = options_text(info.value, "pt-BR").splitlines()
+    assert lines[0].startswith("• speed=3: essa opção não existe (as opções são steps, lr,")
     assert lines[1:] == [
-        "• steps=0: fora do intervalo (1…100000)",
-        "• lr: 'fast' não é um float válido",
+        "• steps=0: use um número inteiro de 1 a 100000",
+        "• lr=fast: use um número de 0.00001 a 1",
     ]
-    assert str(info.value) == info.value.text("en")
+    assert options_text(info.value, "en").splitlines()[1] == (
+        "• steps=0: use a whole number from 1 to 100000"
+    )
 
 
 def test_language_choice_and_complete_translations() -> None:
@@ -93,18 +143,60 @@ def _result(probability: float, is_pet: bool = True, error: str | None = None) -
 def test_reply_texts() -> None:
     """Breed and percentage, "not sure", "no cat or dog" and translated image errors."""
     assert render.classification_text(_result(0.93), "en", 0.5).splitlines() == [
-        "Pug — 93 %",
-        "Next guesses: Boxer (5 %), Beagle (3 %)",
+        "Pug — 93%",
+        "Next guesses: Boxer (5%), Beagle (3%)",
         "Model v3",
     ]
     assert render.headline(_result(0.4), "pt-BR", 0.5).startswith("🤔 Não tenho certeza")
     assert render.headline(_result(0.9, is_pet=False), "en", 0.5) == (
-        "I see no cat or dog here. Looks like: espresso (61 %)"
+        "I see no cat or dog here. Looks like: espresso (61%)"
     )
     assert render.headline(_result(0, error="truncated"), "en", 0.5).endswith("(truncated)")
     progress = contract.Progress("training", 300, 500, 0.91)
     assert render.progress_text(progress, "en") == (
-        "🏋️ Training step 300/500 · validation accuracy 91 %"
+        "🏋️ Training step 300/500 · validation accuracy 91%"
+    )
+
+
+def test_numbers_dates_and_percentages_follow_the_locale() -> None:
+    """CLDR through Babel: "25,3 MB" and "93%" in pt-BR, "25.3 MB" and "93%" in English."""
+    assert t("pt-BR", "too_big", size=25.3).startswith("Este arquivo tem 25,3 MB;")
+    assert t("en", "too_big", size=25.3).startswith("This file is 25.3 MB;")
+    assert render.headline(_result(0.93), "pt-BR", 0.5) == "Pug — 93%"
+    assert percent(0.931, "en") == percent(0.931, "pt-BR") == "93%"
+    gate = {"accuracy": 0.931, "minimum": 0.95}
+    assert problem_text("pt-BR", "below_minimum", gate, "") == (
+        "a acurácia de teste 93,1% está abaixo do mínimo 95,0%"
+    )
+    when = datetime(2026, 12, 1, 20, 55)
+    assert (moment(when, "pt-BR"), moment(when, "en")) == (
+        "01/12/2026 20:55",
+        "12/1/26, 8:55\u202fPM",
+    )
+
+
+def test_retrain_reply_reads_like_a_report() -> None:
+    """Display names, only classes below 100 %, the photos behind each figure, stages in order."""
+    per_class = {
+        "Egyptian_Mau": {"accuracy": 2 / 3, "n": 3},
+        "american_bulldog": {"accuracy": 1.0, "n": 5},
+        "pug": {"accuracy": 0.75, "n": 4},
+    }
+    metrics = {"n_test": 12, "worst_classes": tf_jobs._weakest(per_class)}
+    result = contract.RetrainResult(7, True, 0.83, metrics)
+    assert render.retrain_text(result, "en").splitlines() == [
+        "✅ Model v7 trained: 83% right on 12 test photos.",
+        "Weakest breeds:",
+        "• Egyptian Mau: 2 of 3 right (67%)",
+        "• Pug: 3 of 4 right (75%)",
+        "It is live now.",
+    ]
+    assert render.retrain_text(result, "pt-BR").splitlines()[2] == (
+        "• Egyptian Mau: 2 de 3 certas (67%)"
+    )
+    comparing = contract.Progress("comparing", 0, 1, 0.9)
+    assert render.progress_text(comparing, "en") == (
+        "⚖️ Comparing it with the active model… · validation accuracy 90%"
     )
 
 
@@ -124,13 +216,13 @@ def test_retrain_reply_reports_cross_validation_and_the_auto_choice() -> None:
     }
     result = contract.RetrainResult(4, True, 0.893, metrics)
     assert render.retrain_text(result, "en").splitlines()[:2] == [
-        "✅ Model v4 trained on all 599 photos: 5-fold cross-validated accuracy 89 % ± 2 %.",
-        "Backbone efficientnet_lite2, chosen by cross-validation: efficientnet_lite0 84 %, "
-        "efficientnet_lite2 89 %.",
+        "✅ Model v4 trained on all 599 photos: 5-fold cross-validated accuracy 89% ± 2%.",
+        "Backbone efficientnet_lite2, chosen by cross-validation: efficientnet_lite0 84%, "
+        "efficientnet_lite2 89%.",
     ]
-    held_out = contract.RetrainResult(5, True, 0.9, {"accuracy_source": "test_split"})
+    held_out = contract.RetrainResult(5, True, 0.9, {"accuracy_source": "test_split", "n_test": 20})
     assert render.retrain_text(held_out, "en").startswith(
-        "✅ Model v5 trained: test accuracy 90 %."
+        "✅ Model v5 trained: 90% right on 20 test photos."
     )
 
 
@@ -225,22 +317,47 @@ def _fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def _problem_classes(cls: type[Problem]) -> list[type[Problem]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _problem_classes(sub))]
+
+
+def _inline_codes() -> dict[str, set[str]]:
+    """Codes the worker raises inline, read from its source: `_refused(code, message, **values)`
+    and `InputError(code, message, **values)` calls with a literal code."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / "worker").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in {"_refused", "InputError"} or not node.args:
+                continue
+            code = node.args[0]
+            if isinstance(code, ast.Constant) and isinstance(code.value, str):
+                found.setdefault(code.value, set()).update(k.arg for k in node.keywords if k.arg)
+    return found
+
+
 def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
-    """Same codes and the same values as the English texts of the library and the worker."""
-    english = {
-        **DatasetError.messages,
-        **AccuracyGateError.messages,
-        **RegistryError.messages,
-        **GATE_MESSAGES,
-        # worker/retraining.py and worker/fetch.py word these inline, with these values
-        "storage": "{why}",
-        "unsupported": "",
-        "too_large": "{limit_mb}",
+    """Every problem code in the source (library errors, accuracy gate, options, the worker's
+    inline codes) has a Portuguese text using exactly the values the English one gets."""
+    importlib.import_module("model.train")  # defines AccuracyGateError
+    templates = {
+        code: template
+        for cls in _problem_classes(Problem)
+        for code, template in cls.messages.items()
     }
+    values = {code: _fields(template) for code, template in templates.items()}
+    values |= {code: _fields(template) for code, template in GATE_MESSAGES.items()}
+    values |= {code: _fields(template) for code, template in options.MESSAGES.items()}
+    inline = _inline_codes()
+    assert {"storage", "feedback_one_class", "too_large"} <= set(inline)  # the scan works
+    values |= inline
     portuguese = PROBLEMS["pt-BR"]
-    assert set(portuguese) == set(english)
-    for code, template in english.items():
-        assert _fields(portuguese[code]) == _fields(template), code
+    assert sorted(set(values) - set(portuguese)) == []  # missing translations
+    assert sorted(set(portuguese) - set(values)) == []  # codes nothing raises any more
+    for code, fields in values.items():
+        assert _fields(portuguese[code]) == fields, code
 
 
 def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
@@ -258,3 +375,42 @@ def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
     assert problem_text("en", error.code, error.params, str(error)) == str(error)
     assert problem_text("pt-BR", "no_such_version", {}, "english") == "english"  # values missing
     assert problem_text("pt-BR", None, {}, "english") == "english"
+
+
+def test_browser_test_skips_without_chromium_but_fails_in_ci(tmp_path: Path) -> None:
+    """No Chromium: a skip that says how to install it; with CI=true, a failure instead."""
+    missing = tmp_path / "chromium"
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        chromium_or_skip(missing, env={})
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        chromium_or_skip(missing, env={"CI": "true"})
+    missing.write_bytes(b"")
+    assert chromium_or_skip(missing, env={"CI": "true"}) == missing
+
+
+def test_playground_page_hint_favicon_and_toast_anchor(emulator_url: str) -> None:
+    """The page opens with a hint (not blank), the favicon exists, and a button press names its
+    callback query, so the page can show the toast beside the message whose button it was."""
+    with contextlib.closing(PlaygroundClient(emulator_url)) as user:
+        page = user.http.get("/").text
+        assert 'id="hint"' in page and "123 cat and dog classes" in page
+        assert "reply_to_message_id" in page  # "↩ reply" under a sent zip, then /retrain
+        icon = user.http.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+        assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+        sent = user.send(601, text="hi")["message"]
+        pressed = user.press(601, sent["message_id"], "fb:x:ok")
+        press = [e for e in user.events(601) if e["type"] == "press"][-1]
+        assert press["callback_query_id"] == pressed["callback_query_id"]
+        assert press["message_id"] == sent["message_id"]
+
+
+def test_v0s_limits_are_explained_where_a_newcomer_looks() -> None:
+    """/start and /help (both languages) and the README name the 123 ImageNet classes."""
+    classes = str(len(PET_CLASS_IDS))
+    for language in ("en", "pt-BR"):
+        assert classes in t(language, "start", name="Ana") and "/retrain" in t(
+            language, "start", name="Ana"
+        )
+        assert classes in t(language, "help")
+    assert f"ImageNet's {classes} cat and dog classes" in (REPO / "README.md").read_text()

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bot.handlers.admin import OPTIONS, REQUEST_OPTIONS, OptionsError, parse_retrain_options
+from bot.handlers.admin import parse_retrain_options
 from bot.keyboards import parse_feedback
+from contract.options import IN_CAPTION, OptionError
 from model.data import DatasetError, ZipLimits, load_dataset
 from model.runtime.images import ERROR_CODES, ImageError, decode_image
 
@@ -164,7 +165,7 @@ WORDS = st.one_of(
     st.text(max_size=20),
     st.builds(
         "{}={}".format,
-        st.sampled_from(sorted(OPTIONS) + sorted(REQUEST_OPTIONS) + ["speed", ""]),
+        st.sampled_from([*sorted(IN_CAPTION), "speed", ""]),
         st.one_of(
             st.text(max_size=8),
             st.integers(-(10**12), 10**12).map(str),
@@ -178,17 +179,15 @@ WORDS = st.one_of(
 @FUZZ
 @given(st.lists(WORDS, max_size=6))
 def test_caption_parser_raises_only_options_error(words: list[str]) -> None:
-    """Any `/retrain` caption: options inside their ranges, or OptionsError naming problems."""
+    """Any `/retrain` caption: options inside their ranges, or OptionError naming problems."""
     try:
         options = parse_retrain_options(words)
-    except OptionsError as error:
-        assert str(error).startswith("•")
+    except OptionError as error:
+        assert error.problems and str(error)
         return
-    by_name = {option.name: option for option in [*OPTIONS.values(), *REQUEST_OPTIONS.values()]}
+    by_name = {option.name: option for option in IN_CAPTION.values()}
     for name, value in options.params.items():
-        option = by_name[name]
-        assert option.low is None or value >= option.low
-        assert option.high is None or value <= option.high
+        assert by_name[name].accepts(value)
     if options.min_accuracy is not None:
         assert 0 <= options.min_accuracy <= 1
 

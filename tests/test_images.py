@@ -255,3 +255,23 @@ def test_to_float_scales_to_unit_range(photos: list[Path]) -> None:
     np.testing.assert_allclose(floats * 255, batch, atol=1e-3)
     with pytest.raises(ValueError, match="uint8"):
         to_float(floats)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("HEIF", "heif"), ("AVIF", "avif")])
+def test_iphone_heic_and_avif_are_answered_like_any_photo(
+    photos: list[Path], fmt: str, name: str
+) -> None:
+    """Real photos converted by pillow-heif (HEIC) and Pillow (AVIF): recognised by their
+    magic bytes and decoded to nearly the JPEG's pixels, under the same limits."""
+    for path in photos[:3]:
+        with Image.open(path) as img:
+            original = img.convert("RGB")
+        data = encode(original, fmt, quality=90)
+        assert sniff_format(data[:64]) == name
+        assert probe_image(io.BytesIO(data)) == (name, *original.size)
+        converted = decode_image(data).astype(np.int16)
+        reference = decode_image(encode(original, "PNG")).astype(np.int16)
+        assert np.abs(converted - reference).mean() < 8  # lossy, but the same picture
+    tiny = encode(Image.new("RGB", (12, 12), "white"), fmt)
+    assert error_code(tiny) == "too_small"
+    assert error_code(data[: len(data) * 2 // 3]) == "truncated"

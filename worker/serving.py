@@ -13,10 +13,12 @@ the old one and then swapped in, so jobs already holding the old classifier fini
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +64,9 @@ class ModelHolder:
         interval: float = 1.0,
         engine: str = "auto",
         num_threads: int | None = None,
+        on_load: Callable[[Served], None] = lambda _: None,
     ) -> None:
+        self.on_load = on_load
         self.root = Path(root)
         self.home = home
         self.interval = interval
@@ -89,7 +93,9 @@ class ModelHolder:
             classifier.engine,
             seconds,
         )
-        return Served(version, classifier)
+        served = Served(version, classifier)
+        self.on_load(served)
+        return served
 
     def current(self) -> Served:
         """The version to start a job on (loads it on first use)."""
@@ -151,6 +157,15 @@ def prepare_zero_shot(home: Path | None, engine: str) -> None:
         child.run("worker.tf_jobs:convert_zero_shot", (DEFAULT_BACKBONE, home), lambda _: None)
 
 
+def publish_labels(url: str, served: Served) -> None:
+    """Keep a loaded version's [label, display name] pairs in Redis, for the bot to match a breed
+    a user types after ❌ (see contract.labels_key)."""
+    classifier = served.classifier
+    pairs = list(zip(classifier.labels, classifier.display_names, strict=True))
+    key = contract.labels_key(served.version)
+    stats.client(url).set(key, json.dumps(pairs), ex=contract.PHOTO_TTL_SECONDS)
+
+
 @functools.cache
 def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
     # Keyed by pid so that a forked child never reuses its parent's TensorFlow objects.
@@ -161,6 +176,7 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
         interval=settings.reload_interval,
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,
+        on_load=lambda served: publish_labels(settings.broker_url(), served),
     )
     return holder, Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3)
 

@@ -18,6 +18,11 @@ def _client(url: str, pid: int) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5)
 
 
+def client(url: str) -> redis.Redis:
+    """This process's client of the broker's Redis."""
+    return _client(url, os.getpid())
+
+
 def _key(now: datetime | None = None) -> str:
     return KEY_PREFIX + (now or datetime.now(UTC)).strftime("%Y-%m-%d")
 
@@ -25,7 +30,7 @@ def _key(now: datetime | None = None) -> str:
 def record_classify(url: str, latency_ms: float, failed: bool) -> None:
     """Count one answered classify job and its worker-side latency."""
     key = _key()
-    pipe = _client(url, os.getpid()).pipeline()
+    pipe = client(url).pipeline()
     pipe.hincrby(key, "jobs", 1)
     pipe.hincrbyfloat(key, "latency_ms", latency_ms)
     if failed:
@@ -36,7 +41,7 @@ def record_classify(url: str, latency_ms: float, failed: bool) -> None:
 
 def today(url: str) -> tuple[int, float | None, int]:
     """(jobs, mean latency in ms or None, errors) for the current UTC day."""
-    raw = _client(url, os.getpid()).hgetall(_key())
+    raw = client(url).hgetall(_key())
     jobs = int(raw.get(b"jobs", 0))
     latency = float(raw.get(b"latency_ms", 0.0))
     return jobs, (latency / jobs if jobs else None), int(raw.get(b"errors", 0))

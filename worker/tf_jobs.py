@@ -6,7 +6,6 @@ This module imports TensorFlow (through `model.train`); the worker imports it on
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import re
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 import contract
+from contract import options
 from model import data, litert, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
@@ -29,11 +29,8 @@ EVAL_BATCH = 32
 
 
 def hparams_from(params: dict) -> HParams:
-    """retrain.py-named parameters to HParams; unknown names or bad values raise ValueError."""
-    names = {f.name for f in dataclasses.fields(HParams)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"unknown retrain parameter(s): {', '.join(unknown)}")
+    """retrain.py-named parameters to HParams; unknown names or bad values raise OptionError."""
+    options.check(params)  # names and values first: HParams(**params) takes anything
     hparams = HParams(**params)
     validate(hparams)
     return hparams
@@ -101,6 +98,30 @@ def _refused(problem: str, message: str, **params: Any) -> contract.Refused:
     return contract.Refused(message, problem, params)
 
 
+def _weakest(per_class: dict[str, Any]) -> list[list[Any]]:
+    """Up to three classes below 100 % accuracy: [display name, accuracy, photos]."""
+    return [
+        [data.display_name(label), accuracy, per_class[label]["n"]]
+        for label, accuracy in metrics_lib.worst_classes(per_class)
+        if accuracy < 1
+    ]
+
+
+def _feedback_refusal(exc: data.DatasetError) -> contract.Refused:
+    """A dataset problem of `/retrain feedback`, worded as what to do in the chat."""
+    if exc.code == "one_class":
+        found, classes = exc.params["found"], exc.params["classes"]
+        message = (
+            f"The corrections so far cover only {found} breed(s): {classes}. Retraining needs "
+            "at least 2: press ✅ or ❌ under more answers."
+        )
+        return _refused("feedback_one_class", message, found=found, classes=classes)
+    if exc.code in {"not_found", "no_images"}:
+        message = "No corrections yet: press ✅ or ❌ under answers to photos first."
+        return _refused("feedback_empty", message)
+    return _refused(exc.code, str(exc), **exc.params)
+
+
 # Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -134,8 +155,8 @@ def run(
         raise _refused("unsupported", "merging feedback with the last dataset is not supported")
     try:
         hparams = hparams_from(request.params)
-    except (TypeError, ValueError) as exc:
-        raise _refused("bad_params", str(exc)) from exc
+    except options.OptionError as exc:  # a bot of another release let it through
+        raise _refused(exc.code, str(exc), **exc.params) from exc
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
     staged: Path | None = None
@@ -153,7 +174,8 @@ def run(
                 engine=settings.inference_engine,
                 num_threads=settings.litert_threads,
             )
-            report("evaluating", 0, 1, result.validation_accuracy)
+            # After "saving": the gate compares the new version with the active one.
+            report("comparing", 0, 1, result.validation_accuracy)
             test = _test_split(source, Path(tmp) / "eval", hparams)
             published = registry.publish(
                 root,
@@ -173,7 +195,11 @@ def run(
                     (lambda version: active_accuracy_on(version, test, settings)) if test else None
                 ),
             )
-        except (fetch.InputError, data.DatasetError, train.AccuracyGateError) as exc:
+        except data.DatasetError as exc:
+            if ref.feedback:  # the admin can only collect more corrections, not fix folders
+                raise _feedback_refusal(exc) from exc
+            raise _refused(exc.code, str(exc), **exc.params) from exc
+        except (fetch.InputError, train.AccuracyGateError) as exc:
             raise _refused(exc.code, str(exc), **exc.params) from exc
         except Exception as exc:
             if (refusal := _storage_failure(exc, root)) is None:
@@ -188,7 +214,7 @@ def run(
     metrics = {
         **published.record["metrics"],
         "gate": published.record["gate"],
-        "worst_classes": metrics_lib.worst_classes(result.metrics.get("per_class", {})),
+        "worst_classes": _weakest(result.metrics.get("per_class", {})),
     }
     return contract.RetrainResult(
         published.version,

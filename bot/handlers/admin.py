@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,52 +14,17 @@ from telegram import Document, Message, Update
 import contract
 from bot.context import Context
 from bot.handlers.common import language_of, reply_to
-from bot.i18n import DEFAULT_LANGUAGE, t
+from bot.i18n import problem_text, t
 from bot.jobs import submit, task
+from contract import options
 
 log = logging.getLogger(__name__)
 ADMIN_COMMANDS = ("retrain", "models", "promote", "rollback", "stats")
 
 
-def _flag(text: str) -> bool:
-    if text.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if text.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("use 1 or 0")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One caption option: the retrain.py name it sets, its type and allowed range."""
-
-    name: str
-    parse: Callable[[str], Any]
-    low: float | None = None
-    high: float | None = None
-
-
-# Short names from the issue, each also accepted under its retrain.py name.
-OPTIONS = {
-    "steps": Option("how_many_training_steps", int, 1, 100_000),
-    "lr": Option("learning_rate", float, 1e-6, 10),
-    "flip": Option("flip_left_right", _flag),
-    "crop": Option("random_crop", int, 0, 100),
-    "scale": Option("random_scale", int, 0, 100),
-    "brightness": Option("random_brightness", int, 0, 100),
-    "batch": Option("train_batch_size", int, 1, 4096),
-    "eval_every": Option("eval_step_interval", int, 1, 100_000),
-    "test_pct": Option("testing_percentage", float, 1, 50),
-    "val_pct": Option("validation_percentage", float, 1, 50),
-    "seed": Option("seed", int, 0, 2**31 - 1),
-}
-OPTIONS |= {option.name: option for option in list(OPTIONS.values())}
-# Not hyper-parameters: they go on the request itself.
-REQUEST_OPTIONS = {
-    "min_acc": Option("min_accuracy", float, 0, 1),
-    "force": Option("force", _flag),
-    "merge": Option("merge_last", _flag),
-}
+# The names a caption may use, as the "unknown option" answer lists them.
+KNOWN = ", ".join(o.short for o in options.HPARAMS + options.REQUEST if o.short)
+REQUEST_NAMES = {option.name for option in options.REQUEST}
 
 
 @dataclass(frozen=True)
@@ -74,22 +38,11 @@ class RetrainOptions:
     merge_last: bool = False
 
 
-class OptionsError(ValueError):
-    """Options that cannot be used: `problems` holds (i18n key, values), one per problem."""
-
-    def __init__(self, problems: list[tuple[str, dict[str, Any]]]) -> None:
-        self.problems = problems
-        super().__init__(self.text(DEFAULT_LANGUAGE))
-
-    def text(self, language: str) -> str:
-        """One "• problem" line each, in `language`."""
-        return "\n".join(f"• {t(language, key, **values)}" for key, values in self.problems)
-
-
 def parse_retrain_options(words: list[str]) -> RetrainOptions:
-    """`["feedback", "steps=500"]` -> RetrainOptions, or OptionsError listing each problem."""
+    """`["feedback", "steps=500"]` -> RetrainOptions, or OptionError listing each problem."""
     params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    shown: dict[str, str] = {}
     feedback = False
     problems: list[tuple[str, dict[str, Any]]] = []
     for word in words:
@@ -97,29 +50,35 @@ def parse_retrain_options(words: list[str]) -> RetrainOptions:
             feedback = True
             continue
         key, sep, raw = word.partition("=")
-        option = OPTIONS.get(key) or REQUEST_OPTIONS.get(key)
+        option = options.IN_CAPTION.get(key)
         if not sep or option is None:
-            known = ", ".join(list(OPTIONS)[:11] + list(REQUEST_OPTIONS))
-            problems.append(("option_unknown", {"word": word, "known": known}))
+            problems.append(("option_unknown", {"word": word, "known": KNOWN}))
             continue
         try:
-            value = option.parse(raw)
-        except ValueError:
-            kind = option.parse.__name__.strip("_")
-            problems.append(("option_invalid", {"option": key, "raw": raw, "kind": kind}))
+            value = option.parse(raw, key)
+        except options.OptionError as error:
+            problems += error.problems
             continue
-        if (option.low is not None and value < option.low) or (
-            option.high is not None and value > option.high
-        ):
-            values = {"option": key, "raw": raw, "low": option.low, "high": option.high}
-            problems.append(("option_range", values))
-            continue
-        (extra if key in REQUEST_OPTIONS else params)[option.name] = value
-    if problems:
-        raise OptionsError(problems)
+        (extra if option.name in REQUEST_NAMES else params)[option.name] = value
+        shown[option.name] = key
+    if not problems:
+        try:
+            options.check(params, shown=shown)  # what no single value shows (the split)
+        except options.OptionError as error:
+            problems += error.problems
     if extra.get("merge_last") and not feedback:
-        raise OptionsError([("option_merge", {})])
+        problems.append(("option_merge", {}))
+    if problems:
+        raise options.OptionError(problems)
     return RetrainOptions(params, feedback=feedback, **extra)
+
+
+def options_text(error: options.OptionError, language: str) -> str:
+    """One "• problem" line each, in `language`."""
+    return "\n".join(
+        f"• {problem_text(language, code, values, options.MESSAGES[code].format(**values))}"
+        for code, values in error.problems
+    )
 
 
 def _zip_of(message: Message) -> Document | None:
@@ -140,13 +99,14 @@ async def retrain(update: Update, context: Context) -> None:
     language = language_of(update)
     words = (message.text or message.caption or "").split()[1:]
     try:
-        options = parse_retrain_options(words)
-    except OptionsError as error:
-        await message.reply_text(t(language, "retrain_bad_options", problems=error.text(language)))
+        caption = parse_retrain_options(words)
+    except options.OptionError as error:
+        problems = options_text(error, language)
+        await message.reply_text(t(language, "retrain_bad_options", problems=problems))
         return
     document = _zip_of(message)
-    if options.feedback:
-        dataset = contract.DatasetRef(name="feedback", feedback=True, merge_last=options.merge_last)
+    if caption.feedback:
+        dataset = contract.DatasetRef(name="feedback", feedback=True, merge_last=caption.merge_last)
     elif document is None:
         await message.reply_text(t(language, "retrain_usage"))
         return
@@ -163,9 +123,9 @@ async def retrain(update: Update, context: Context) -> None:
     target = reply_to(message, language, "retrain", status_message_id=status.message_id)
     request = contract.RetrainRequest(
         dataset=dataset.to_dict(),
-        params=options.params,
-        min_accuracy=options.min_accuracy,
-        force=options.force,
+        params=caption.params,
+        min_accuracy=caption.min_accuracy,
+        force=caption.force,
         requested_by=update.effective_user.id,
         reply_to=target.to_dict(),
     )
@@ -188,7 +148,7 @@ async def promote(update: Update, context: Context) -> None:
     """Make version N active."""
     assert update.effective_message is not None and update.effective_user is not None
     if len(context.args or []) != 1 or not context.args[0].isdigit():
-        await update.effective_message.reply_text("/promote N")
+        await update.effective_message.reply_text(t(language_of(update), "promote_usage"))
         return
     request = contract.PromoteRequest(int(context.args[0]), update.effective_user.id)
     await _control(update, context, contract.PROMOTE, "switch", request.to_dict())

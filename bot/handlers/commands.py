@@ -41,3 +41,17 @@ async def breeds(update: Update, context: Context) -> None:
     assert message is not None
     target = reply_to(message, language_of(update), "breeds")
     await submit(context, task(context, contract.BREEDS), target, "breeds")
+
+
+async def hint(update: Update, context: Context) -> None:
+    """Plain text: a short pointer to photos and /help, instead of silence."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(t(language_of(update), "hint"))
+
+
+async def unknown_command(update: Update, context: Context) -> None:
+    """A command nobody handles: name it and point to /help."""
+    message = update.effective_message
+    assert message is not None and message.text is not None
+    command = message.text.split(maxsplit=1)[0].split("@", 1)[0]
+    await message.reply_text(t(language_of(update), "unknown_command", command=command))

@@ -1,7 +1,9 @@
-"""The ✅ / ❌ buttons under an answer: record the user's label; a worker files the photo."""
+"""The ✅ / ❌ buttons under an answer, and a typed breed after ❌: record the user's label once;
+a worker files the photo under it."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 
@@ -9,12 +11,22 @@ from telegram import InlineKeyboardMarkup, Update
 
 import contract
 from bot.context import Context, redis_of
+from bot.handlers import commands
 from bot.handlers.common import language_of
 from bot.i18n import t
 from bot.jobs import publish, task
-from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, feedback_keyboard, parse_feedback
+from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, parse_feedback
 
 log = logging.getLogger(__name__)
+TYPING = "typing_breed"  # chat_data: (photo_id, answer message id) waiting for a typed breed
+MATCH_CUTOFF = 0.75  # difflib ratio a typed name needs to count as a breed
+
+
+def folder_label(label: str) -> str:
+    """The one folder name of a class, whichever model named it: the zero-shot model's ImageNet
+    names have spaces ("Egyptian Mau"), a retrained model's labels are folder names
+    ("Egyptian_Mau"); both are filed as the latter, so a feedback retrain sees one class."""
+    return "_".join(label.split())
 
 
 def _valid(choice: str, n_guesses: int) -> bool:
@@ -23,9 +35,9 @@ def _valid(choice: str, n_guesses: int) -> bool:
 
 
 async def on_button(update: Update, context: Context) -> None:
-    """Handle one feedback button; the latest answer for a photo is the one that counts."""
+    """Handle one feedback button; a photo takes one answer, then its keyboard goes away."""
     query = update.callback_query
-    assert query is not None and query.data is not None
+    assert query is not None and query.data is not None and context.chat_data is not None
     language = language_of(update)
     try:
         photo_id, choice = parse_feedback(query.data)
@@ -33,7 +45,9 @@ async def on_button(update: Update, context: Context) -> None:
         photo_id, choice = "", ""
     key = contract.photo_key(photo_id)
     redis = redis_of(context)
-    stored, chat_id = await redis.hmget(key, "labels", "chat_id") if photo_id else (None, None)
+    stored, chat_id, answered = (
+        await redis.hmget(key, "labels", "chat_id", "label") if photo_id else (None, None, None)
+    )
     names: list[list[str]] = json.loads(stored) if stored else []  # [label, display name]
     chat = update.effective_chat
     if not _valid(choice, len(names)) or chat is None or chat_id != str(chat.id):
@@ -42,9 +56,14 @@ async def on_button(update: Update, context: Context) -> None:
         log.warning("refused feedback %r from user %s", query.data, query.from_user.id)
         await query.answer(t(language, "feedback_gone"))
         return
+    if answered is not None:  # a keyboard still shown elsewhere, or a replayed press
+        await query.answer(t(language, "feedback_done"))
+        return
     if choice == WRONG:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
+        assert query.message is not None
+        context.chat_data[TYPING] = (photo_id, query.message.message_id)
         await query.answer(t(language, "which"))
         return
     if choice == OTHER:
@@ -52,10 +71,55 @@ async def on_button(update: Update, context: Context) -> None:
     else:
         label, display = names[0 if choice == RIGHT else int(choice)]
         text = t(language, "thanks", name=display)
-    # The worker reads the label when it runs, so a later answer always wins.
-    await redis.hset(key, "label", label)
-    await publish(task(context, contract.FEEDBACK, contract.FeedbackRequest(photo_id).to_dict()))
+    await _file(context, photo_id, label)
+    context.chat_data.pop(TYPING, None)
     await query.answer(text)
-    if choice != RIGHT:
-        markup = feedback_keyboard(photo_id, language)
-        await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
+    await query.edit_message_reply_markup(None)  # one photo, one answer
+
+
+async def _file(context: Context, photo_id: str, label: str) -> None:
+    """Record the answer and let a worker file the photo ("" files it nowhere)."""
+    await redis_of(context).hset(contract.photo_key(photo_id), "label", folder_label(label))
+    await publish(task(context, contract.FEEDBACK, contract.FeedbackRequest(photo_id).to_dict()))
+
+
+def match_breed(typed: str, known: list[list[str]]) -> list[str] | None:
+    """The [label, display name] a typed breed names: exact (any case, spaces or underscores),
+    else the closest by difflib; None when nothing is close enough."""
+    wanted = " ".join(typed.replace("_", " ").split()).casefold()
+    by_name: dict[str, list[str]] = {}
+    for pair in known:
+        for name in pair:
+            by_name.setdefault(" ".join(name.replace("_", " ").split()).casefold(), pair)
+    if wanted in by_name:
+        return by_name[wanted]
+    close = difflib.get_close_matches(wanted, list(by_name), n=1, cutoff=MATCH_CUTOFF)
+    return by_name[close[0]] if close else None
+
+
+async def on_text(update: Update, context: Context) -> None:
+    """Text after ❌: the breed, matched against the model's labels; any other text: a hint."""
+    message = update.effective_message
+    assert message is not None and message.text is not None and context.chat_data is not None
+    pending = context.chat_data.get(TYPING)
+    if pending is None:
+        await commands.hint(update, context)
+        return
+    photo_id, answer_id = pending
+    language = language_of(update)
+    redis = redis_of(context)
+    version, answered = await redis.hmget(contract.photo_key(photo_id), "version", "label")
+    stored = await redis.get(contract.labels_key(int(version))) if version else None
+    if answered is not None or stored is None:
+        context.chat_data.pop(TYPING, None)
+        await commands.hint(update, context)
+        return
+    found = match_breed(message.text, json.loads(stored))
+    if found is None:
+        await message.reply_text(t(language, "breed_unknown", typed=message.text.strip()))
+        return
+    label, display = found
+    await _file(context, photo_id, label)
+    context.chat_data.pop(TYPING, None)
+    await message.reply_text(t(language, "thanks", name=display))
+    await context.bot.edit_message_reply_markup(message.chat_id, answer_id, reply_markup=None)

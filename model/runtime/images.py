@@ -12,6 +12,11 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+# iPhones save HEIC; a photo sent as a file keeps it. Registering adds a Pillow format (HEIF),
+# once, at import; Pillow itself decodes AVIF.
+register_heif_opener()
 
 # The side photos are resized to unless a backbone asks for another (see backbones.image_size).
 IMAGE_SIZE = 224
@@ -25,7 +30,7 @@ MAX_PIXELS = 50_000_000
 # Smaller than any real photo or Telegram thumbnail; such images carry nothing to classify.
 MIN_SIDE = 16
 
-FORMATS = ("jpeg", "png", "webp", "gif", "bmp")
+FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "heif", "avif")
 _PILLOW_FORMATS = tuple(name.upper() for name in FORMATS)
 # Sizes of the BMP info headers Pillow understands; checking it keeps text starting with "BM" out.
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
@@ -39,7 +44,10 @@ _OTHER_FORMATS = (
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
 )
-_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+# ISO base media files (HEIF, AVIF) name their kind in the brands of their first box, "ftyp".
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+HEADER_BYTES = 64  # enough for the magic bytes of every format, ftyp brands included
 
 ERROR_CODES = ("empty", "not_an_image", "unsupported_format", "truncated", "too_large", "too_small")
 
@@ -52,8 +60,21 @@ class ImageError(ValueError):
         self.code = code
 
 
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """The major and compatible brands of an ISO base media file's ftyp box (empty if none)."""
+    if data[4:8] != b"ftyp":
+        return set()
+    end = min(int.from_bytes(data[:4], "big"), len(data))
+    return {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+
+
 def sniff_format(data: bytes) -> str | None:
-    """Return "jpeg", "png", "webp", "gif" or "bmp" from the magic bytes, else None."""
+    """Return "jpeg", "png", "webp", "gif", "bmp", "heif" or "avif" from the magic bytes."""
+    brands = _ftyp_brands(data)
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIF_BRANDS:
+        return "heif"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -72,7 +93,7 @@ def _other_format(data: bytes) -> str | None:
     for magic, name in _OTHER_FORMATS:
         if data.startswith(magic):
             return name
-    return _HEIF_BRANDS.get(data[8:12]) if data[4:8] == b"ftyp" else None
+    return None
 
 
 def _damaged(exc: Exception) -> ImageError:
@@ -82,7 +103,7 @@ def _damaged(exc: Exception) -> ImageError:
 
 def _open(fp: BinaryIO) -> Image.Image:
     """Open an image lazily after checking its format and size from the header alone."""
-    head = fp.read(32)
+    head = fp.read(HEADER_BYTES)
     fp.seek(0)
     if not head:
         raise ImageError("empty", "The file is empty.")
@@ -91,7 +112,8 @@ def _open(fp: BinaryIO) -> Image.Image:
         if other:
             raise ImageError(
                 "unsupported_format",
-                f"{other} images are not supported; send a JPEG, PNG, WebP, GIF or BMP.",
+                f"{other} images are not supported; send a JPEG, PNG, WebP, HEIC, AVIF, GIF "
+                "or BMP.",
             )
         raise ImageError("not_an_image", "The file is not an image.")
     try:
