@@ -24,7 +24,6 @@ from celery import Celery
 from celery.result import AsyncResult
 
 import contract
-from bot import outbox
 from fakegram.api import PlaygroundClient
 from harness import REPO
 from harness.services import Service
@@ -367,22 +366,6 @@ def test_lost_classify_message_is_published_again(
         chat.close()
         client.close()
         app.close()
-
-
-def test_outbox_sweep_gives_up_after_max_attempts(redis_server):
-    """An entry that is never answered is published again max_attempts times, then dropped;
-    nothing is re-published while photo jobs still wait in the queue."""
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
-    published: list[dict[str, Any]] = []
-    _outbox_entry(client, "never", {"task": contract.CLASSIFY, "args": [], "kwargs": {}})
-    client.rpush(contract.QUEUE_INFER, "a queued photo job")
-    assert outbox.sweep(client, published.append, 0, 2) == 0  # a backlog: wait for it to drain
-    client.delete(contract.QUEUE_INFER)
-    rounds = [outbox.sweep(client, published.append, 0, 2, now=time.time() + i) for i in range(4)]
-    assert rounds == [1, 1, 0, 0]
-    assert published == [published[0]] * 2 and published[0]["task"] == contract.CLASSIFY
-    assert not client.exists(contract.OUTBOX_JOBS, contract.OUTBOX_DUE)
-    client.close()
 
 
 FLOWER_AUTH = ("admin", "s3cret")
