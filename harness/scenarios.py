@@ -24,6 +24,7 @@ from harness.user import (
     csv_sample_zip,
     finals,
     pet_photos,
+    send_document,
     send_photos,
     send_retrain,
     texts,
@@ -332,15 +333,10 @@ def bad_input(stack: Stack, full: bool, languages: tuple[str, ...] = ("en", "pt-
         for name, (data, answerable) in bad_images().items():
             for language in languages:
                 user += 1
-                sent = client.send(
-                    user,
-                    file=data,
-                    kind="document",
-                    filename="x.jpg",
-                    mime_type="image/jpeg",
-                    language_code=language,
+                sent = send_document(
+                    client, user, data, "x.jpg", "image/jpeg", language_code=language
                 )
-                reply = _final_reply(stack, user, sent["message"]["message_id"], 90)
+                reply = _final_reply(stack, user, sent, 90)
                 refused = reply.startswith(_prefix(language, "bad_image"))
                 expected = "breed answer" if answerable else "clear refusal"
                 rows.append(

@@ -107,10 +107,9 @@ def wait_ready(service: Service, timeout: float = READY_SECONDS) -> Service:
     if service.kind is None:
         return service
     ready = READY[service.kind]
-    if not wait_until(lambda: not service.alive() or ready(service), timeout) or not (
-        service.alive()
-    ):
-        state = "exited" if not service.alive() else f"not ready in {timeout} s"
+    settled = wait_until(lambda: not service.alive() or ready(service), timeout)
+    if not service.alive() or not settled:
+        state = f"not ready in {timeout} s" if service.alive() else "exited"
         raise RuntimeError(f"{service.name} {state}:\n{service.log_text()[-3000:]}")
     return service
 

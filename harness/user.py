@@ -162,18 +162,27 @@ def wait_drained(stack: Stack, timeout: float) -> int:
     return left
 
 
+def send_document(
+    client: PlaygroundClient, user: int, data: bytes, filename: str, mime_type: str, **form: Any
+) -> int:
+    """A user sends a file as a document (not a photo); returns its message id."""
+    sent = client.send(
+        user, file=data, kind="document", filename=filename, mime_type=mime_type, **form
+    )
+    return sent["message"]["message_id"]
+
+
 def send_retrain(
     client: PlaygroundClient, zip_bytes: bytes, caption: str, user: int = ADMIN, **form: Any
 ) -> int:
     """A user (the admin) sends a zip with a `/retrain ...` caption; returns its message id."""
-    sent = client.send(
+    return send_document(
+        client,
         user,
-        file=zip_bytes,
-        kind="document",
-        filename="data.zip",
-        mime_type="application/zip",
+        zip_bytes,
+        "data.zip",
+        "application/zip",
         caption=caption,
         user_id=user,
         **form,
     )
-    return sent["message"]["message_id"]

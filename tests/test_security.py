@@ -248,12 +248,13 @@ FLOWER_PATHS = [
     "/api/task/info/x",
     "/worker/sec",
     "/api/queues/length",
+    "/metrics",
 ]
 
 
 def test_flower_ui_and_api_need_credentials(flower: tuple[Service, str]) -> None:
-    """Every UI page and API route: 401 without or with wrong credentials, 200 with them.
-    /metrics stays public, as the README says."""
+    """Every UI page and API route, /metrics included: 401 without or with wrong credentials,
+    200 with them (the README: /metrics is public only with PUBLIC_METRICS)."""
     _, url = flower
     for path in FLOWER_PATHS:
         assert httpx.get(url + path, timeout=10).status_code == 401, path
@@ -263,7 +264,7 @@ def test_flower_ui_and_api_need_credentials(flower: tuple[Service, str]) -> None
     assert httpx.get(url + "/", auth=FLOWER_AUTH, timeout=10).status_code == 200
     post = httpx.post(f"{url}/api/task/async-apply/{contract.STATS}", json={}, timeout=10)
     assert post.status_code == 401
-    assert httpx.get(url + "/metrics", timeout=10).status_code == 200
+    assert httpx.get(url + "/metrics", auth=FLOWER_AUTH, timeout=10).status_code == 200
 
 
 def test_uploads_stored_under_names_the_bot_chose(stack: Stack, chat: PlaygroundClient) -> None:
