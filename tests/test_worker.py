@@ -14,7 +14,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import psutil
@@ -33,9 +33,6 @@ from ops.cli import zip_dataset
 from ops.redis_server import free_port
 from worker.celery_app import config, create_app
 from worker.settings import WorkerSettings
-
-if TYPE_CHECKING:
-    from conftest import ServiceHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot")]
 
@@ -181,7 +178,7 @@ def _job_processes(worker) -> set[int]:
 def test_retrain_runs_in_a_child_process_that_then_exits(retrain_run, worker):
     """Its memory (TensorFlow, the training arrays) goes back when the retrain ends."""
     assert retrain_run["children"], "no job process was seen while the retrain ran"
-    _eventually(lambda: not _job_processes(worker), 10, "the job process to exit")
+    wait_until(lambda: not _job_processes(worker), 10, "the job process to exit")
 
 
 def test_retrain_round_trip_reports_progress(retrain_run):
@@ -312,20 +309,20 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
         answers = {j.id: _answer(j, timeout=120) for j in jobs}
         assert all(a.error is None and a.top_k for a in answers.values())
 
-        def ran_by(handle: ServiceHandle) -> set[str]:
+        def ran_by(handle: Service) -> set[str]:
             return set(re.findall(r"classify\[([0-9a-f-]+)\] succeeded", handle.log_text()))
 
         # Celery stores a result before it logs "succeeded", so an answer can be read before
         # its log line is written (this flaked when a redelivered job was the last answered).
         # Every job is answered and the first worker is dead: wait for the rescuer's log alone.
-        _eventually(lambda: started <= ran_by(second), 30, "the running jobs to be redelivered")
+        wait_until(lambda: started <= ran_by(second), 30, "the running jobs to be redelivered")
         ran_by_first, ran_by_second = ran_by(first), ran_by(second)
         assert not (ran_by_first & ran_by_second), "a job was answered twice"
         # A job stored before the kill is not run again (the first worker may have died between
         # storing it and logging it, so its own log need not name it).
         assert not (done_before & ran_by_second), "a finished job was run again"
     finally:
-        stop_group(second.process, 20)  # it would take jobs of a later test on this database
+        second.stop(20)  # it would take jobs of a later test on this database
         app.close()
 
 
