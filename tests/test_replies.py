@@ -109,7 +109,8 @@ def test_album_text_numbers_each_photo_and_names_every_version() -> None:
 
 
 def test_retrain_and_progress_texts() -> None:
-    """Live with its weakest classes; not live with the reason in the user's language."""
+    """Live with its weakest classes; not live with the reason in the user's language; the
+    cross-validated accuracy and the backbone auto chose; a running retrain's status line."""
     live = contract.RetrainResult(
         5, True, 0.9, metrics={"worst_classes": [["pug", 0.5], ["boxer", 0.75]]}
     )
@@ -130,6 +131,29 @@ def test_retrain_and_progress_texts() -> None:
     )
     assert render.retrain_text(kept, "pt-BR").splitlines()[-1] == t(
         "pt-BR", "retrain_not_live", reason="a acurácia de teste 60.0% está abaixo do mínimo 80.0%"
+    )
+    cross_validated = contract.RetrainResult(
+        8,
+        True,
+        0.9,
+        metrics={
+            "accuracy_source": "cross_validation",
+            "cross_validation": {"k": 5, "accuracy": 0.9, "std": 0.03},
+            "n_train": 60,
+            "auto": {
+                "chosen": "efficientnet_lite1",
+                "candidates": {
+                    "efficientnet_lite0": {"cv_accuracy": 0.85},
+                    "efficientnet_lite1": {"cv_accuracy": 0.9},
+                },
+            },
+        },
+    )
+    assert render.retrain_text(cross_validated, "en") == (
+        "✅ Model v8 trained on all 60 photos: 5-fold cross-validated accuracy 90 % ± 3 %.\n"
+        "Backbone efficientnet_lite1, chosen by cross-validation: "
+        "efficientnet_lite0 85 %, efficientnet_lite1 90 %.\n"
+        "It is live now."
     )
     step = contract.Progress("training", 300, 500, validation_accuracy=0.91)
     assert render.progress_text(step, "en") == (
