@@ -78,7 +78,7 @@ def _celery_answers(service: Service) -> bool:
     pinger = Celery(set_as_current=False)
     pinger.conf.update(client_config(service.env["REDIS_URL"]))
     try:
-        return bool(pinger.control.ping(destination=[service.hostname], timeout=1.0))
+        return bool(pinger.control.ping(destination=[service.hostname], timeout=0.5))
     finally:
         pinger.close()
 
@@ -107,7 +107,8 @@ def wait_ready(service: Service, timeout: float = READY_SECONDS) -> Service:
     if service.kind is None:
         return service
     ready = READY[service.kind]
-    settled = wait_until(lambda: not service.alive() or ready(service), timeout)
+    # A short interval: benches read time-to-ready off this wait.
+    settled = wait_until(lambda: not service.alive() or ready(service), timeout, interval=0.05)
     if not service.alive() or not settled:
         state = f"not ready in {timeout} s" if service.alive() else "exited"
         raise RuntimeError(f"{service.name} {state}:\n{service.log_text()[-3000:]}")
@@ -121,6 +122,7 @@ def start_service(
     log: Path,
     kind: str | None = None,
     url: str = "",
+    timeout: float = READY_SECONDS,
 ) -> Service:
     """Start `python ARGV` logging to `log`, and wait until it is ready (see READY)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ def start_service(
         process = spawn([PYTHON, *argv], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     service = Service(name, kind, process, log, env, url)
     try:
-        return wait_ready(service)
+        return wait_ready(service, timeout)
     except BaseException:
         service.stop()
         raise

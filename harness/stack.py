@@ -15,7 +15,7 @@ import contract
 from fakegram.api import FakeTelegram, PlaygroundClient, serve_in_thread
 from fakegram.playground import page_app
 from harness import REPO
-from harness.services import Service, start_service
+from harness.services import READY_SECONDS, Service, start_service
 from ops.redis_server import RedisServer, free_port
 
 TOKEN = "1000001:reliability-secret-token"
@@ -32,6 +32,7 @@ class Stack:
     token: str = TOKEN
     redis_password: str | None = REDIS_PASSWORD
     loglevel: str = "INFO"  # of the Celery services; benches quieten them
+    ready_seconds: float = READY_SECONDS  # how long a service may take to get ready
     env: dict[str, str] = field(default_factory=dict)  # every service's, set by running()
     redis_server: RedisServer | None = None
     fake: FakeTelegram | None = None
@@ -77,7 +78,7 @@ class Stack:
     ) -> Service:
         """Start `python ARGV` with the stack's environment plus `env`; ready when it returns."""
         log = self.root / "logs" / f"{name}-{len(self.services)}.log"
-        service = start_service(name, argv, {**self.env, **env}, log, kind, url)
+        service = start_service(name, argv, {**self.env, **env}, log, kind, url, self.ready_seconds)
         self.services.append(service)
         return service
 
@@ -101,10 +102,11 @@ class Stack:
         self.bot = self.start("bot", ["-m", "bot.app"], "bot", **env)
         return self.bot
 
-    def start_flower(self, **env: str) -> Service:
-        """`breedbot flower` on a free port (its URL in `.url`), answering once this returns."""
+    def start_flower(self, command: list[str] | None = None, **env: str) -> Service:
+        """`breedbot flower` (or `command`) on a free port of 127.0.0.1, its URL in `.url`,
+        answering once this returns."""
         port = free_port()
-        argv = ["-m", "ops.cli", "flower", "--port", str(port)]
+        argv = [*(command or ["-m", "ops.cli", "flower"]), f"--port={port}"]
         return self.start("flower", argv, "flower", url=f"http://127.0.0.1:{port}", **env)
 
     def all_logs(self) -> str:
