@@ -1,13 +1,14 @@
 """A bare Celery app for bench/queue_floor.py: #3's delivery settings, a classify doing nothing.
 
-`python -m bench.bare_celery` runs its worker on REDIS_URL (threads pool, 32 threads, the infer
-queue); BARE_EVENTS=1 turns task events on, as `-E` does for breedbot's worker.
+`python -m bench.bare_celery [-n NAME]` runs its worker on REDIS_URL (threads pool, 32 threads,
+the infer queue); BARE_EVENTS=1 turns task events on, as `-E` does for breedbot's worker.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import sys
 from typing import Any
 
 from celery import Celery
@@ -43,5 +44,5 @@ def make_app(url: str, events: bool = False) -> Celery:
 
 if __name__ == "__main__":
     make_app(os.environ["REDIS_URL"], os.environ.get("BARE_EVENTS") == "1").worker_main(
-        ["worker", "-l", "WARNING"]
+        ["worker", "-l", "WARNING", *sys.argv[1:]]
     )

@@ -8,8 +8,6 @@ Run: .venv/bin/python bench/bot_bench.py [--photos 200 --users 20]
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -21,37 +19,15 @@ from celery import Celery
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contract
-from bench.common import DATASETS, REPO, emit, machine
-from fakegram.api import FakeTelegram, PlaygroundClient, serve_in_thread
-from fakegram.playground import PLAYGROUND_TOKEN, playground_env
-from ops.processes import spawn, stop_group
-from ops.redis_server import RedisServer
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(values, n=100)
-    return {"p50_ms": round(cuts[49], 1), "p95_ms": round(cuts[94], 1), "n": len(values)}
-
-
-def _replies_to(message_id: int, events: list[dict]) -> list[dict]:
-    def target(event: dict) -> int | None:
-        return event["message"].get("reply_to_message", {}).get("message_id")
-
-    return [e for e in events if e["type"] == "sent" and target(e) == message_id]
+from bench.common import emit, machine, percentiles
+from fakegram.api import PlaygroundClient
+from harness.stack import Stack
+from harness.user import closed_loop, pet_photos
 
 
 def _user(client: PlaygroundClient, user: int, photos: list[bytes]) -> list[float]:
-    """One user sending photos one after another, each after the previous answer."""
-    latencies, cursor = [], 0
-    for photo in photos:
-        asked = time.time()  # the emulator runs in this process: same clock as its events
-        message_id = client.send(user, file=photo)["message"]["message_id"]
-        events = client.wait_for(
-            user, lambda ev, m=message_id: bool(_replies_to(m, ev)), after=cursor
-        )
-        latencies.append((_replies_to(message_id, events)[0]["at"] - asked) * 1000)
-        cursor = events[-1]["seq"]
-    return latencies
+    """One user sending photos one after another, each after the previous answer; ms each."""
+    return [answer["ms"] for answer in closed_loop(client, user, photos)]
 
 
 def _worker_only(redis_url: str, photos: list[bytes]) -> list[float]:
@@ -73,52 +49,34 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--users", type=int, default=20)
     args = parser.parse_args()
-    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))[: args.photos]
-    photos = [f.read_bytes() for f in files]
-    with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
-        fake = FakeTelegram(PLAYGROUND_TOKEN)
-        with serve_in_thread(fake.app()) as url, RedisServer(Path(tmp) / "redis") as server:
-            env = {
-                **os.environ,
-                **playground_env(url),
-                "PYTHONPATH": str(REPO),
-                "REDIS_URL": server.url,
-                "VAR_DIR": str(Path(tmp) / "var"),
-                "RATE_LIMIT_COUNT": "1000",
-            }
-            log = (Path(tmp) / "stack.log").open("ab")
-            worker = spawn(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                 "-Q", "infer,train,control", "--pool", "threads", "-c", "8", "-l", "warning"],
-                cwd=tmp, env=env, stdout=log, stderr=log,
-            )  # fmt: skip
-            replier = spawn(
-                [sys.executable, "-m", "ops.cli", "replier", "-l", "warning"],
-                cwd=tmp, env=env, stdout=log, stderr=log,
-            )  # fmt: skip
-            bot = spawn([sys.executable, "-m", "bot.app"], cwd=tmp, env=env, stdout=log, stderr=log)
-            client = PlaygroundClient(url)
-            try:
-                _user(client, 10_000, photos[:2])  # warm-up: model load, first connections
-                started = time.perf_counter()
-                shares = [photos[u :: args.users] for u in range(args.users)]
-                with ThreadPoolExecutor(args.users) as pool:
-                    runs = pool.map(lambda u: _user(client, 1 + u, shares[u]), range(args.users))
-                    bot_latencies = [x for run in runs for x in run]
-                wall = time.perf_counter() - started
-                worker_latencies = _worker_only(server.url, photos[: args.photos // 2])
-            finally:
-                client.close()
-                stop_group(bot, 10)
-                stop_group(replier, 10)
-                stop_group(worker, 30)
+    photos = pet_photos(args.photos)
+    with (
+        tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp,
+        Stack(Path(tmp), redis_password=None, loglevel="WARNING").running(
+            RATE_LIMIT_COUNT="1000"
+        ) as stack,
+    ):
+        stack.start_worker("bench")
+        stack.start_bot()
+        client = stack.client()
+        try:
+            _user(client, 10_000, photos[:2])  # warm-up: first connections, first batch shapes
+            started = time.perf_counter()
+            shares = [photos[u :: args.users] for u in range(args.users)]
+            with ThreadPoolExecutor(args.users) as pool:
+                runs = pool.map(lambda u: _user(client, 1 + u, shares[u]), range(args.users))
+                bot_latencies = [x for run in runs for x in run]
+            wall = time.perf_counter() - started
+            worker_latencies = _worker_only(stack.redis_url(), photos[: args.photos // 2])
+        finally:
+            client.close()
     result = {
         "machine": machine(),
         "photos": len(bot_latencies),
         "users": args.users,
-        "update_to_reply": _percentiles(bot_latencies),
+        "update_to_reply": percentiles(bot_latencies),
         "throughput_photos_per_s": round(len(bot_latencies) / wall, 2),
-        "worker_only_classify_roundtrip": _percentiles(worker_latencies),
+        "worker_only_classify_roundtrip": percentiles(worker_latencies),
     }
     bot_p = result["update_to_reply"]
     worker_p = result["worker_only_classify_roundtrip"]

@@ -5,16 +5,29 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import statistics
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+from harness import DATASETS as DATASETS  # the benches take the harness's paths from here
+from harness import REPO
+
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99 of latencies in ms, and how many there were."""
+    cuts = statistics.quantiles(values, n=100)
+    return {
+        "p50_ms": round(cuts[49], 1),
+        "p95_ms": round(cuts[94], 1),
+        "p99_ms": round(cuts[98], 1),
+        "n": len(values),
+    }
 
 
 def machine() -> str:

@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/load_bench.py [--photos 1000 --users 50] [--soak 10]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
@@ -21,49 +20,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine
-from tests import reliability_helpers as rel
+from bench.common import emit, machine, percentiles
+from harness.services import Service
+from harness.stack import Stack
+from harness.user import closed_loop, pet_photos
 
 RSS_BOUND_MB = 100  # allowed growth of each service from warm-up to the end of the run
 WARM_UP_PHOTOS = 50
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(values, n=100)
-    return {
-        "p50_ms": round(cuts[49], 1),
-        "p95_ms": round(cuts[94], 1),
-        "p99_ms": round(cuts[98], 1),
-        "n": len(values),
-    }
-
-
-def _user(stack: rel.Stack, user: int, photos: list[bytes], until: float) -> list[dict]:
+def _user(stack: Stack, user: int, photos: list[bytes], until: float) -> list[dict]:
     """Send each photo after the previous answer (cycling until `until` when soaking)."""
     client = stack.client()
-    done, cursor, i = [], 0, 0
     try:
-        while i < len(photos) or time.monotonic() < until:
-            asked = time.time()
-            sent = client.send(user, file=photos[i % len(photos)])["message"]["message_id"]
-            events = client.wait_for(
-                user, lambda ev, m=sent: bool(rel.replies_to(ev, m)), timeout=120, after=cursor
-            )
-            reply = rel.replies_to(events, sent)[0]
-            text = reply.get("caption") or reply.get("text") or ""
-            done.append(
-                {
-                    "ms": (events[-1]["at"] - asked) * 1e3,
-                    "error": text.startswith(("Sorry", "I could not")),
-                }
-            )
-            cursor, i = events[-1]["seq"], i + 1
+        return closed_loop(client, user, photos, until)
     finally:
         client.close()
-    return done
 
 
-def _load(stack: rel.Stack, photos: list[bytes], users: int, seconds: float = 0) -> dict:
+def _load(stack: Stack, photos: list[bytes], users: int, seconds: float = 0) -> dict:
     until = time.monotonic() + seconds
     shares = [photos[u::users] for u in range(users)]
     started = time.perf_counter()
@@ -75,17 +50,17 @@ def _load(stack: rel.Stack, photos: list[bytes], users: int, seconds: float = 0)
         "photos": len(done),
         "seconds": round(wall, 1),
         "throughput_photos_per_s": round(len(done) / wall, 2),
-        "update_to_reply": _percentiles([d["ms"] for d in done]),
+        "update_to_reply": percentiles([d["ms"] for d in done]),
         "errors": sum(d["error"] for d in done),
     }
 
 
-def _rss(stack: rel.Stack, worker: rel.Proc) -> dict[str, float]:
+def _rss(stack: Stack, worker: Service) -> dict[str, float]:
     assert stack.bot is not None
     return {"worker_mb": round(worker.rss_mb(), 1), "bot_mb": round(stack.bot.rss_mb(), 1)}
 
 
-def _sample_rss(stack: rel.Stack, worker: rel.Proc, stop: threading.Event) -> list[dict]:
+def _sample_rss(stack: Stack, worker: Service, stop: threading.Event) -> list[dict]:
     samples = []
     while not stop.wait(30):
         samples.append({"t_s": len(samples) * 30 + 30, **_rss(stack, worker)})
@@ -94,10 +69,10 @@ def _sample_rss(stack: rel.Stack, worker: rel.Proc, stop: threading.Event) -> li
 
 def run(n_photos: int = 1000, users: int = 50, soak_minutes: float = 0) -> dict:
     """Start a stack, warm it up, run the load (and the soak), return the figures."""
-    photos = rel.pet_photos(n_photos)
+    photos = pet_photos(n_photos)
     with (
         tempfile.TemporaryDirectory(prefix="load-bench-") as tmp,
-        rel.Stack(Path(tmp)).running() as stack,
+        Stack(Path(tmp)).running() as stack,
     ):
         worker = stack.start_worker("load")
         stack.start_bot()

@@ -1,10 +1,11 @@
 """Each process's memory and time to ready: bot, reply sender, CPU worker, Flower; and the
 worker's memory during and after a retrain.
 
-Every process starts as `make up` starts it, against an embedded Redis and the emulator. Ready
-means: the bot logged "Application started"; a Celery worker logged " ready." (the CPU worker
-loads and warms its model before that) and, for the worker, answered one real photo; Flower
-answered /healthcheck. RSS is the process's own (its children are listed apart), and
+Every process starts as `make up` starts it, against an embedded Redis and the emulator (the
+harness's Stack). Ready means the harness's rule for its kind (harness/services.py): the bot
+logged "Application started"; a Celery worker answers a ping (the CPU worker loads and warms its
+model before it consumes) and, for the worker, answered one real photo; Flower answered
+/healthcheck. RSS is the process's own (its children are listed apart), and
 "TensorFlow" says whether TensorFlow's library is mapped into the process.
 """
 
@@ -12,26 +13,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import sys
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 from celery import Celery
 
 import contract
-from bench.common import DATASETS, REPO, emit, machine
+from bench.common import DATASETS, emit, machine
 from broker.config import client_config
-from fakegram.api import FakeTelegram, serve_in_thread
-from fakegram.playground import PLAYGROUND_TOKEN, playground_env
+from harness.services import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from ops.cli import zip_dataset
-from ops.processes import spawn, stop_group
-from ops.redis_server import RedisServer, free_port
 
 AFTER_RETRAIN_SECONDS = 10  # the issue's goal: back under 300 MB this long after a retrain ends
 
@@ -45,30 +43,18 @@ def _has_tensorflow(pid: int) -> bool:
     return "_pywrap_tensorflow_internal" in maps
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
-def _started(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Iterator[tuple]:
-    log = logs / f"{name}.log"
-    with log.open("wb") as out:
-        process = spawn([sys.executable, *argv], cwd=REPO, env=env, stdout=out, stderr=out)
+def _started(start: Callable[[], Service]) -> Iterator[tuple[Service, float]]:
+    """A service started and ready (`start`), with when it was started; stopped after."""
+    started = time.monotonic()
+    service = start()
     try:
-        yield process, time.monotonic(), log
+        yield service, started
     finally:
-        stop_group(process, 20)
+        service.stop(20)
 
 
-def _logged(log: Path, text: str) -> Callable[[], bool]:
-    return lambda: text in log.read_text(errors="replace")
-
-
-def _figures(process: psutil.Popen, started: float) -> dict:
+def _figures(process: subprocess.Popen[bytes], started: float) -> dict:
     me = psutil.Process(process.pid)
     return {
         "ready_s": round(time.monotonic() - started, 2),
@@ -82,7 +68,7 @@ def _classify(app: Celery, photo: bytes) -> None:
     app.send_task(contract.CLASSIFY, args=[request]).get(timeout=600)
 
 
-def _retrain(app: Celery, worker: psutil.Popen) -> dict:
+def _retrain(app: Celery, worker: subprocess.Popen[bytes]) -> dict:
     """Peak RSS of the worker and of its job process while a retrain runs, then the recovery."""
     zipped = zip_dataset(DATASETS / "csv-sample")
     ref = contract.DatasetRef(zip_b64=contract.encode_bytes(zipped), name="csv-sample")
@@ -112,7 +98,7 @@ def _retrain(app: Celery, worker: psutil.Popen) -> dict:
     def tree_mb() -> float:
         return _mb(me) + sum(_mb(c) for c in me.children(recursive=True))
 
-    _wait(lambda: tree_mb() <= 300 or time.monotonic() - ended > 60, 70, "memory back")
+    wait_until(lambda: tree_mb() <= 300 or time.monotonic() - ended > 60, 70, interval=0.05)
     return {
         "retrain_s": round(ended - started, 1),
         "peak_worker_mb": peak["worker_mb"],
@@ -125,53 +111,34 @@ def _retrain(app: Celery, worker: psutil.Popen) -> dict:
 
 def measure(home: Path, tmp: Path) -> dict:
     """Start each process in turn on one Redis and emulator; measure it; stop it."""
-    logs = tmp / "logs"
-    logs.mkdir()
     photo = sorted((DATASETS / "pets-dev" / "pug").glob("*.jpg"))[0].read_bytes()
     results: dict = {}
-    fake = FakeTelegram(PLAYGROUND_TOKEN)
-    with serve_in_thread(fake.app()) as url, RedisServer(tmp / "redis") as redis_server:
-        env = {
-            **os.environ,
-            **playground_env(url),
-            "PYTHONPATH": str(REPO),
-            "REDIS_URL": redis_server.url,
-            "VAR_DIR": str(tmp / "var"),
-            "BREEDBOT_HOME": str(home),
-            "INFERENCE_ENGINE": "litert",
-            "FLOWER_BASIC_AUTH": "admin:bench",
-        }
-        app = Celery("bench", set_as_current=False, config_source=client_config(redis_server.url))
-        app.conf.result_backend = redis_server.url
-        worker_argv = ["-m", "ops.cli", "worker", "-l", "WARNING", "-c", "4"]
-        # First start on this BREEDBOT_HOME converts the zero-shot model (once, in a child).
-        with _started("worker-first", worker_argv, env, logs) as (process, started, log):
-            _wait(_logged(log, " ready."), 900, "the first worker")
+    # The first start on this BREEDBOT_HOME converts the zero-shot model (once, in a child).
+    stack = Stack(tmp, redis_password=None, loglevel="WARNING", ready_seconds=900)
+    env = {
+        "BREEDBOT_HOME": str(home),
+        "INFERENCE_ENGINE": "litert",
+        "FLOWER_BASIC_AUTH": "admin:bench",
+        "WORKER_CONCURRENCY": "4",
+    }
+    with stack.running(**env):
+        url = stack.redis_url()
+        app = Celery("bench", set_as_current=False, config_source=client_config(url))
+        app.conf.result_backend = url
+        with _started(lambda: stack.start_worker("worker-first")) as (worker, started):
             _classify(app, photo)
-            results["worker_first_start"] = _figures(process, started)
-        with _started("worker", worker_argv, env, logs) as (process, started, log):
-            _wait(_logged(log, " ready."), 300, "the worker")
+            results["worker_first_start"] = _figures(worker.process, started)
+        with _started(lambda: stack.start_worker("worker")) as (worker, started):
             _classify(app, photo)
-            results["worker"] = _figures(process, started)
-            results["worker_retrain"] = _retrain(app, process)
-        replier = ["-m", "ops.cli", "replier", "-l", "WARNING"]
-        with _started("replier", replier, env, logs) as (process, started, log):
-            _wait(_logged(log, " ready."), 300, "the reply sender")
-            results["replier"] = _figures(process, started)
-        with _started("bot", ["-m", "bot.app"], env, logs) as (process, started, log):
-            _wait(_logged(log, "Application started"), 300, "the bot")
-            results["bot"] = _figures(process, started)
-        port = free_port()
-        flower = ["-m", "broker.flower", "--address=127.0.0.1", f"--port={port}"]
-        with _started("flower", flower, env, logs) as (process, started, _):
-
-            def healthy() -> bool:
-                with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(f"http://127.0.0.1:{port}/healthcheck").status_code == 200
-                return False
-
-            _wait(healthy, 300, "Flower")
-            results["flower"] = _figures(process, started)
+            results["worker"] = _figures(worker.process, started)
+            results["worker_retrain"] = _retrain(app, worker.process)
+        with _started(stack.start_replier) as (replier, started):
+            results["replier"] = _figures(replier.process, started)
+        with _started(lambda: stack.start("bot", ["-m", "bot.app"], "bot")) as (bot, started):
+            results["bot"] = _figures(bot.process, started)
+        flower = ["-m", "broker.flower", "--address=127.0.0.1"]
+        with _started(lambda: stack.start_flower(flower)) as (process, started):
+            results["flower"] = _figures(process.process, started)
         app.close()
     return results
 

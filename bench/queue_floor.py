@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -40,18 +39,19 @@ from bench.service_bench import (
     WORKER_COMMAND,
     breedbot_app,
     busy_seconds,
-    pets_photos,
     raw_rates,
     run_load,
     running_worker,
     send_classify,
     watched,
 )
+from harness.services import Service
+from harness.user import pet_photos
 from ops.redis_server import RedisServer
 
 GOAL = 0.8  # #3: classify throughput under load vs the model's own batch-32 rate
 CONCURRENCY = 32
-BARE_COMMAND = [sys.executable, "-m", "bench.bare_celery"]
+BARE_COMMAND = ["-m", "bench.bare_celery"]
 
 
 def unreadable(photos: list[bytes]) -> list[bytes]:
@@ -60,7 +60,7 @@ def unreadable(photos: list[bytes]) -> list[bytes]:
 
 
 def one_round(
-    app: Celery, worker: subprocess.Popen, server: RedisServer, jobs: list[bytes]
+    app: Celery, worker: Service, server: RedisServer, jobs: list[bytes]
 ) -> dict[str, float]:
     """CPU ms per job of the worker, this client (and of that, sending) and Redis."""
     processes = watched(worker, server)
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    photos = pets_photos(args.photos)
+    photos = pet_photos(args.photos)
     jobs = unreadable(photos) * 3
     with ExitStack() as stack:
         # All stacks up at once and their rounds interleaved, so each sees the same machine.

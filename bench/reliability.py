@@ -23,16 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import load_bench
 from bench.common import REPO, machine, update_section
-from tests import reliability_helpers as rel
+from harness import scenarios
+from harness.stack import Stack
 
 RELIABILITY_MD = REPO / "docs" / "RELIABILITY.md"
 Row = dict[str, Any]
 
 
-def _on_stack(scenario: Callable[[rel.Stack], Any]) -> Any:
+def _on_stack(scenario: Callable[[Stack], Any]) -> Any:
     with (
         tempfile.TemporaryDirectory(prefix="reliability-") as tmp,
-        rel.Stack(Path(tmp)).running() as stack,
+        Stack(Path(tmp)).running() as stack,
     ):
         return scenario(stack)
 
@@ -50,7 +51,7 @@ def _row(scenario: str, done: str, expected: str, seen: str, passed: bool, raw: 
 
 def worker_killed() -> list[Row]:
     """1. 200 photos from 20 users, the worker SIGKILLed twice."""
-    c = _on_stack(lambda s: rel.worker_killed(s, n_photos=200, users=20, kills=2))
+    c = _on_stack(lambda s: scenarios.worker_killed(s, n_photos=200, users=20, kills=2))
     seen = (
         f"{c['answered']}/{c['sent']} answered, {c['answered_twice']} twice, "
         f"{c['stuck_jobs']} stuck, {c['errors']} error replies, {c['seconds']} s"
@@ -71,7 +72,7 @@ def worker_killed() -> list[Row]:
 
 def bot_restarted() -> list[Row]:
     """2. The bot SIGKILLed and restarted with 50 photos and a retrain in flight."""
-    c = _on_stack(lambda s: rel.bot_restarted(s, n_photos=50, users=10))
+    c = _on_stack(lambda s: scenarios.bot_restarted(s, n_photos=50, users=10))
     seen = (
         f"{c['answered']}/{c['sent']} answered, {c['answered_twice']} twice; retrain final "
         f"message {c['retrain_final_messages']}x: {c['retrain_outcome']}"
@@ -96,7 +97,7 @@ def bot_restarted() -> list[Row]:
 
 def redis_restarted() -> list[Row]:
     """3. Redis stopped and restarted (AOF on) mid-run."""
-    c = _on_stack(lambda s: rel.redis_restarted(s, n_photos=100, users=10, down_seconds=5))
+    c = _on_stack(lambda s: scenarios.redis_restarted(s, n_photos=100, users=10, down_seconds=5))
     phases = {p: c[p] for p in ("before", "while_down", "after")}
     seen = "; ".join(
         f"{p}: {v['answered']}/{v['sent']} replied ({v['errors']} 'please try "
@@ -131,7 +132,7 @@ def redis_restarted() -> list[Row]:
 
 def killed_in_training() -> list[Row]:
     """4. The worker SIGKILLed during a retrain's training step."""
-    c = _on_stack(lambda s: rel.killed_in_training(s, retrain_limit=60))
+    c = _on_stack(lambda s: scenarios.killed_in_training(s, retrain_limit=60))
     seen = (
         f"killed in training: {c['killed_in_training']}; active v{c['active_before']} → "
         f"v{c['active_after_kill']} after the kill; listed {c['listed_after_kill']}; "
@@ -165,7 +166,7 @@ def killed_in_training() -> list[Row]:
 
 def storage() -> list[Row]:
     """5. Disk full and a read-only models folder while a version is written."""
-    c = _on_stack(rel.storage_failures)
+    c = _on_stack(scenarios.storage_failures)
     rows = []
     for case, how in (
         ("disk_full", "RLIMIT_FSIZE 2 MB on the worker (writes past it fail as on a full disk)"),
@@ -198,7 +199,7 @@ def storage() -> list[Row]:
 
 def bad_input() -> list[Row]:
     """Bad input: every image, zip and command of the corpus, in English and Portuguese."""
-    cases = _on_stack(lambda s: rel.bad_input(s, full=True))
+    cases = _on_stack(lambda s: scenarios.bad_input(s, full=True))
     rows = []
     for kind, title in (("image", "Bad images"), ("zip", "Bad zips"), ("command", "Bad commands")):
         mine = [c for c in cases if c["kind"] == kind]

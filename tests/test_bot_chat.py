@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import redis
@@ -21,23 +21,18 @@ from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
 from fakegram.api import PlaygroundClient
 from fakegram.playground import PLAYGROUND_TOKEN
+from harness.stack import Stack
+from ops.redis_server import RedisServer
 from worker import tf_jobs
 from worker.settings import WorkerSettings
-
-if TYPE_CHECKING:
-    from conftest import ServiceHandle
-
-    from ops.redis_server import RedisServer
 
 ADMIN = 5151
 
 
 @pytest.fixture(scope="module")
-def chat(
-    spawn_service: Callable[..., ServiceHandle], emulator_url: str
-) -> Iterator[PlaygroundClient]:
+def chat(session_stack: Stack, emulator_url: str) -> Iterator[PlaygroundClient]:
     """A bot of this module's own (admin: ADMIN), and the user's side of the emulator."""
-    handle = spawn_service("bot-chat", ["-m", "bot.app"], ADMIN_IDS=str(ADMIN))
+    handle = session_stack.start("bot-chat", ["-m", "bot.app"], "bot", ADMIN_IDS=str(ADMIN))
     try:
         with contextlib.closing(PlaygroundClient(emulator_url)) as client:
             yield client

@@ -7,9 +7,9 @@ import io
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -18,14 +18,14 @@ from PIL import Image
 import contract
 from bot.i18n import problem_text, t
 from fakegram.api import PlaygroundClient
+from harness.services import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.browser import chromium_or_skip
 from worker.settings import WorkerSettings
 
-if TYPE_CHECKING:
-    from conftest import ServiceHandle
-
 # The bot module starts with the zero-shot model live: replies name "Model v0".
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot", "bot")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot", "stack")]
 
 ADMIN = 4242
 BOT_ENV = {"ADMIN_IDS": str(ADMIN), "ALBUM_WAIT_SECONDS": "0.5"}
@@ -35,31 +35,18 @@ def _photo(datasets: Path, folder: str, index: int = 0) -> bytes:
     return sorted((datasets / folder).glob("*.jpg"))[index].read_bytes()
 
 
-class Bot:
-    """The real bot process (`python -m bot.app`) against the emulator; restartable."""
-
-    def __init__(self, spawn_service: Callable[..., ServiceHandle]) -> None:
-        self.spawn_service = spawn_service
-        self.handle: ServiceHandle | None = None
-
-    def start(self, **env: str) -> None:
-        """Start it with the test's admin and album settings, plus `env`."""
-        self.handle = self.spawn_service("bot", ["-m", "bot.app"], **BOT_ENV, **env)
-
-    def kill(self) -> None:
-        """SIGKILL it, as in a crash."""
-        if self.handle is not None:
-            self.handle.kill()
-            self.handle = None
+def _start_bot(stack: Stack, **env: str) -> None:
+    """(Re)start the real bot with the test's admin and album settings, plus `env`."""
+    stack.start_bot(**BOT_ENV, **env)
 
 
 @pytest.fixture(scope="module")
-def bot(worker: ServiceHandle, spawn_service: Callable[..., ServiceHandle]) -> Iterator[Bot]:
+def stack(worker: Service, session_stack: Stack) -> Iterator[Stack]:
     """The session's worker and emulator, and one bot for this module."""
-    running = Bot(spawn_service)
-    running.start()
-    yield running
-    running.kill()
+    _start_bot(session_stack)
+    yield session_stack
+    assert session_stack.bot is not None
+    session_stack.bot.kill()
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +93,6 @@ def _buttons(message: dict[str, Any]) -> dict[str, str]:
 
 def _edits(events: list[dict[str, Any]]) -> list[str]:
     return [e["message"].get("text", "") for e in events if e["type"] == "edited"]
-
-
-def _eventually(check: Any, timeout: float = 60) -> Any:
-    """Poll a filesystem effect of a background job (tests only; the bot never polls)."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
-    return result
 
 
 def test_image_file_is_answered(chat: PlaygroundClient, datasets: Path) -> None:
@@ -177,7 +154,9 @@ def test_feedback_is_filed_once_under_a_folder_name(
     events = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev))
     assert [e["text"] for e in events if e["type"] == "answer"] == ["Thanks! Saved as Pug."]
     assert "reply_markup" not in [e for e in events if e["type"] == "edited"][-1]["message"]
-    first = _eventually(lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")))
+    first = wait_until(
+        lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")), 60, what="the photo filed"
+    )
     assert [p.parent.name for p in first] == ["pug"]
     cursor = events[-1]["seq"]
     chat.press(107, reply["message_id"], _buttons(reply)["❌ wrong"])
@@ -194,7 +173,9 @@ def test_feedback_is_filed_once_under_a_folder_name(
     assert "other" in choices and len(choices) == 5  # four other likely breeds + other
     name, data = next(iter(choices.items()))
     chat.press(107, second["message_id"], data)
-    files = _eventually(lambda: list(feedback_root.glob(f"*/{other_id}.jpg")))
+    files = wait_until(
+        lambda: list(feedback_root.glob(f"*/{other_id}.jpg")), 60, what="the photo filed"
+    )
     folder = files[0].parent.name
     assert " " not in folder and folder.casefold() == "_".join(name.split()).casefold()
     assert list(feedback_root.glob(f"*/{photo_id}.jpg")) == first
@@ -212,15 +193,15 @@ def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Pat
 
 
 def test_bot_restart_mid_job_still_answers_once(
-    bot: Bot, chat: PlaygroundClient, datasets: Path
+    stack: Stack, chat: PlaygroundClient, datasets: Path
 ) -> None:
     """Kill the bot right after it queued a photo: the worker answers; the restarted bot
     neither loses nor repeats it, even when Telegram redelivers the update."""
     first = chat.send(109, file=_photo(datasets, "pets-dev/pug", 2))
     chat.wait_for(109, lambda ev: any(e["type"] == "action" for e in ev))
-    bot.kill()
+    stack.bot.kill()
     chat.wait_for(109, _replies())
-    bot.start()
+    _start_bot(stack)
     chat.redeliver(first["update_id"])
     later = chat.send(109, file=_photo(datasets, "pets-dev/samoyed", 2))
     replies = _sent(chat.wait_for(109, _replies(2)))
@@ -229,7 +210,7 @@ def test_bot_restart_mid_job_still_answers_once(
 
 
 def test_bot_killed_before_queueing_loses_nothing(
-    bot: Bot, chat: PlaygroundClient, datasets: Path
+    stack: Stack, chat: PlaygroundClient, datasets: Path
 ) -> None:
     """Kill the bot while its handler still downloads a photo (nothing queued yet): the update
     was never confirmed to Telegram, so the restarted bot is sent it again and answers once."""
@@ -237,29 +218,31 @@ def test_bot_killed_before_queueing_loses_nothing(
     chat.hold_downloads(True)
     try:
         sent = chat.send(112, file=_photo(datasets, "pets-dev/pug", 3))
-        _eventually(lambda: chat.held_downloads() > before, timeout=60)
-        bot.kill()
+        wait_until(lambda: chat.held_downloads() > before, 60, what="a held download")
+        stack.bot.kill()
     finally:
         chat.hold_downloads(False)
-    bot.start()
+    _start_bot(stack)
     chat.wait_for(112, _replies())
     time.sleep(2)  # a second answer would come right after the first
     replies = _sent(chat.events(112))
     assert [m["reply_to_message"]["message_id"] for m in replies] == [sent["message"]["message_id"]]
 
 
-def test_low_confidence_and_rate_limit(bot: Bot, chat: PlaygroundClient, datasets: Path) -> None:
+def test_low_confidence_and_rate_limit(
+    stack: Stack, chat: PlaygroundClient, datasets: Path
+) -> None:
     """With LOW_CONFIDENCE=1 every answer is "not sure"; the third message in a window of two
     gets the polite rate-limit reply and no answer."""
-    bot.kill()
-    bot.start(LOW_CONFIDENCE="1", RATE_LIMIT_COUNT="2", RATE_LIMIT_SECONDS="600")
+    stack.bot.kill()
+    _start_bot(stack, LOW_CONFIDENCE="1", RATE_LIMIT_COUNT="2", RATE_LIMIT_SECONDS="600")
     try:
         for index in range(3):
             chat.send(110, file=_photo(datasets, "pets-dev/Siamese", index))
         replies = _sent(chat.wait_for(110, _replies(3)))
     finally:
-        bot.kill()
-        bot.start()
+        stack.bot.kill()
+        _start_bot(stack)
     texts = [m.get("caption") or m["text"] for m in replies]
     assert sum(t.startswith("Easy there!") for t in texts) == 1
     assert sum(t.startswith("🤔 Not sure. My best guess:") for t in texts) == 2

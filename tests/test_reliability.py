@@ -9,39 +9,40 @@ from pathlib import Path
 import pytest
 
 from bot.i18n import t
-from tests import reliability_helpers as rel
+from harness import scenarios
+from harness.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
 @pytest.fixture
-def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[rel.Stack]:
+def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[Stack]:
     """A fresh stack (emulator, password-protected Redis) per scenario; services stop after."""
-    with rel.Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
+    with Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
         yield running
 
 
-def test_worker_sigkilled_mid_run(stack: rel.Stack) -> None:
+def test_worker_sigkilled_mid_run(stack: Stack) -> None:
     """40 photos from 5 users, the worker SIGKILLed once: all answered once, nothing stuck."""
-    counts = rel.worker_killed(stack, n_photos=40, users=5, kills=1)
+    counts = scenarios.worker_killed(stack, n_photos=40, users=5, kills=1)
     assert counts["answered"] == counts["sent"] == 40, counts
     assert counts["answered_twice"] == counts["errors"] == counts["stuck_jobs"] == 0, counts
 
 
-def test_bot_restarted_with_photos_and_retrain_in_flight(stack: rel.Stack) -> None:
+def test_bot_restarted_with_photos_and_retrain_in_flight(stack: Stack) -> None:
     """The bot SIGKILLed and restarted while 10 photos and a retrain are in flight."""
-    counts = rel.bot_restarted(stack, n_photos=10, users=5)
+    counts = scenarios.bot_restarted(stack, n_photos=10, users=5)
     assert counts["answered"] == counts["sent"] == 10, counts
     assert counts["answered_twice"] == counts["errors"] == counts["stuck_jobs"] == 0, counts
     assert counts["retrain_final_messages"] == 1, counts
     assert counts["retrain_outcome"].startswith("✅ Model v1 trained"), counts
 
 
-def test_redis_restarted_mid_run(stack: rel.Stack) -> None:
+def test_redis_restarted_mid_run(stack: Stack) -> None:
     """Redis stopped and restarted (AOF): accepted jobs are answered, photos sent while it was
     down get "please try again" (or an answer), later ones are answered; both services reconnect
     by themselves."""
-    counts = rel.redis_restarted(stack, n_photos=10, users=2)
+    counts = scenarios.redis_restarted(stack, n_photos=10, users=2)
     for phase in ("before", "while_down", "after"):
         assert counts[phase]["answered"] == counts[phase]["sent"], counts
         assert counts[phase]["answered_twice"] == 0, counts
@@ -52,10 +53,10 @@ def test_redis_restarted_mid_run(stack: rel.Stack) -> None:
     assert counts["stuck_jobs"] == 0 and counts["worker_alive"] and counts["bot_alive"], counts
 
 
-def test_worker_killed_in_training_step(stack: rel.Stack) -> None:
+def test_worker_killed_in_training_step(stack: Stack) -> None:
     """SIGKILL during training: nothing half-written listed, active model unchanged until the
     redelivered retrain finishes, and that re-run takes every bottleneck from the cache."""
-    seen = rel.killed_in_training(stack, retrain_limit=30)
+    seen = scenarios.killed_in_training(stack, retrain_limit=30)
     assert seen["killed_in_training"], seen
     assert seen["active_after_kill"] == seen["active_before"] == 0, seen
     assert seen["listed_after_kill"] == [0] and seen["half_written_listed"] == [], seen
@@ -64,9 +65,9 @@ def test_worker_killed_in_training_step(stack: rel.Stack) -> None:
     assert seen["rerun_bottlenecks_from_cache"] == seen["bottlenecks_cached_at_kill"] > 0, seen
 
 
-def test_disk_full_and_read_only_models_folder(stack: rel.Stack) -> None:
+def test_disk_full_and_read_only_models_folder(stack: Stack) -> None:
     """Writing a version fails: a clear reply naming the models folder; active model unchanged."""
-    results = rel.storage_failures(stack)
+    results = scenarios.storage_failures(stack)
     failed = t("en", "retrain_failed", reason="")
     for case, seen in results.items():
         if "skipped" in seen:
@@ -76,9 +77,9 @@ def test_disk_full_and_read_only_models_folder(stack: rel.Stack) -> None:
         assert seen["worker_alive"], (case, seen)
 
 
-def test_bad_images_zips_and_commands(stack: rel.Stack) -> None:
+def test_bad_images_zips_and_commands(stack: Stack) -> None:
     """Each bad image, zip and command gets a clear reply in the user's language (en, pt-BR);
     readable oddities are answered; the worker survives and the active model stays."""
-    rows = rel.bad_input(stack, full=False)
+    rows = scenarios.bad_input(stack, full=False)
     assert [row for row in rows if not row["ok"]] == []
     assert {row["kind"] for row in rows} == {"image", "zip", "command", "model", "worker"}

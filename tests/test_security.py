@@ -19,21 +19,11 @@ import pytest
 
 import contract
 from fakegram.api import PlaygroundClient
+from harness.services import Service
+from harness.stack import ADMIN, REDIS_PASSWORD, TOKEN, Stack
+from harness.user import all_events, pet_photos, replies_to, send_retrain
+from harness.waiting import wait_until
 from model import registry
-from ops.processes import stop_group
-from ops.redis_server import free_port
-from tests.reliability_helpers import (
-    ADMIN,
-    REDIS_PASSWORD,
-    TOKEN,
-    Proc,
-    Stack,
-    all_events,
-    pet_photos,
-    replies_to,
-    send_retrain,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -219,7 +209,7 @@ def test_pickle_pushed_into_redis_is_rejected_and_never_runs(
     stack: Stack, chat: PlaygroundClient, tmp_path: Path
 ) -> None:
     """A pickle message on each queue: refused, its payload never runs, the worker lives."""
-    worker = stack.procs[0]
+    worker = stack.services[0]
     control = tmp_path / "control-marker"
     pickle.loads(base64.b64decode(json.loads(_pickle_message("x", control, "q"))["body"]))
     assert control.exists(), "the payload is not live: the test would prove nothing"
@@ -241,25 +231,11 @@ def test_pickle_pushed_into_redis_is_rejected_and_never_runs(
 
 
 @pytest.fixture
-def flower(stack: Stack) -> Iterator[tuple[Proc, str]]:
+def flower(stack: Stack) -> Iterator[tuple[Service, str]]:
     """Flower on a free port with basic auth."""
-    port = free_port()
-    proc = stack.start(
-        "flower",
-        ["-m", "ops.cli", "flower", "--port", str(port)],
-        FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code > 0
-        except httpx.TransportError:
-            return False
-
-    assert wait_until(up, 60), proc.log_text()[-2000:]
-    yield proc, url
-    stop_group(proc.process, 10)
+    proc = stack.start_flower(FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH))
+    yield proc, proc.url
+    proc.stop()
 
 
 FLOWER_PATHS = [
@@ -272,12 +248,13 @@ FLOWER_PATHS = [
     "/api/task/info/x",
     "/worker/sec",
     "/api/queues/length",
+    "/metrics",
 ]
 
 
-def test_flower_ui_and_api_need_credentials(flower: tuple[Proc, str]) -> None:
-    """Every UI page and API route: 401 without or with wrong credentials, 200 with them.
-    /metrics stays public, as the README says."""
+def test_flower_ui_and_api_need_credentials(flower: tuple[Service, str]) -> None:
+    """Every UI page and API route, /metrics included: 401 without or with wrong credentials,
+    200 with them (the README: /metrics is public only with PUBLIC_METRICS)."""
     _, url = flower
     for path in FLOWER_PATHS:
         assert httpx.get(url + path, timeout=10).status_code == 401, path
@@ -287,7 +264,7 @@ def test_flower_ui_and_api_need_credentials(flower: tuple[Proc, str]) -> None:
     assert httpx.get(url + "/", auth=FLOWER_AUTH, timeout=10).status_code == 200
     post = httpx.post(f"{url}/api/task/async-apply/{contract.STATS}", json={}, timeout=10)
     assert post.status_code == 401
-    assert httpx.get(url + "/metrics", timeout=10).status_code == 200
+    assert httpx.get(url + "/metrics", auth=FLOWER_AUTH, timeout=10).status_code == 200
 
 
 def test_uploads_stored_under_names_the_bot_chose(stack: Stack, chat: PlaygroundClient) -> None:

@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import psutil
@@ -24,20 +24,17 @@ from celery import Celery
 from celery.result import AsyncResult
 
 import contract
-from bot import outbox
 from fakegram.api import PlaygroundClient
+from harness import REPO
+from harness.services import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from ops.cli import zip_dataset
-from ops.processes import stop_group
 from ops.redis_server import free_port
 from worker.celery_app import config, create_app
 from worker.settings import WorkerSettings
 
-if TYPE_CHECKING:
-    from conftest import ServiceHandle
-
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot")]
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _photos(datasets: Path, folder: str, n: int) -> list[bytes]:
@@ -51,16 +48,6 @@ def _classify(app: Celery, image: bytes, **options: Any) -> AsyncResult:
 
 def _answer(result: AsyncResult, timeout: float = 60) -> contract.ClassifyResult:
     return contract.ClassifyResult.from_dict(result.get(timeout=timeout))
-
-
-def _eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_classify_round_trip_on_real_photos(worker, celery_client, datasets):
@@ -122,7 +109,7 @@ def test_json_only(worker, celery_client, worker_settings, datasets):
     before = worker.log_text().count(refused)
     pickled = _classify(celery_client, image, serializer="pickle")
     # The worker refuses the pickle message before deserialising it, and keeps working.
-    _eventually(
+    wait_until(
         lambda: worker.log_text().count(refused) > before,
         30,
         "the worker to refuse the pickle message",
@@ -191,7 +178,7 @@ def _job_processes(worker) -> set[int]:
 def test_retrain_runs_in_a_child_process_that_then_exits(retrain_run, worker):
     """Its memory (TensorFlow, the training arrays) goes back when the retrain ends."""
     assert retrain_run["children"], "no job process was seen while the retrain ran"
-    _eventually(lambda: not _job_processes(worker), 10, "the job process to exit")
+    wait_until(lambda: not _job_processes(worker), 10, "the job process to exit")
 
 
 def test_retrain_round_trip_reports_progress(retrain_run):
@@ -224,7 +211,7 @@ def test_classify_answered_while_retrain_runs(retrain_run):
 def test_new_version_goes_live_without_restart(retrain_run, worker, celery_client, datasets):
     version = retrain_run["result"].version
     image = sorted((datasets / "csv-sample" / "train").glob("*.jpg"))[0].read_bytes()
-    answer = _eventually(
+    answer = wait_until(
         lambda: (a := _answer(_classify(celery_client, image))).model_version == version and a,
         15,
         f"the worker to serve version {version}",
@@ -251,12 +238,12 @@ def test_promote_and_rollback_switch_a_second_worker(
     assert served_by_second() == new
     switched = celery_client.send_task(contract.PROMOTE, args=[{"version": 0, "requested_by": 1}])
     assert contract.SwitchResult.from_dict(switched.get(timeout=30)).active_version == 0
-    _eventually(lambda: served_by_second() == 0, 10, "the second worker to switch to version 0")
+    wait_until(lambda: served_by_second() == 0, 10, "the second worker to switch to version 0")
     back = contract.SwitchResult.from_dict(
         celery_client.send_task(contract.ROLLBACK, args=[{}]).get(timeout=30)
     )
     assert (back.active_version, back.previous_version) == (new, 0)
-    _eventually(lambda: served_by_second() == new, 10, f"the switch back to {new}")
+    wait_until(lambda: served_by_second() == new, 10, f"the switch back to {new}")
     # A refusal is a task failure (as a monitor counts it), carrying its problem code and values.
     unknown = celery_client.send_task(contract.PROMOTE, args=[{"version": 999}])
     with pytest.raises(contract.Refused) as refused:
@@ -310,7 +297,7 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
         done = {j.id for j, s in zip(held, states(), strict=True) if s == "SUCCESS"}
         return bool(active) and {j.id for j in held} <= active | done
 
-    _eventually(both_taken, 60, "the doomed worker to run both jobs", interval=0.01)
+    wait_until(both_taken, 60, "the doomed worker to run both jobs", interval=0.01)
     first.kill()
     # The dead worker's last word: what it finished (stored), and what it had started but not.
     done_before = {j.id for j in held if j.state == "SUCCESS"}
@@ -322,20 +309,20 @@ def test_sigkilled_worker_job_is_redelivered_and_answered_once(
         answers = {j.id: _answer(j, timeout=120) for j in jobs}
         assert all(a.error is None and a.top_k for a in answers.values())
 
-        def ran_by(handle: ServiceHandle) -> set[str]:
+        def ran_by(handle: Service) -> set[str]:
             return set(re.findall(r"classify\[([0-9a-f-]+)\] succeeded", handle.log_text()))
 
         # Celery stores a result before it logs "succeeded", so an answer can be read before
         # its log line is written (this flaked when a redelivered job was the last answered).
         # Every job is answered and the first worker is dead: wait for the rescuer's log alone.
-        _eventually(lambda: started <= ran_by(second), 30, "the running jobs to be redelivered")
+        wait_until(lambda: started <= ran_by(second), 30, "the running jobs to be redelivered")
         ran_by_first, ran_by_second = ran_by(first), ran_by(second)
         assert not (ran_by_first & ran_by_second), "a job was answered twice"
         # A job stored before the kill is not run again (the first worker may have died between
         # storing it and logging it, so its own log need not name it).
         assert not (done_before & ran_by_second), "a finished job was run again"
     finally:
-        stop_group(second.process, 20)  # it would take jobs of a later test on this database
+        second.stop(20)  # it would take jobs of a later test on this database
         app.close()
 
 
@@ -369,7 +356,7 @@ def test_lost_classify_message_is_published_again(
         events = chat.wait_for(7301, lambda ev: any(e["type"] == "sent" for e in ev), timeout=60)
         caption = next(e for e in events if e["type"] == "sent")["message"]["caption"]
         assert "%" in caption and "Model v" in caption  # a breed answer, whichever version
-        _eventually(lambda: not client.hlen(contract.OUTBOX_JOBS), 30, "the outbox to empty")
+        wait_until(lambda: not client.hlen(contract.OUTBOX_JOBS), 30, "the outbox to empty")
         time.sleep(2)  # a second answer would follow right away
         assert [e["type"] for e in chat.events(7301)].count("sent") == 1
     finally:
@@ -378,51 +365,17 @@ def test_lost_classify_message_is_published_again(
         app.close()
 
 
-def test_outbox_sweep_gives_up_after_max_attempts(redis_server):
-    """An entry that is never answered is published again max_attempts times, then dropped;
-    nothing is re-published while photo jobs still wait in the queue."""
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
-    published: list[dict[str, Any]] = []
-    _outbox_entry(client, "never", {"task": contract.CLASSIFY, "args": [], "kwargs": {}})
-    client.rpush(contract.QUEUE_INFER, "a queued photo job")
-    assert outbox.sweep(client, published.append, 0, 2) == 0  # a backlog: wait for it to drain
-    client.delete(contract.QUEUE_INFER)
-    rounds = [outbox.sweep(client, published.append, 0, 2, now=time.time() + i) for i in range(4)]
-    assert rounds == [1, 1, 0, 0]
-    assert published == [published[0]] * 2 and published[0]["task"] == contract.CLASSIFY
-    assert not client.exists(contract.OUTBOX_JOBS, contract.OUTBOX_DUE)
-    client.close()
-
-
 FLOWER_AUTH = ("admin", "s3cret")
 
 
 @contextlib.contextmanager
-def _flower(service_env: dict[str, str], log: Path, **env: str) -> Iterator[str]:
-    """A real `breedbot flower` (admin:s3cret); yields its root URL once it answers."""
-    port = free_port()
-    with log.open("wb") as out:
-        flower = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "flower", "--port", str(port)],
-            cwd=REPO,
-            env={**service_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    root = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{root}/healthcheck", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
+def _flower(stack: Stack, **env: str) -> Iterator[Service]:
+    """A real `breedbot flower` (admin:s3cret), answering its health check."""
+    flower = stack.start_flower(FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH), **env)
     try:
-        _eventually(answers, 60, "Flower to answer")
-        yield root
+        yield flower
     finally:
-        stop_group(flower, 10)
+        flower.stop()
 
 
 def _flower_json(url: str) -> Any:
@@ -430,17 +383,16 @@ def _flower_json(url: str) -> Any:
     return reply.json() if reply.status_code == 200 and reply.json() else None
 
 
-def test_flower_lists_workers_and_queues_behind_basic_auth(
-    worker, service_env, celery_client, tmp_path
-):
-    with _flower(service_env, tmp_path / "flower.log") as root:
-        listed = _eventually(lambda: _flower_json(f"{root}/api/workers"), 60, "the worker list")
+def test_flower_lists_workers_and_queues_behind_basic_auth(worker, session_stack, celery_client):
+    with _flower(session_stack) as flower:
+        root = flower.url
+        listed = wait_until(lambda: _flower_json(f"{root}/api/workers"), 60, "the worker list")
         assert worker.hostname in listed
         for auth in (None, ("admin", "wrong")):
             assert httpx.get(f"{root}/api/workers", auth=auth, timeout=5).status_code == 401
         # The Broker tab and its API read the queues through a URL Flower understands.
         lengths = _flower_json(f"{root}/api/queues/length")
-        assert lengths, (tmp_path / "flower.log").read_text()
+        assert lengths, flower.log_text()
         queues = {q["name"]: q["messages"] for q in lengths["active_queues"]}
         assert {"infer", "train", "control"} <= set(queues)
         page = httpx.get(f"{root}/broker", auth=FLOWER_AUTH, timeout=10)
@@ -457,14 +409,15 @@ def test_flower_lists_workers_and_queues_behind_basic_auth(
             info = _flower_json(f"{root}/api/task/info/{job.id}")
             return info if info and info["state"] in ("SUCCESS", "FAILURE") else None
 
-        info = _eventually(ended, 60, "Flower to see the /promote 999 job end")
+        info = wait_until(ended, 60, "Flower to see the /promote 999 job end")
         assert info["state"] == "FAILURE", info
         assert "no_such_version" in info["exception"] and "999" in info["exception"], info
 
 
-def test_flower_metrics_opened_for_prometheus(service_env, tmp_path):
+def test_flower_metrics_opened_for_prometheus(session_stack):
     """PUBLIC_METRICS opens /metrics alone (for a scraper on the same network) and nothing else."""
-    with _flower(service_env, tmp_path / "flower.log", PUBLIC_METRICS="1") as root:
+    with _flower(session_stack, PUBLIC_METRICS="1") as flower:
+        root = flower.url
         metrics = httpx.get(f"{root}/metrics", timeout=10)
         assert metrics.status_code == 200 and "flower_events_total" in metrics.text
         assert httpx.get(f"{root}/api/workers", timeout=5).status_code == 401
@@ -497,7 +450,7 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
     )
     reader.start()
     try:
-        _eventually(lambda: any("Flower:" in line for line in lines), 60, "the stack to start")
+        wait_until(lambda: any("Flower:" in line for line in lines), 60, "the stack to start")
         assert any("password" in line for line in lines)
         assert (tmp_path / "var" / "redis" / "url").is_file()
         page = f"http://127.0.0.1:{env['PLAYGROUND_PORT']}/"

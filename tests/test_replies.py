@@ -1,0 +1,392 @@
+"""The reply sender's logic without TensorFlow or a model: exactly-once claims, album gathering,
+reply texts, the outbox. A real redis-server and the in-process Bot API emulator (fakegram) from
+the harness; the reply tasks run in this process, as a replier's thread would run them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import contract
+from bot import botapi, outbox, render, replies
+from bot.i18n import t
+from fakegram.api import FakeTelegram, PlaygroundClient
+from harness.stack import Stack
+from harness.user import all_events
+
+DB = 9  # the session Redis's workers use database 0 (and tests of redelivery 5 to 7)
+
+
+@pytest.fixture
+def fake(session_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTelegram]:
+    """The reply sender's settings on the session's Redis (an emptied database) and emulator."""
+    monkeypatch.setenv("REDIS_URL", session_stack.redis_url(DB))
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", session_stack.token)
+    monkeypatch.setenv("TELEGRAM_API_URL", session_stack.url)
+    botapi.settings.cache_clear()
+    replies.redis_client().flushdb()
+    assert session_stack.fake is not None
+    yield session_stack.fake
+    botapi.settings.cache_clear()
+
+
+@pytest.fixture
+def user(session_stack: Stack) -> Iterator[PlaygroundClient]:
+    """The users' side of the emulator."""
+    client = session_stack.client()
+    yield client
+    client.close()
+
+
+def _guesses(*pairs: tuple[str, float]) -> list[dict[str, Any]]:
+    return [contract.Guess(n.lower(), n, p).to_dict() for n, p in pairs]
+
+
+PUG = contract.ClassifyResult(
+    model_version=3,
+    top_k=_guesses(("Pug", 0.91), ("Beagle", 0.05), ("Boxer", 0.02)),
+    is_pet=True,
+    pet_probability=0.99,
+    imagenet_label="pug",
+    imagenet_probability=0.8,
+)
+DAISY = contract.ClassifyResult(
+    model_version=4,
+    top_k=_guesses(("Pug", 0.3)),
+    is_pet=False,
+    pet_probability=0.01,
+    imagenet_label="daisy",
+    imagenet_probability=0.7,
+)
+TRUNCATED = contract.ClassifyResult(3, [], None, 0.0, "", 0.0, error="truncated")
+
+
+def _target(user: PlaygroundClient, chat_id: int, **fields: Any) -> contract.ReplyTo:
+    """A user's message to answer, and where its answer goes."""
+    sent = user.send(chat_id, text="a photo, say", language_code=fields.get("language", "en"))
+    message_id = sent["message"]["message_id"]
+    return contract.ReplyTo(chat_id, message_id, key=f"photo:{chat_id}:{message_id}", **fields)
+
+
+def _bot_events(fake: FakeTelegram, chat_id: int) -> list[dict[str, Any]]:
+    return [e for e in all_events(fake, chat_id) if e["type"] in ("sent", "edited")]
+
+
+# --- Reply texts -------------------------------------------------------------------------------
+
+
+def test_classification_texts() -> None:
+    """A breed with the next two guesses, "not sure" below the threshold, no pet, a bad image."""
+    assert render.classification_text(PUG, "en", 0.5) == (
+        "Pug — 91 %\nNext guesses: Beagle (5 %), Boxer (2 %)\nModel v3"
+    )
+    assert render.classification_text(PUG, "pt-BR", 0.95) == (
+        "🤔 Não tenho certeza. Meu melhor palpite: Pug — 91 %\n"
+        "Próximos palpites: Beagle (5 %), Boxer (2 %)\nModelo v3"
+    )
+    assert render.classification_text(DAISY, "en", 0.5) == (
+        "I see no cat or dog here. Looks like: daisy (70 %)\nModel v4"
+    )
+    assert render.classification_text(TRUNCATED, "en", 0.5) == (
+        "I could not read this image: the file is cut off (truncated)\nModel v3"
+    )
+
+
+def test_album_text_numbers_each_photo_and_names_every_version() -> None:
+    assert render.album_text([PUG, DAISY, TRUNCATED], "en", 0.5) == (
+        "Album of 3 photos:\n"
+        "1. Pug — 91 %\n"
+        "2. I see no cat or dog here. Looks like: daisy (70 %)\n"
+        "3. I could not read this image: the file is cut off (truncated)\n"
+        "Model v3/4"
+    )
+
+
+def test_retrain_and_progress_texts() -> None:
+    """Live with its weakest classes; not live with the reason in the user's language; the
+    cross-validated accuracy and the backbone auto chose; a running retrain's status line."""
+    live = contract.RetrainResult(
+        5, True, 0.9, metrics={"worst_classes": [["pug", 0.5], ["boxer", 0.75]]}
+    )
+    assert render.retrain_text(live, "en") == (
+        "✅ Model v5 trained: test accuracy 90 %.\n"
+        "Weakest classes:\n• pug: 50 %\n• boxer: 75 %\nIt is live now."
+    )
+    kept = contract.RetrainResult(
+        6,
+        False,
+        0.6,
+        reason="test accuracy 60.0% is below the minimum 80.0%",
+        problem="below_minimum",
+        params={"accuracy": 0.6, "minimum": 0.8},
+    )
+    assert render.retrain_text(kept, "en").splitlines()[-1] == (
+        "It did not go live: test accuracy 60.0% is below the minimum 80.0%"
+    )
+    assert render.retrain_text(kept, "pt-BR").splitlines()[-1] == t(
+        "pt-BR", "retrain_not_live", reason="a acurácia de teste 60.0% está abaixo do mínimo 80.0%"
+    )
+    cross_validated = contract.RetrainResult(
+        8,
+        True,
+        0.9,
+        metrics={
+            "accuracy_source": "cross_validation",
+            "cross_validation": {"k": 5, "accuracy": 0.9, "std": 0.03},
+            "n_train": 60,
+            "auto": {
+                "chosen": "efficientnet_lite1",
+                "candidates": {
+                    "efficientnet_lite0": {"cv_accuracy": 0.85},
+                    "efficientnet_lite1": {"cv_accuracy": 0.9},
+                },
+            },
+        },
+    )
+    assert render.retrain_text(cross_validated, "en") == (
+        "✅ Model v8 trained on all 60 photos: 5-fold cross-validated accuracy 90 % ± 3 %.\n"
+        "Backbone efficientnet_lite1, chosen by cross-validation: "
+        "efficientnet_lite0 85 %, efficientnet_lite1 90 %.\n"
+        "It is live now."
+    )
+    step = contract.Progress("training", 300, 500, validation_accuracy=0.91)
+    assert render.progress_text(step, "en") == (
+        "🏋️ Training step 300/500 · validation accuracy 91 %"
+    )
+    assert render.progress_text(contract.Progress("saving", 0, 1), "en") == "💾 Saving the model…"
+
+
+# --- Exactly-once claims -----------------------------------------------------------------------
+
+
+def test_once_claims_a_key_for_the_first_sender_only(fake: FakeTelegram) -> None:
+    """First claim sends; a claim held by a running send is retried later; once sent, skipped."""
+    with replies.once("k1") as first:
+        assert first
+        with pytest.raises(replies.ReplyPending), replies.once("k1"):
+            pass
+    with replies.once("k1") as again:
+        assert not again
+    ttl = replies.redis_client().ttl("breedbot:reply:k1")
+    assert replies.SENDING_TTL < ttl <= replies.SENT_TTL
+
+
+def test_once_releases_the_claim_when_the_send_fails(fake: FakeTelegram) -> None:
+    with pytest.raises(ConnectionError), replies.once("k2") as first:
+        assert first
+        raise ConnectionError("the Bot API went away")
+    with replies.once("k2") as retried:
+        assert retried
+
+
+def test_once_under_concurrent_deliveries(fake: FakeTelegram) -> None:
+    """Eight deliveries of one reply at once: one sends, the others find the claim held."""
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        start.wait()
+        try:
+            with replies.once("k3") as first:
+                outcomes.append("sent" if first else "skipped")
+                time.sleep(0.3)  # the send, while the others try
+        except replies.ReplyPending:
+            outcomes.append("pending")
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["pending"] * 7 + ["sent"]
+
+
+# --- Replies through the Bot API emulator ------------------------------------------------------
+
+
+def test_photo_answer_is_sent_once_with_chart_and_buttons(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    """The chart with the answer as caption and ✅/❌; the labels kept for feedback; a
+    redelivered reply task sends nothing more."""
+    target = _target(user, 9101)
+    for _ in range(2):
+        replies.reply(PUG.to_dict(), reply_to=target.to_dict(), kind="classify", photo_id="p1")
+    sent = _bot_events(fake, 9101)
+    assert [e["type"] for e in sent] == ["sent"]
+    message = sent[0]["message"]
+    assert message["reply_to_message"]["message_id"] == target.message_id
+    assert message["caption"] == render.classification_text(PUG, "en", 0.5)
+    assert user.file(message["photo"][-1]["file_id"]).startswith(b"\x89PNG")
+    buttons = [b["callback_data"] for b in message["reply_markup"]["inline_keyboard"][0]]
+    assert buttons == ["fb:p1:ok", "fb:p1:no"]
+    labels = replies.redis_client().hget(contract.photo_key("p1"), "labels")
+    assert json.loads(labels) == [["pug", "Pug"], ["beagle", "Beagle"], ["boxer", "Boxer"]]
+
+
+def test_no_pet_and_bad_image_are_plain_texts(fake: FakeTelegram, user: PlaygroundClient) -> None:
+    for chat_id, result in ((9102, DAISY), (9103, TRUNCATED)):
+        target = _target(user, chat_id)
+        replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="classify", photo_id="x")
+        [event] = _bot_events(fake, chat_id)
+        assert event["message"]["text"] == render.classification_text(result, "en", 0.5)
+        assert "reply_markup" not in event["message"] and "photo" not in event["message"]
+
+
+def test_album_parts_gather_into_one_reply(fake: FakeTelegram, user: PlaygroundClient) -> None:
+    """Parts arrive out of order, one of them twice: one text once the last part is in, in
+    album order."""
+    target = _target(user, 9104, language="pt-BR")
+    parts = [PUG, DAISY, TRUNCATED]
+    album_key = f"breedbot:album:{target.key}"
+    for index in (2, 0, 2):
+        album = {"index": index, "size": 3}
+        assert replies._album_results(parts[index].to_dict(), target, album) is None
+    assert 0 < replies.redis_client().ttl(album_key) <= replies.ALBUM_TTL
+    assert _bot_events(fake, 9104) == []
+    for index in (1, 1):  # the last part, and its redelivery
+        replies.reply(
+            parts[index].to_dict(),
+            reply_to=target.to_dict(),
+            kind="classify",
+            album={"index": index, "size": 3},
+        )
+    [event] = _bot_events(fake, 9104)
+    assert event["message"]["text"] == render.album_text(parts, "pt-BR", 0.5)
+    gathered = replies._album_results(DAISY.to_dict(), target, {"index": 1, "size": 3})
+    assert gathered == parts
+
+
+def test_retrain_result_edits_the_status_message(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    """The final text replaces the progress in the status message; the confusion matrix follows
+    as a picture; a redelivery changes nothing."""
+    target = _target(user, 9105)
+    status = botapi.send_text(target, t("en", "retrain_queued"))
+    target = contract.ReplyTo(
+        9105, target.message_id, status_message_id=status["message_id"], key="retrain:9105"
+    )
+    replies.progress(target.to_dict(), contract.Progress("training", 10, 60).to_dict())
+    png = render.top_k_chart(PUG)
+    result = contract.RetrainResult(7, True, 0.9, confusion_png_b64=contract.encode_bytes(png))
+    for _ in range(2):
+        replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="retrain")
+    events = _bot_events(fake, 9105)
+    assert [e["type"] for e in events] == ["sent", "edited", "edited", "sent"]
+    assert events[1]["message"]["text"] == "🏋️ Training step 10/60"
+    assert events[2]["message"]["message_id"] == status["message_id"]
+    assert events[2]["message"]["text"] == render.retrain_text(result, "en")
+    assert events[3]["message"]["caption"] == "v7: confusion matrix"
+    assert user.file(events[3]["message"]["photo"][-1]["file_id"]) == png
+
+
+def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
+    """/models, /promote, /stats and /breeds answers, each rendered from the worker's result."""
+    versions = [
+        contract.ModelVersion(0, False).to_dict(),
+        contract.ModelVersion(1, True, "2026-12-01T20:31:40Z", test_accuracy=0.875).to_dict(),
+    ]
+    results = {
+        "models": versions,
+        "switch": contract.SwitchResult(1, 0).to_dict(),
+        "stats": contract.Stats(1, 12, 84.4).to_dict(),
+        "breeds": contract.Breeds(1, ["Beagle", "Pug"]).to_dict(),
+    }
+    target = _target(user, 9106)
+    for kind, result in results.items():
+        reply_to = contract.ReplyTo(9106, target.message_id, key=f"{kind}:9106")
+        replies.reply(result, reply_to=reply_to.to_dict(), kind=kind)
+    texts = [e["message"]["text"] for e in _bot_events(fake, 9106)]
+    assert texts == [
+        "Model versions (▶ = active):\n"
+        "• v0 — test accuracy –, built in\n"
+        "▶ v1 — test accuracy 88 %, 2026-12-01T20:31",
+        "Model v1 is active now.",
+        "Jobs today: 12\nAverage latency: 84 ms\nActive model: v1",
+        "I know 2 breeds (model v1):\nBeagle, Pug",
+    ]
+
+
+def test_unknown_kind_fails_and_keeps_the_key_free(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    target = _target(user, 9107)
+    with pytest.raises(ValueError, match="unknown reply kind"):
+        replies.reply({}, reply_to=target.to_dict(), kind="telepathy")
+    assert replies.redis_client().get(f"breedbot:reply:{target.key}") is None
+    assert _bot_events(fake, 9107) == []
+
+
+def test_a_refused_job_is_told_once_in_the_users_language(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    """The failure errback words a refusal from its problem code and values."""
+    target = _target(user, 9108, language="pt-BR")
+    task_id = "failed-promote-9108"
+    refused = contract.Refused("there is no model version 99", "no_such_version", {"version": 99})
+    replies.app.backend.mark_as_failure(task_id, refused)
+    for _ in range(2):
+        replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
+    [event] = _bot_events(fake, 9108)
+    reason = "não existe a versão 99 do modelo"
+    assert event["message"]["text"] == t("pt-BR", "job_failed", reason=reason)
+
+
+# --- The outbox ----------------------------------------------------------------------------------
+
+
+def _outbox_entry(client: redis.Redis, outbox_id: str, at: float) -> None:
+    """What the bot writes before it publishes a classify chain (bot/jobs.py)."""
+    signature = {"task": contract.CLASSIFY, "args": [], "kwargs": {}}
+    client.hset(contract.OUTBOX_JOBS, outbox_id, contract.OutboxEntry(signature).to_json())
+    client.zadd(contract.OUTBOX_DUE, {outbox_id: at})
+
+
+def test_reply_removes_its_outbox_entry(fake: FakeTelegram, user: PlaygroundClient) -> None:
+    client = replies.redis_client()
+    _outbox_entry(client, "answered", time.time())
+    _outbox_entry(client, "waiting", time.time())
+    target = _target(user, 9109)
+    replies.reply(PUG.to_dict(), reply_to=target.to_dict(), kind="classify", outbox_id="answered")
+    assert client.hkeys(contract.OUTBOX_JOBS) == ["waiting"]
+    assert client.zrange(contract.OUTBOX_DUE, 0, -1) == ["waiting"]
+
+
+def test_outbox_sweep_rescues_only_old_unanswered_entries(fake: FakeTelegram) -> None:
+    """Young entries wait; an old one is published again and its clock restarts; an entry
+    answered meanwhile (still due, no longer in the jobs hash) is forgotten."""
+    client = replies.redis_client()
+    now = time.time()
+    _outbox_entry(client, "young", now - 10)
+    _outbox_entry(client, "old", now - 120)
+    client.zadd(contract.OUTBOX_DUE, {"answered": now - 120})
+    published: list[dict[str, Any]] = []
+    assert outbox.sweep(client, published.append, 60, 3, now=now) == 1
+    assert published == [{"task": contract.CLASSIFY, "args": [], "kwargs": {}}]
+    due = dict(client.zrange(contract.OUTBOX_DUE, 0, -1, withscores=True))
+    assert due == {"young": now - 10, "old": now}
+    old = contract.OutboxEntry.from_json(client.hget(contract.OUTBOX_JOBS, "old"))
+    assert old.attempts == 1
+
+
+def test_outbox_sweep_gives_up_after_max_attempts(fake: FakeTelegram) -> None:
+    """An entry that is never answered is published again max_attempts times, then dropped;
+    nothing is re-published while photo jobs still wait in the queue."""
+    client = redis.Redis.from_url(botapi.settings().broker_url())
+    published: list[dict[str, Any]] = []
+    _outbox_entry(client, "never", time.time())
+    client.rpush(contract.QUEUE_INFER, "a queued photo job")
+    assert outbox.sweep(client, published.append, 0, 2) == 0  # a backlog: wait for it to drain
+    client.delete(contract.QUEUE_INFER)
+    rounds = [outbox.sweep(client, published.append, 0, 2, now=time.time() + i) for i in range(4)]
+    assert rounds == [1, 1, 0, 0]
+    assert published == [published[0]] * 2 and published[0]["task"] == contract.CLASSIFY
+    assert not client.exists(contract.OUTBOX_JOBS, contract.OUTBOX_DUE)
+    client.close()
