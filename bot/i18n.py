@@ -79,6 +79,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "the file is cut off (truncated)",
         "error_codes.too_large": "the picture is too large",
         "error_codes.too_small": "the picture is too small",
+        "chart_title": "Top {n} guesses · model v{version}",
+        "chart_axis": "probability",
+        "confusion_caption": "Model v{version}: confusion matrix on the test split",
     },
     "pt-BR": {
         "start": (
@@ -155,6 +158,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "o arquivo está cortado (incompleto)",
         "error_codes.too_large": "a imagem é grande demais",
         "error_codes.too_small": "a imagem é pequena demais",
+        "chart_title": "{n} palpites principais · modelo v{version}",
+        "chart_axis": "probabilidade",
+        "confusion_caption": "Modelo v{version}: matriz de confusão no conjunto de teste",
     },
 }
 

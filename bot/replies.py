@@ -105,7 +105,7 @@ def _answer_photo(
         names = [[g["label"], g["display_name"]] for g in result.top_k]
         redis_client().hset(contract.photo_key(photo_id), "labels", json.dumps(names))
     extra = {"reply_markup": markup} if markup else {}
-    botapi.send_picture(reply_to, render.top_k_chart(result), text, **extra)
+    botapi.send_picture(reply_to, render.top_k_chart(result, reply_to.language), text, **extra)
 
 
 def _album_results(
@@ -171,7 +171,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.send_text(reply_to, text)
     if outcome.confusion_png_b64:
         png = contract.decode_bytes(outcome.confusion_png_b64)
-        botapi.send_picture(reply_to, png, f"v{outcome.version}: confusion matrix")
+        caption = t(reply_to.language, "confusion_caption", version=outcome.version)
+        botapi.send_picture(reply_to, png, caption)
 
 
 @app.task(
