@@ -51,10 +51,13 @@ JSON_FIELDS = {
 class ApiError(Exception):
     """A Bot API error answer (`ok: false`)."""
 
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(
+        self, code: int, description: str, parameters: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.parameters = parameters  # ResponseParameters, e.g. {"retry_after": 3}
 
 
 @dataclass
@@ -115,6 +118,9 @@ class FakeTelegram:
         # While set, file downloads wait (a stalled file server); tests kill a bot mid-handler.
         self.hold_downloads = False
         self.held_downloads = 0
+        # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
+        # to that chat are answered 429, as Telegram does when a bot sends too fast.
+        self.flood: dict[int, list[int]] = {}
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda p: BOT_USER,
             "logOut": lambda p: True,
@@ -407,6 +413,7 @@ class FakeTelegram:
             self._check_token(request.match_info["token"])
             method = request.match_info["method"]
             params = await _read_params(request)
+            self._check_flood(method, params)
             if method == "getUpdates":
                 result: Any = await self._get_updates(params)
             elif method in self._methods:
@@ -416,8 +423,22 @@ class FakeTelegram:
                 raise ApiError(404, "Not Found: method not found")
         except ApiError as error:
             body = {"ok": False, "error_code": error.code, "description": error.description}
+            if error.parameters:
+                body["parameters"] = error.parameters
             return web.json_response(body, status=error.code)
         return web.json_response({"ok": True, "result": result})
+
+    def _check_flood(self, method: str, params: dict[str, Any]) -> None:
+        chat_id = params.get("chat_id")
+        left = self.flood.get(int(chat_id)) if chat_id is not None else None
+        if not left or not method.startswith(("send", "edit")) or method == "sendChatAction":
+            return
+        left[0] -= 1
+        if left[0] <= 0:
+            del self.flood[int(chat_id)]
+        self._event("flood", int(chat_id), method=method, retry_after=left[1])
+        description = f"Too Many Requests: retry after {left[1]}"
+        raise ApiError(429, description, {"retry_after": left[1]})
 
     async def _download(self, request: web.Request) -> web.Response:
         try:
@@ -463,6 +484,11 @@ class FakeTelegram:
             await self._notify()
         return web.json_response({"hold": self.hold_downloads, "held": self.held_downloads})
 
+    async def _test_flood(self, request: web.Request) -> web.Response:
+        params = await _read_params(request)
+        self.flood[int(params["chat_id"])] = [int(params["times"]), int(params["retry_after"])]
+        return web.json_response({"ok": True})
+
     async def _test_commands(self, request: web.Request) -> web.Response:
         return web.json_response({"commands": self.commands})
 
@@ -478,6 +504,7 @@ class FakeTelegram:
         app.router.add_get("/test/file/{file_id}", self._test_file)
         app.router.add_get("/test/commands", self._test_commands)
         app.router.add_route("*", "/test/downloads", self._test_downloads)
+        app.router.add_post("/test/flood", self._test_flood)
         return app
 
 
@@ -555,6 +582,11 @@ class PlaygroundClient:
     def hold_downloads(self, hold: bool) -> None:
         """Stall file downloads until released (a slow file server)."""
         self.http.post("/test/downloads", json={"hold": hold}).raise_for_status()
+
+    def flood(self, chat_id: int, times: int, retry_after: int) -> None:
+        """Answer the bot's next `times` sends to the chat with 429 and `retry_after` seconds."""
+        body = {"chat_id": chat_id, "times": times, "retry_after": retry_after}
+        self.http.post("/test/flood", json=body).raise_for_status()
 
     def held_downloads(self) -> int:
         """How many downloads waited on a hold so far."""
