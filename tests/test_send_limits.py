@@ -15,6 +15,8 @@ import contract
 from bot import limits
 from fakegram.api import PlaygroundClient
 from ops.redis_server import RedisServer
+from worker.celery_app import create_app
+from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from conftest import ServiceHandle
@@ -69,10 +71,24 @@ def test_a_far_turn_defers_and_a_429_holds_the_chat(client: redis.Redis) -> None
 
 
 @pytest.fixture(scope="module")
-def repliers(spawn_replier: Callable[..., ServiceHandle]) -> list[ServiceHandle]:
+def limited_url(redis_server: RedisServer) -> str:
+    """A Redis database of this module's own: no other test's reply sender takes its replies."""
+    return redis_server.url.rsplit("/", 1)[0] + "/8"
+
+
+@pytest.fixture(scope="module")
+def repliers(spawn_replier: Callable[..., ServiceHandle], limited_url: str) -> list[ServiceHandle]:
     """Two reply senders on one Redis: the limits hold for both together."""
     env = {"REPLY_RATE_PER_CHAT": "2", "REPLY_CHAT_BURST": "2", "REPLY_RATE_OVERALL": "30"}
-    return [spawn_replier(f"limited{i}", **env) for i in range(2)]
+    return [spawn_replier(f"limited{i}", REDIS_URL=limited_url, **env) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def sender(limited_url: str) -> Iterator[Celery]:
+    """A client publishing reply tasks to that database."""
+    app = create_app(WorkerSettings(redis_url=limited_url))
+    yield app
+    app.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +98,10 @@ def chat(emulator_url: str) -> Iterator[PlaygroundClient]:
         yield user
 
 
-def _reply(celery_client: Celery, chat_id: int, key: str) -> None:
+def _reply(sender: Celery, chat_id: int, key: str) -> None:
     stats = contract.Stats(active_version=0, jobs_today=1, avg_latency_ms=None).to_dict()
     target = contract.ReplyTo(chat_id=chat_id, key=key).to_dict()
-    celery_client.send_task(
-        contract.REPLY, args=[stats], kwargs={"reply_to": target, "kind": "stats"}
-    )
+    sender.send_task(contract.REPLY, args=[stats], kwargs={"reply_to": target, "kind": "stats"})
 
 
 def _sent_times(events: list[dict[str, Any]]) -> list[float]:
@@ -96,19 +110,19 @@ def _sent_times(events: list[dict[str, Any]]) -> list[float]:
 
 @pytest.mark.slow
 def test_a_flooding_chat_is_paced_and_never_delays_another(
-    repliers: list[ServiceHandle], celery_client: Celery, chat: PlaygroundClient
+    repliers: list[ServiceHandle], sender: Celery, chat: PlaygroundClient
 ) -> None:
     """Ten replies to one chat go out 2 a second (after a burst of 2); another chat's reply,
     queued behind them, arrives at once; each is sent exactly once."""
     flood, calm, warm = 61_001, 61_002, 61_000
     for i in range(4):  # both senders warm (first connections), so sends follow their slots
-        _reply(celery_client, warm + i * 10, f"warm-{i}")
+        _reply(sender, warm + i * 10, f"warm-{i}")
     for i in range(4):
         chat.wait_for(warm + i * 10, lambda ev: bool(_sent_times(ev)), timeout=60)
     for i in range(10):
-        _reply(celery_client, flood, f"flood-{i}")
+        _reply(sender, flood, f"flood-{i}")
     queued = time.time()
-    _reply(celery_client, calm, "calm")
+    _reply(sender, calm, "calm")
     calm_at = _sent_times(chat.wait_for(calm, lambda ev: bool(_sent_times(ev)), timeout=60))
     assert calm_at[0] - queued < 2.0
     times = _sent_times(chat.wait_for(flood, lambda ev: len(_sent_times(ev)) >= 10, timeout=60))
@@ -122,12 +136,12 @@ def test_a_flooding_chat_is_paced_and_never_delays_another(
 
 @pytest.mark.slow
 def test_retry_after_is_honoured(
-    repliers: list[ServiceHandle], celery_client: Celery, chat: PlaygroundClient
+    repliers: list[ServiceHandle], sender: Celery, chat: PlaygroundClient
 ) -> None:
     """Telegram answers 429 with retry_after=2: the reply comes once, 2 s later, not lost."""
     user = 61_003
     chat.flood(user, times=1, retry_after=2)
-    _reply(celery_client, user, "after-flood")
+    _reply(sender, user, "after-flood")
     events = chat.wait_for(user, lambda ev: bool(_sent_times(ev)), timeout=60)
     refused = [e["at"] for e in events if e["type"] == "flood"]
     assert len(refused) == 1
