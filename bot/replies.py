@@ -205,8 +205,11 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.send_picture(reply_to, png, caption)
 
 
+# No result is stored for reply tasks: nothing reads it (a redelivered reply is stopped by its
+# key), and storing it cost a Redis round trip per answer.
 @app.task(
     bind=True,
+    ignore_result=True,
     name=contract.REPLY,
     autoretry_for=(httpx.TransportError, ReplyPending),
     **RETRY,
@@ -269,7 +272,13 @@ def _reply(
             raise ValueError(f"unknown reply kind {kind!r}")
 
 
-@app.task(bind=True, name=contract.REPLY_FAILED, autoretry_for=(ReplyPending,), **RETRY)
+@app.task(
+    bind=True,
+    ignore_result=True,
+    name=contract.REPLY_FAILED,
+    autoretry_for=(ReplyPending,),
+    **RETRY,
+)
 def reply_failed(
     self: Task,
     task_id: str,

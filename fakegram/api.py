@@ -105,7 +105,11 @@ class FakeTelegram:
         self.updates: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        # The same events by chat, and files by path: waiters and downloads look up their own
+        # instead of scanning everything (the bench's emulator must not slow down as it fills).
+        self.chat_events: dict[int, list[dict[str, Any]]] = {}
         self.files: dict[str, StoredFile] = {}
+        self.paths: dict[str, StoredFile] = {}
         self.commands: list[dict[str, Any]] = []
         self.webhook: str = ""
         # Like Telegram's, ids never repeat, not even across runs: they start at the clock's
@@ -163,6 +167,7 @@ class FakeTelegram:
             **fields,
         }
         self.events.append(event)
+        self.chat_events.setdefault(chat_id, []).append(event)
 
     def _check_token(self, token: str) -> None:
         if self.token is not None and token != self.token:
@@ -172,6 +177,7 @@ class FakeTelegram:
         n = next(self._ids)
         stored = StoredFile(f"file-{n}", f"u{n}", f"{folder}/file_{n}{suffix}", data)
         self.files[stored.file_id] = stored
+        self.paths[stored.path] = stored
         return stored
 
     def _file_param(self, value: Any, folder: str, suffix: str) -> StoredFile:
@@ -399,7 +405,10 @@ class FakeTelegram:
         """Events of a chat after `after`, waiting up to `timeout` s for the first one."""
 
         def fresh() -> list[dict[str, Any]]:
-            return [e for e in self.events[after:] if e["chat_id"] == chat_id]
+            events = self.chat_events.get(chat_id, [])
+            if not events or events[-1]["seq"] <= after:
+                return []
+            return [e for e in events if e["seq"] > after]
 
         async with self.changed:
             with suppress(TimeoutError):
@@ -450,10 +459,10 @@ class FakeTelegram:
             self.held_downloads += 1
             async with self.changed:
                 await self.changed.wait_for(lambda: not self.hold_downloads)
-        for stored in self.files.values():
-            if stored.path == path and len(stored.data) <= MAX_DOWNLOAD_BYTES:
-                return web.Response(body=stored.data)
-        raise web.HTTPNotFound()
+        stored = self.paths.get(path)
+        if stored is None or len(stored.data) > MAX_DOWNLOAD_BYTES:
+            raise web.HTTPNotFound()
+        return web.Response(body=stored.data)
 
     async def _test_message(self, request: web.Request) -> web.Response:
         return web.json_response(await self.user_message(await _read_params(request)))
