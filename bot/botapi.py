@@ -21,6 +21,14 @@ class TelegramError(Exception):
     """The Bot API answered `ok: false`."""
 
 
+class RetryAfter(TelegramError):
+    """Telegram answered 429: nothing more to this chat for `seconds`."""
+
+    def __init__(self, method: str, seconds: float) -> None:
+        super().__init__(f"{method}: flood control, retry after {seconds} s")
+        self.seconds = seconds
+
+
 class DownloadError(Exception):
     """A file could not be downloaded (too large, gone, or the network failed)."""
 
@@ -60,6 +68,9 @@ def call(method: str, params: dict[str, Any], files: dict[str, Any] | None = Non
         response = http_client().post(url, json=params)
     body = response.json()
     if not body.get("ok"):
+        retry_after = (body.get("parameters") or {}).get("retry_after")
+        if retry_after is not None:
+            raise RetryAfter(method, float(retry_after))
         raise TelegramError(f"{method}: {body.get('description')}")
     return body["result"]
 

@@ -106,6 +106,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "the file is cut off (truncated)",
         "error_codes.too_large": "the picture is too large",
         "error_codes.too_small": "the picture is too small",
+        "chart_title": "Top {n} guesses · model v{version}",
+        "chart_axis": "probability",
     },
     "pt-BR": {
         "start": (
@@ -202,6 +204,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "o arquivo está cortado (incompleto)",
         "error_codes.too_large": "a imagem é grande demais",
         "error_codes.too_small": "a imagem é pequena demais",
+        "chart_title": "{n} palpites principais · modelo v{version}",
+        "chart_axis": "probabilidade",
     },
 }
 

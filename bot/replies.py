@@ -19,11 +19,12 @@ from typing import Any
 
 import httpx
 import redis
+from celery import Task
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 import contract
-from bot import botapi, outbox, render
+from bot import botapi, limits, outbox, render
 from bot.i18n import moment, percent, problem_text, t
 from bot.keyboards import feedback_keyboard
 from bot.reply_app import app
@@ -82,6 +83,35 @@ def once(key: str) -> Iterator[bool]:
     client.set(name, "sent", ex=SENT_TTL)
 
 
+def _limits() -> limits.Limits:
+    settings = botapi.settings()
+    return limits.Limits(
+        settings.reply_rate_per_chat, settings.reply_chat_burst, settings.reply_rate_overall
+    )
+
+
+def _wait_turn(target: contract.ReplyTo) -> None:
+    """Wait for this reply's turn under Telegram's limits (`limits.Deferred` when far off)."""
+    limits.wait_turn(redis_client(), target.chat_id, target.key, _limits())
+
+
+@contextlib.contextmanager
+def _deferring(task: Task, target: contract.ReplyTo) -> Iterator[None]:
+    """Run the reply task again when its turn comes, or once Telegram's `retry_after` is over.
+
+    A deferred task waits in the broker with a countdown, holding no thread, and keeps its
+    reserved slot; its claim was released on the way out of `once()`, so it is sent then.
+    """
+    try:
+        yield
+    except limits.Deferred as error:
+        raise task.retry(countdown=error.seconds, exc=error) from None
+    except botapi.RetryAfter as error:
+        log.warning("chat %s: %s", target.chat_id, error)
+        limits.hold_chat(redis_client(), target.chat_id, error.seconds)
+        raise task.retry(countdown=error.seconds, exc=error) from None
+
+
 @app.task(name=contract.PROGRESS, ignore_result=True)
 def progress(reply_to: dict[str, Any], update: dict[str, Any]) -> None:
     """Show a retrain's progress in its status message; best effort, never retried."""
@@ -107,7 +137,7 @@ def _answer_photo(
         record = {"labels": json.dumps(names), "version": result.model_version}
         redis_client().hset(contract.photo_key(photo_id), mapping=record)
     extra = {"reply_markup": markup} if markup else {}
-    botapi.send_picture(reply_to, render.top_k_chart(result), text, **extra)
+    botapi.send_picture(reply_to, render.top_k_chart(result, reply_to.language), text, **extra)
 
 
 def _album_results(
@@ -181,12 +211,17 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.send_picture(reply_to, png, caption)
 
 
+# No result is stored for reply tasks: nothing reads it (a redelivered reply is stopped by its
+# key), and storing it cost a Redis round trip per answer.
 @app.task(
+    bind=True,
+    ignore_result=True,
     name=contract.REPLY,
     autoretry_for=(httpx.TransportError, ReplyPending),
     **RETRY,
 )
 def reply(
+    self: Task,
     result: Any,
     *,
     reply_to: dict[str, Any],
@@ -197,7 +232,9 @@ def reply(
     outbox_id: str | None = None,
 ) -> None:
     """Send a finished job's answer to its chat, once per `reply_to["key"]`."""
-    _reply(result, contract.ReplyTo.from_dict(reply_to), kind, photo_id, low_confidence, album)
+    target = contract.ReplyTo.from_dict(reply_to)
+    with _deferring(self, target):
+        _reply(result, target, kind, photo_id, low_confidence, album)
     outbox.done(redis_client(), outbox_id)
 
 
@@ -216,11 +253,13 @@ def _reply(
             return
         with once(target.key) as first:
             if first:
+                _wait_turn(target)
                 botapi.send_text(target, render.album_text(results, language, low_confidence))
         return
     with once(target.key) as first:
         if not first:
             return
+        _wait_turn(target)
         if kind == "classify":
             _answer_photo(
                 contract.ClassifyResult.from_dict(result), target, photo_id, low_confidence
@@ -239,8 +278,15 @@ def _reply(
             raise ValueError(f"unknown reply kind {kind!r}")
 
 
-@app.task(name=contract.REPLY_FAILED, autoretry_for=(ReplyPending,), **RETRY)
+@app.task(
+    bind=True,
+    ignore_result=True,
+    name=contract.REPLY_FAILED,
+    autoretry_for=(ReplyPending,),
+    **RETRY,
+)
 def reply_failed(
+    self: Task,
     task_id: str,
     *,
     reply_to: dict[str, Any],
@@ -249,7 +295,9 @@ def reply_failed(
     **_: Any,
 ) -> None:
     """Errback: tell the chat its job failed (once), without internals."""
-    _report_failure(task_id, contract.ReplyTo.from_dict(reply_to), kind)
+    target = contract.ReplyTo.from_dict(reply_to)
+    with _deferring(self, target):
+        _report_failure(task_id, target, kind)
     outbox.done(redis_client(), outbox_id)
 
 
@@ -264,6 +312,7 @@ def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
     with once(target.key) as first:
         if not first:
             return
+        _wait_turn(target)
         key = "retrain_failed" if kind == "retrain" else "job_failed"
         text = t(target.language, key, reason=reason)
         if kind == "retrain" and target.status_message_id is not None:

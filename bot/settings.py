@@ -33,6 +33,11 @@ class BotSettings(BrokerSettings):
 
     # The reply sender: threads sending answers to Telegram at once.
     replier_concurrency: int = Field(default=16, ge=1, le=256)
+    # Telegram's limits, kept by every reply sender together (bot/limits.py): messages a second
+    # to one chat (after a short burst) and overall.
+    reply_rate_per_chat: float = Field(default=1.0, gt=0)
+    reply_chat_burst: int = Field(default=3, ge=1)
+    reply_rate_overall: float = Field(default=30.0, gt=0)
     # A classify job unanswered this long is published again (bot/outbox.py), at most
     # OUTBOX_MAX_ATTEMPTS times: it rescues messages lost with a killed worker, and answers the
     # jobs of a killed worker long before the (retrain-sized) visibility timeout would.

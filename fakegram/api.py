@@ -59,10 +59,13 @@ JSON_FIELDS = {
 class ApiError(Exception):
     """A Bot API error answer (`ok: false`)."""
 
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(
+        self, code: int, description: str, parameters: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.parameters = parameters  # ResponseParameters, e.g. {"retry_after": 3}
 
 
 @dataclass
@@ -110,7 +113,11 @@ class FakeTelegram:
         self.updates: dict[int, dict[str, Any]] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        # The same events by chat, and files by path: waiters and downloads look up their own
+        # instead of scanning everything (the bench's emulator must not slow down as it fills).
+        self.chat_events: dict[int, list[dict[str, Any]]] = {}
         self.files: dict[str, StoredFile] = {}
+        self.paths: dict[str, StoredFile] = {}
         self.commands: list[dict[str, Any]] = []
         self.webhook: str = ""
         # Like Telegram's, ids never repeat, not even across runs: they start at the clock's
@@ -128,6 +135,9 @@ class FakeTelegram:
         self.faults: dict[str, list[int]] = {}
         self.ignore_poll_timeout = False
         self.calls: Counter[str] = Counter()
+        # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
+        # to that chat are answered 429, as Telegram does when a bot sends too fast.
+        self.flood: dict[int, list[int]] = {}
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda p: BOT_USER,
             "logOut": lambda p: True,
@@ -170,6 +180,7 @@ class FakeTelegram:
             **fields,
         }
         self.events.append(event)
+        self.chat_events.setdefault(chat_id, []).append(event)
 
     def _check_token(self, token: str) -> None:
         if self.token is not None and token != self.token:
@@ -179,6 +190,7 @@ class FakeTelegram:
         n = next(self._ids)
         stored = StoredFile(f"file-{n}", f"u{n}", f"{folder}/file_{n}{suffix}", data)
         self.files[stored.file_id] = stored
+        self.paths[stored.path] = stored
         return stored
 
     def _file_param(self, value: Any, folder: str, suffix: str) -> StoredFile:
@@ -408,7 +420,10 @@ class FakeTelegram:
         """Events of a chat after `after`, waiting up to `timeout` s for the first one."""
 
         def fresh() -> list[dict[str, Any]]:
-            return [e for e in self.events[after:] if e["chat_id"] == chat_id]
+            events = self.chat_events.get(chat_id, [])
+            if not events or events[-1]["seq"] <= after:
+                return []
+            return [e for e in events if e["seq"] > after]
 
         async with self.changed:
             with suppress(TimeoutError):
@@ -426,6 +441,7 @@ class FakeTelegram:
                 code = self.faults[method].pop(0)
                 raise ApiError(code, FAULTS.get(code, HTTPStatus(code).phrase))
             params = await _read_params(request)
+            self._check_flood(method, params)
             if method == "getUpdates":
                 result: Any = await self._get_updates(params)
             elif method in self._methods:
@@ -435,8 +451,22 @@ class FakeTelegram:
                 raise ApiError(404, "Not Found: method not found")
         except ApiError as error:
             body = {"ok": False, "error_code": error.code, "description": error.description}
+            if error.parameters:
+                body["parameters"] = error.parameters
             return web.json_response(body, status=error.code)
         return web.json_response({"ok": True, "result": result})
+
+    def _check_flood(self, method: str, params: dict[str, Any]) -> None:
+        chat_id = params.get("chat_id")
+        left = self.flood.get(int(chat_id)) if chat_id is not None else None
+        if not left or not method.startswith(("send", "edit")) or method == "sendChatAction":
+            return
+        left[0] -= 1
+        if left[0] <= 0:
+            del self.flood[int(chat_id)]
+        self._event("flood", int(chat_id), method=method, retry_after=left[1])
+        description = f"Too Many Requests: retry after {left[1]}"
+        raise ApiError(429, description, {"retry_after": left[1]})
 
     async def _download(self, request: web.Request) -> web.Response:
         try:
@@ -448,10 +478,10 @@ class FakeTelegram:
             self.held_downloads += 1
             async with self.changed:
                 await self.changed.wait_for(lambda: not self.hold_downloads)
-        for stored in self.files.values():
-            if stored.path == path and len(stored.data) <= MAX_DOWNLOAD_BYTES:
-                return web.Response(body=stored.data)
-        raise web.HTTPNotFound()
+        stored = self.paths.get(path)
+        if stored is None or len(stored.data) > MAX_DOWNLOAD_BYTES:
+            raise web.HTTPNotFound()
+        return web.Response(body=stored.data)
 
     async def _test_message(self, request: web.Request) -> web.Response:
         return web.json_response(await self.user_message(await _read_params(request)))
@@ -482,6 +512,11 @@ class FakeTelegram:
             await self._notify()
         return web.json_response({"hold": self.hold_downloads, "held": self.held_downloads})
 
+    async def _test_flood(self, request: web.Request) -> web.Response:
+        params = await _read_params(request)
+        self.flood[int(params["chat_id"])] = [int(params["times"]), int(params["retry_after"])]
+        return web.json_response({"ok": True})
+
     async def _test_commands(self, request: web.Request) -> web.Response:
         return web.json_response({"commands": self.commands})
 
@@ -497,6 +532,7 @@ class FakeTelegram:
         app.router.add_get("/test/file/{file_id}", self._test_file)
         app.router.add_get("/test/commands", self._test_commands)
         app.router.add_route("*", "/test/downloads", self._test_downloads)
+        app.router.add_post("/test/flood", self._test_flood)
         return app
 
 
@@ -574,6 +610,11 @@ class PlaygroundClient:
     def hold_downloads(self, hold: bool) -> None:
         """Stall file downloads until released (a slow file server)."""
         self.http.post("/test/downloads", json={"hold": hold}).raise_for_status()
+
+    def flood(self, chat_id: int, times: int, retry_after: int) -> None:
+        """Answer the bot's next `times` sends to the chat with 429 and `retry_after` seconds."""
+        body = {"chat_id": chat_id, "times": times, "retry_after": retry_after}
+        self.http.post("/test/flood", json=body).raise_for_status()
 
     def held_downloads(self) -> int:
         """How many downloads waited on a hold so far."""

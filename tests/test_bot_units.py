@@ -226,9 +226,25 @@ def test_retrain_reply_reports_cross_validation_and_the_auto_choice() -> None:
     )
 
 
-def test_chart_is_a_png() -> None:
-    """The top-k chart renders without a display."""
-    assert render.top_k_chart(_result(0.93)).startswith(b"\x89PNG")
+def _chart(result: Any, language: str) -> Image.Image:
+    return Image.open(io.BytesIO(render.top_k_chart(result, language)))
+
+
+def test_chart_is_a_phone_sized_png_with_long_names_wrapped() -> None:
+    """The chart is a palette PNG 720 px wide; a long name wraps to a second line, then is cut."""
+    short = _chart(_result(0.93), "en")
+    assert short.format == "PNG" and short.mode == "P" and short.width == render.CHART_WIDTH
+    long_name = "Cão de Água Português " * 6
+    guesses = [contract.Guess("x", long_name, 0.9).to_dict(), *_result(0.93).top_k[1:]]
+    long = _chart(contract.ClassifyResult(3, guesses, True, 0.9, "x", 0.9), "pt-BR")
+    assert long.width == short.width and long.height == short.height + render.NAME_SIZE + 4
+    font = render._font(render.NAME_SIZE)
+    lines = render._wrap(long_name, font, 500)
+    assert len(lines) == 2 and lines[1].endswith("…")
+    assert all(font.getlength(line) <= 500 for line in lines)
+    assert render._wrap("Supercalifragilistic" * 4, font, 300)[0].endswith("…")
+    # Title and axis follow the language: the pixels differ between en and pt-BR.
+    assert _chart(_result(0.93), "pt-BR").tobytes() != short.tobytes()
 
 
 def test_keyboards_round_trip() -> None:

@@ -61,9 +61,10 @@ async def _remember(context: Context, message: Message) -> str:
     photo_id = secrets.token_hex(6)
     file_id, _ = _image_file(message)
     key = contract.photo_key(photo_id)
-    redis = redis_of(context)
-    await redis.hset(key, mapping={"file_id": file_id, "chat_id": message.chat_id})
-    await redis.expire(key, contract.PHOTO_TTL_SECONDS)
+    async with redis_of(context).pipeline(transaction=False) as pipe:  # one round trip
+        pipe.hset(key, mapping={"file_id": file_id, "chat_id": message.chat_id})
+        pipe.expire(key, contract.PHOTO_TTL_SECONDS)
+        await pipe.execute()
     return photo_id
 
 
