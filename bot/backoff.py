@@ -20,12 +20,12 @@ FIRST_DELAY = 1.0  # seconds before the first retry; doubled each time
 MAX_DELAY = 30.0
 
 
-def delays(first: float | None = None, cap: float = MAX_DELAY) -> Iterator[float]:
-    """Waits between attempts: 1, 2, 4 ... seconds, never more than `cap`."""
-    delay = FIRST_DELAY if first is None else first
+def delays() -> Iterator[float]:
+    """Waits between attempts: 1, 2, 4 ... seconds, never more than MAX_DELAY."""
+    delay = FIRST_DELAY
     while True:
         yield delay
-        delay = min(2 * delay, cap)
+        delay = min(2 * delay, MAX_DELAY)
 
 
 def transient(error: BaseException) -> bool:

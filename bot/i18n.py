@@ -18,18 +18,19 @@ STRINGS: dict[str, dict[str, str]] = {
             "Hi {name}! Send me a photo of a cat or a dog and I will tell you its breed.\n"
             "Albums and images sent as files work too. /help for more.\n"
             "Out of the box I know ImageNet's 123 cat and dog classes (118 dogs, 5 cats); "
-            "an admin's /retrain teaches me others."
+            "an admin can teach me others."
         ),
         "help": (
             "Send a photo (or an image file, or an album) of a cat or a dog.\n"
             "I answer with the breed, my confidence, the next two guesses and a chart.\n"
             "Press ✅ or ❌ under an answer to teach me.\n"
             "The built-in model (v0) knows ImageNet's 123 cat and dog classes; breeds outside "
-            "them need a retrained model (/retrain, for admins).\n\n"
+            "them need a retrained model, which an admin can make.\n\n"
             "/breeds – the breeds I know\n/help – this message"
         ),
         "help_admin": (
-            "\n\nAdmin:\n/retrain (with a .zip, or as a reply to one) [steps=500 lr=0.01 flip=1 "
+            "\n\nAdmin (/retrain teaches me breeds beyond ImageNet's 123):\n"
+            "/retrain (with a .zip, or as a reply to one) [steps=500 lr=0.01 flip=1 "
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – train on corrections\n"
             "/models, /promote N, /rollback, /stats"
         ),
@@ -114,18 +115,19 @@ STRINGS: dict[str, dict[str, str]] = {
             "Oi, {name}! Mande a foto de um gato ou de um cachorro e eu digo a raça.\n"
             "Álbuns e imagens enviadas como arquivo também valem. /help para mais.\n"
             "De fábrica conheço as 123 classes de gatos e cães do ImageNet (118 cães, 5 gatos); "
-            "o /retrain de um administrador me ensina outras."
+            "um administrador pode me ensinar outras."
         ),
         "help": (
             "Mande uma foto (ou um arquivo de imagem, ou um álbum) de um gato ou cachorro.\n"
             "Respondo com a raça, minha confiança, os dois palpites seguintes e um gráfico.\n"
             "Toque em ✅ ou ❌ embaixo da resposta para me ensinar.\n"
             "O modelo de fábrica (v0) conhece as 123 classes de gatos e cães do ImageNet; outras "
-            "raças pedem um modelo retreinado (/retrain, para administradores).\n\n"
+            "raças pedem um modelo retreinado, que um administrador pode fazer.\n\n"
             "/breeds – as raças que conheço\n/help – esta mensagem"
         ),
         "help_admin": (
-            "\n\nAdmin:\n/retrain (com um .zip, ou respondendo a um) [steps=500 lr=0.01 flip=1 "
+            "\n\nAdmin (o /retrain me ensina raças além das 123 do ImageNet):\n"
+            "/retrain (com um .zip, ou respondendo a um) [steps=500 lr=0.01 flip=1 "
             "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – treinar com as correções\n"
             "/models, /promote N, /rollback, /stats"
         ),

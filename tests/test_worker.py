@@ -194,7 +194,7 @@ def test_retrain_round_trip_reports_progress(retrain_run):
     bottlenecks = [p.done for p in progress if p.stage == "bottlenecks"]
     assert bottlenecks and bottlenecks == sorted(bottlenecks)
     assert all(0 <= p.done <= p.total for p in progress)
-    order = ["bottlenecks", "training", "saving", "evaluating"]
+    order = ["bottlenecks", "training", "saving", "comparing"]
     stages = [order.index(p.stage) for p in progress]
     assert stages == sorted(stages)
     # Training itself is over in a blink here; its validation accuracy rides on later stages.
