@@ -314,3 +314,25 @@ def test_folds_are_stratified_and_decided_by_content(datasets: Path) -> None:
         counts = np.bincount([f for f, im in zip(folds, images, strict=True) if im.label == label])
         assert counts.max() - counts[counts > 0].min() <= 1  # dealt round-robin within a class
     assert np.ptp(np.bincount(folds, minlength=5)) <= 37  # at most one photo per class apart
+
+
+def test_auto_picks_the_backbone_that_cross_validates_best(
+    datasets: Path, breedbot_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--architecture auto` on two cheap candidates: the choice and its reasons are recorded."""
+    monkeypatch.setattr(train, "AUTO_CANDIDATES", ("efficientnet_lite0", "mobilenet_v1_100_224"))
+    data_dir = _copy_classes(datasets / "flowers-dev", tmp_path / "data", ["daisy", "roses"], 15)
+    hp = replace(FAST, tfhub_module="auto")
+    result = train.retrain(data_dir, tmp_path / "out", hp, home=breedbot_home)
+    auto = result.metrics["auto"]
+    scores = {h: c["cv_accuracy"] for h, c in auto["candidates"].items()}
+    assert list(scores) == ["efficientnet_lite0", "mobilenet_v1_100_224"]
+    best = max(scores.values())
+    first_close = next(h for h, acc in scores.items() if acc >= best - train.AUTO_TIE)
+    assert auto["chosen"] == first_close == result.metrics["backbone"]["handle"]
+    assert auto["candidates"]["mobilenet_v1_100_224"]["image_size"] == 224
+    # The candidates saw originals only; the chosen one was then extracted with its mirrors.
+    assert result.metrics["n_train_vectors"] == 2 * result.metrics["n_train"] == 60
+    assert load_classifier(result.output_dir).predict(
+        [next((data_dir / "roses").iterdir()).read_bytes()]
+    )[0].top_k[0].label in {"daisy", "roses"}

@@ -68,6 +68,14 @@ class Timings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def pet_gate(
+    carnivore_mass: float, imagenet_class: int, carnivore_in_top5: bool, confidence: float
+) -> tuple[bool, bool]:
+    """(a cat or a dog, only "not sure, maybe X") from ImageNet's answer and the model's top one."""
+    sure = carnivore_mass >= PET_GATE or imagenet_class in PET_CLASSES
+    return sure, not sure and carnivore_in_top5 and confidence >= MAYBE_CONFIDENCE
+
+
 class Classifier:
     """A loaded model: holds a TensorFlow graph or LiteRT interpreters, so it is a class."""
 
@@ -124,10 +132,9 @@ class Classifier:
         ]
         pet = float(out["pet_probability"][r])
         cls = int(out["imagenet_class"][r])
-        sure = pet >= PET_GATE or cls in PET_CLASSES
         # Versions saved before the top-5 output lack it: their gate stays the strict one.
         in_top5 = "pet_in_top5" in out and bool(out["pet_in_top5"][r])
-        maybe = not sure and in_top5 and float(probs[order[0]]) >= MAYBE_CONFIDENCE
+        sure, maybe = pet_gate(pet, cls, in_top5, float(probs[order[0]]))
         return Prediction(
             top_k=guesses,
             is_pet=None if pet < 0 else (sure or maybe),
