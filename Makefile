@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench reliability up clean
+.PHONY: install test test-fast lint bench reliability up clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
+
+# The tests that start no model and no service process (seconds, not minutes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow and not reliability"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,6 +36,8 @@ bench: $(STAMP)
 	$(PY) bench/bot_bench.py
 	$(PY) bench/engine_bench.py
 	$(PY) bench/load_bench.py
+	$(PY) bench/gate_bench.py
+	$(PY) bench/process_bench.py
 
 # Every fault, bad-input, security and load scenario at full size (about 8 min on 2 cores);
 # rewrites the table in docs/RELIABILITY.md. CI runs the reduced form inside `make test`.

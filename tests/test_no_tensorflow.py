@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "tf_keras", "tensorflow_hub", "keras")
 TELEGRAM = ("telegram", "httpx", "bot")
@@ -47,6 +49,7 @@ def test_the_worker_never_loads_telegram() -> None:
     assert _loaded(setup, TELEGRAM) == []
 
 
+@pytest.mark.slow
 def test_a_cpu_worker_answers_a_photo_without_tensorflow(
     breedbot_home: Path, datasets: Path
 ) -> None:
