@@ -20,7 +20,6 @@ from bot.handlers.feedback import folder_label, match_breed
 from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
 from fakegram.api import PlaygroundClient
-from fakegram.playground import PLAYGROUND_TOKEN
 from harness.stack import Stack
 from ops.redis_server import RedisServer
 from worker import tf_jobs
@@ -130,7 +129,7 @@ def _buttons(message: dict[str, Any]) -> dict[str, str]:
 
 
 def test_feedback_takes_one_answer_and_a_typed_breed(
-    chat: PlaygroundClient, redis_server: RedisServer, datasets: Path
+    chat: PlaygroundClient, session_stack: Stack, redis_server: RedisServer, datasets: Path
 ) -> None:
     """❌, then the breed typed with a typo: filed once under the raw label, the keyboard gone,
     and a later press of the old ✅ changes nothing. (The worker's part is played here.)"""
@@ -150,7 +149,7 @@ def test_feedback_takes_one_answer_and_a_typed_breed(
     known = [*guesses, ["Siamese cat", "Siamese cat"]]
     db.set(contract.labels_key(0), json.dumps(known))
     answer = chat.http.post(
-        f"/bot{PLAYGROUND_TOKEN}/sendMessage",
+        f"/bot{session_stack.token}/sendMessage",
         json={
             "chat_id": user,
             "text": "Tabby — 51%",
