@@ -300,7 +300,8 @@ def _final_reply(stack: Stack, chat_id: int, message_id: int, timeout: float) ->
             e["message"] for e in events if e["seq"] > asked and e["type"] in ("sent", "edited")
         ]
         texts = [m.get("text") or m.get("caption") or "" for m in later]
-        final = [t for t in texts if not t.startswith(PROGRESS_MARKS) and "confusion" not in t]
+        # "confus": the confusion matrix's caption in English and in Portuguese ("confusão").
+        final = [t for t in texts if not t.startswith(PROGRESS_MARKS) and "confus" not in t]
         return final[-1] if final else ""
 
     return wait_until(last, timeout) or ""

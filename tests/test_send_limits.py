@@ -19,7 +19,7 @@ from worker.celery_app import create_app
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from conftest import ServiceHandle
+    from harness.services import Service
 
 FAST = limits.Limits(per_chat=4.0, chat_burst=2, overall=1000.0)
 
@@ -77,7 +77,7 @@ def limited_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def repliers(spawn_replier: Callable[..., ServiceHandle], limited_url: str) -> list[ServiceHandle]:
+def repliers(spawn_replier: Callable[..., Service], limited_url: str) -> list[Service]:
     """Two reply senders on one Redis: the limits hold for both together."""
     env = {"REPLY_RATE_PER_CHAT": "2", "REPLY_CHAT_BURST": "2", "REPLY_RATE_OVERALL": "30"}
     return [spawn_replier(f"limited{i}", REDIS_URL=limited_url, **env) for i in range(2)]
@@ -110,7 +110,7 @@ def _sent_times(events: list[dict[str, Any]]) -> list[float]:
 
 @pytest.mark.slow
 def test_a_flooding_chat_is_paced_and_never_delays_another(
-    repliers: list[ServiceHandle], sender: Celery, chat: PlaygroundClient
+    repliers: list[Service], sender: Celery, chat: PlaygroundClient
 ) -> None:
     """Ten replies to one chat go out 2 a second (after a burst of 2); another chat's reply,
     queued behind them, arrives at once; each is sent exactly once."""
@@ -136,7 +136,7 @@ def test_a_flooding_chat_is_paced_and_never_delays_another(
 
 @pytest.mark.slow
 def test_retry_after_is_honoured(
-    repliers: list[ServiceHandle], sender: Celery, chat: PlaygroundClient
+    repliers: list[Service], sender: Celery, chat: PlaygroundClient
 ) -> None:
     """Telegram answers 429 with retry_after=2: the reply comes once, 2 s later, not lost."""
     user = 61_003
