@@ -3,7 +3,7 @@
 They run in the reply sender (`breedbot replier`, the bot's image), so an answer arrives even if
 the PTB front end restarted while the job ran. Each process shares one HTTP client and one Redis
 client; every reply claims its idempotency key with SET NX first, so a redelivered or duplicated
-reply is not sent twice.
+reply is not sent twice, then waits its turn under Telegram's send limits (bot/limits.py).
 """
 
 from __future__ import annotations

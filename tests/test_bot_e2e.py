@@ -17,6 +17,7 @@ from PIL import Image
 
 import contract
 from bot.i18n import problem_text, t
+from bot.render import CHART_WIDTH
 from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
@@ -290,7 +291,10 @@ def test_playground_page_in_headless_chromium(
             page.click("#send-photo")
             answer = page.locator(".msg.bot .text").first
             expect(answer).to_contain_text("Pug", timeout=120_000)
-            expect(page.locator(".msg.bot img")).to_be_visible()
+            chart = page.locator(".msg.bot img").first
+            expect(chart).to_be_visible()
+            # The chart loaded in full: the Pillow picture, drawn for a phone's width.
+            assert chart.evaluate("img => img.complete && img.naturalWidth") == CHART_WIDTH
             expect(page.locator("#hint")).to_have_count(0)
             page.screenshot(path=tmp_path / "playground.png")
             page.get_by_role("button", name="✅ right").click()
