@@ -147,7 +147,7 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
             y += line_height
         draw.text(
             (CHART_WIDTH - MARGIN, y - line_height),
-            percent(guess.probability),
+            percent(guess.probability, language),
             font=font,
             fill=TEXT,
             anchor="ra",
@@ -161,7 +161,13 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
     # The axis: the track spans 0 to 100 %, named in the user's language.
     for share, anchor in ((0.0, "la"), (0.5, "ma"), (1.0, "ra")):
         x = MARGIN + inner * share
-        draw.text((x, y - ROW_GAP + 4), percent(share), font=axis_font, fill=MUTED, anchor=anchor)
+        draw.text(
+            (x, y - ROW_GAP + 4),
+            percent(share, language),
+            font=axis_font,
+            fill=MUTED,
+            anchor=anchor,
+        )
     axis = t(language, "chart_axis")
     draw.text((CHART_WIDTH / 2, y + AXIS_SIZE), axis, font=axis_font, fill=MUTED, anchor="ma")
     buffer = io.BytesIO()

@@ -10,6 +10,7 @@ import pytest
 from celery import Celery
 
 import contract
+from fakegram.playground import PLAYGROUND_TOKEN
 from harness import DATASETS
 from harness.services import Service
 from harness.stack import Stack
@@ -41,7 +42,9 @@ def breedbot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def session_stack(tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path) -> Iterator[Stack]:
     """The emulator (with the playground page) and a redis-server; services stop at the end."""
-    stack = Stack(tmp_path_factory.mktemp("stack"), redis_password=None)
+    # The playground's token, as the services had before the harness: test_bot_chat calls the
+    # emulator's Bot API with it.
+    stack = Stack(tmp_path_factory.mktemp("stack"), PLAYGROUND_TOKEN, redis_password=None)
     with stack.running(BREEDBOT_HOME=str(breedbot_home)) as running:
         yield running
 

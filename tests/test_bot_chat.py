@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from bot.i18n import problem_text, t
 from bot.keyboards import feedback_keyboard
 from fakegram.api import PlaygroundClient
 from harness.stack import Stack
+from harness.waiting import wait_until
 from ops.redis_server import RedisServer
 from worker import tf_jobs
 from worker.settings import WorkerSettings
@@ -29,14 +29,14 @@ ADMIN = 5151
 
 
 @pytest.fixture(scope="module")
-def chat(session_stack: Stack, emulator_url: str) -> Iterator[PlaygroundClient]:
+def chat(session_stack: Stack) -> Iterator[PlaygroundClient]:
     """A bot of this module's own (admin: ADMIN), and the user's side of the emulator."""
-    handle = session_stack.start("bot-chat", ["-m", "bot.app"], "bot", ADMIN_IDS=str(ADMIN))
+    bot = session_stack.start("bot-chat", ["-m", "bot.app"], "bot", ADMIN_IDS=str(ADMIN))
     try:
-        with contextlib.closing(PlaygroundClient(emulator_url)) as client:
+        with contextlib.closing(session_stack.client()) as client:
             yield client
     finally:
-        handle.kill()
+        bot.kill()
 
 
 def _answer(chat: PlaygroundClient, user: int, text: str, **form: Any) -> str:
@@ -137,11 +137,11 @@ def test_feedback_takes_one_answer_and_a_typed_breed(
     db = redis.Redis.from_url(redis_server.url, decode_responses=True)
     photo = sorted((datasets / "pets-dev" / "Egyptian_Mau").glob("*.jpg"))[0].read_bytes()
     chat.send(user, file=photo, user_id=user)
-    deadline = time.monotonic() + 30
-    while not (mine := [k for k in db.scan_iter("breedbot:photo:*")
-                        if db.hget(k, "chat_id") == str(user)]):  # fmt: skip
-        assert time.monotonic() < deadline, "the bot did not record the photo"
-        time.sleep(0.1)
+    mine = wait_until(
+        lambda: [k for k in db.scan_iter("breedbot:photo:*") if db.hget(k, "chat_id") == str(user)],
+        30,
+        "the bot to record the photo",
+    )
     photo_id = mine[0].rsplit(":", 1)[1]
     # What the reply task does: the answer's guesses, the model's labels, the answer itself.
     guesses = [["tabby", "Tabby"], ["Egyptian Mau", "Egyptian Mau"], ["pug", "Pug"]]

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import redis
 
 import contract
 from bot import botapi, outbox, render, replies
-from bot.i18n import t
+from bot.i18n import moment, percent, problem_text, t
 from fakegram.api import FakeTelegram, PlaygroundClient
 from harness.stack import Stack
 from harness.user import all_events
@@ -81,56 +82,73 @@ def _bot_events(fake: FakeTelegram, chat_id: int) -> list[dict[str, Any]]:
 # --- Reply texts -------------------------------------------------------------------------------
 
 
+def _pct(probability: float, language: str = "en") -> str:
+    return percent(probability, language)
+
+
 def test_classification_texts() -> None:
-    """A breed with the next two guesses, "not sure" below the threshold, no pet, a bad image."""
-    assert render.classification_text(PUG, "en", 0.5) == (
-        "Pug — 91 %\nNext guesses: Beagle (5 %), Boxer (2 %)\nModel v3"
-    )
-    assert render.classification_text(PUG, "pt-BR", 0.95) == (
-        "🤔 Não tenho certeza. Meu melhor palpite: Pug — 91 %\n"
-        "Próximos palpites: Beagle (5 %), Boxer (2 %)\nModelo v3"
-    )
-    assert render.classification_text(DAISY, "en", 0.5) == (
-        "I see no cat or dog here. Looks like: daisy (70 %)\nModel v4"
-    )
-    assert render.classification_text(TRUNCATED, "en", 0.5) == (
-        "I could not read this image: the file is cut off (truncated)\nModel v3"
-    )
+    """A breed with the next two guesses, "not sure" below the threshold, no pet, a bad image;
+    the wording is bot/i18n.py's, what fills it in is asserted here."""
+    assert render.classification_text(PUG, "en", 0.5).splitlines() == [
+        t("en", "result", name="Pug", pct=_pct(0.91)),
+        t("en", "next_guesses", guesses=f"Beagle ({_pct(0.05)}), Boxer ({_pct(0.02)})"),
+        t("en", "model_version", version=3),
+    ]
+    br = "pt-BR"
+    assert render.classification_text(PUG, br, 0.95).splitlines() == [
+        t(br, "not_sure", name="Pug", pct=_pct(0.91, br)),
+        t(br, "next_guesses", guesses=f"Beagle ({_pct(0.05, br)}), Boxer ({_pct(0.02, br)})"),
+        t(br, "model_version", version=3),
+    ]
+    assert render.classification_text(DAISY, "en", 0.5).splitlines() == [
+        t("en", "no_pet", label="daisy", pct=_pct(0.7)),
+        t("en", "model_version", version=4),
+    ]
+    assert render.classification_text(TRUNCATED, "en", 0.5).splitlines() == [
+        t("en", "bad_image", reason=t("en", "error_codes.truncated")),
+        t("en", "model_version", version=3),
+    ]
 
 
 def test_album_text_numbers_each_photo_and_names_every_version() -> None:
-    assert render.album_text([PUG, DAISY, TRUNCATED], "en", 0.5) == (
-        "Album of 3 photos:\n"
-        "1. Pug — 91 %\n"
-        "2. I see no cat or dog here. Looks like: daisy (70 %)\n"
-        "3. I could not read this image: the file is cut off (truncated)\n"
-        "Model v3/4"
-    )
+    lines = render.album_text([PUG, DAISY, TRUNCATED], "en", 0.5).splitlines()
+    assert lines == [
+        t("en", "album", n=3),
+        *(
+            t("en", "album_item", i=i, text=render.headline(r, "en", 0.5))
+            for i, r in enumerate([PUG, DAISY, TRUNCATED], start=1)
+        ),
+        t("en", "model_version", version="3/4"),
+    ]
+    assert [render.headline(r, "en", 0.5) for r in (PUG, DAISY)] == [
+        t("en", "result", name="Pug", pct=_pct(0.91)),
+        t("en", "no_pet", label="daisy", pct=_pct(0.7)),
+    ]
 
 
 def test_retrain_and_progress_texts() -> None:
     """Live with its weakest classes; not live with the reason in the user's language; the
     cross-validated accuracy and the backbone auto chose; a running retrain's status line."""
-    live = contract.RetrainResult(
-        5, True, 0.9, metrics={"worst_classes": [["pug", 0.5], ["boxer", 0.75]]}
+    worst = [["pug", 0.5, 4], ["boxer", 0.75, 8]]
+    live = contract.RetrainResult(5, True, 0.9, metrics={"n_test": 12, "worst_classes": worst})
+    assert render.retrain_text(live, "en").splitlines() == [
+        t("en", "retrain_done", version=5, pct=_pct(0.9), n=12),
+        t("en", "worst_classes"),
+        t("en", "worst_class", name="pug", right=2, n=4, pct=_pct(0.5)),
+        t("en", "worst_class", name="boxer", right=6, n=8, pct=_pct(0.75)),
+        t("en", "retrain_live"),
+    ]
+    english = "test accuracy 60.0% is below the minimum 80.0%"
+    params = {"accuracy": 0.6, "minimum": 0.8}
+    kept = contract.RetrainResult(6, False, 0.6, reason=english, problem="below_minimum",
+                                  params=params)  # fmt: skip
+    assert render.retrain_text(kept, "en").splitlines()[-1] == t(
+        "en", "retrain_not_live", reason=english
     )
-    assert render.retrain_text(live, "en") == (
-        "✅ Model v5 trained: test accuracy 90 %.\n"
-        "Weakest classes:\n• pug: 50 %\n• boxer: 75 %\nIt is live now."
-    )
-    kept = contract.RetrainResult(
-        6,
-        False,
-        0.6,
-        reason="test accuracy 60.0% is below the minimum 80.0%",
-        problem="below_minimum",
-        params={"accuracy": 0.6, "minimum": 0.8},
-    )
-    assert render.retrain_text(kept, "en").splitlines()[-1] == (
-        "It did not go live: test accuracy 60.0% is below the minimum 80.0%"
-    )
+    worded = problem_text("pt-BR", "below_minimum", params, english)
+    assert worded != english  # the Portuguese wording, its values filled in
     assert render.retrain_text(kept, "pt-BR").splitlines()[-1] == t(
-        "pt-BR", "retrain_not_live", reason="a acurácia de teste 60.0% está abaixo do mínimo 80.0%"
+        "pt-BR", "retrain_not_live", reason=worded
     )
     cross_validated = contract.RetrainResult(
         8,
@@ -149,17 +167,20 @@ def test_retrain_and_progress_texts() -> None:
             },
         },
     )
-    assert render.retrain_text(cross_validated, "en") == (
-        "✅ Model v8 trained on all 60 photos: 5-fold cross-validated accuracy 90 % ± 3 %.\n"
-        "Backbone efficientnet_lite1, chosen by cross-validation: "
-        "efficientnet_lite0 85 %, efficientnet_lite1 90 %.\n"
-        "It is live now."
-    )
+    scores = f"efficientnet_lite0 {_pct(0.85)}, efficientnet_lite1 {_pct(0.9)}"
+    assert render.retrain_text(cross_validated, "en").splitlines() == [
+        t("en", "retrain_done_cv", version=8, n=60, k=5, pct=_pct(0.9), spread=_pct(0.03)),
+        t("en", "backbone_auto", chosen="efficientnet_lite1", scores=scores),
+        t("en", "retrain_live"),
+    ]
     step = contract.Progress("training", 300, 500, validation_accuracy=0.91)
     assert render.progress_text(step, "en") == (
-        "🏋️ Training step 300/500 · validation accuracy 91 %"
+        t("en", "progress_training", done=300, total=500)
+        + " · "
+        + t("en", "validation", pct=_pct(0.91))
     )
-    assert render.progress_text(contract.Progress("saving", 0, 1), "en") == "💾 Saving the model…"
+    saving = contract.Progress("saving", 0, 1)
+    assert render.progress_text(saving, "en") == t("en", "progress_saving")
 
 
 # --- Exactly-once claims -----------------------------------------------------------------------
@@ -283,15 +304,17 @@ def test_retrain_result_edits_the_status_message(
     assert events[1]["message"]["text"] == "🏋️ Training step 10/60"
     assert events[2]["message"]["message_id"] == status["message_id"]
     assert events[2]["message"]["text"] == render.retrain_text(result, "en")
-    assert events[3]["message"]["caption"] == "v7: confusion matrix"
+    assert events[3]["message"]["caption"] == t("en", "confusion_matrix", version=7)
     assert user.file(events[3]["message"]["photo"][-1]["file_id"]) == png
 
 
 def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
-    """/models, /promote, /stats and /breeds answers, each rendered from the worker's result."""
+    """/models, /promote, /stats and /breeds answers (one chat each: the send limits would
+    space four replies to one chat out), each rendered from the worker's result."""
+    created = "2026-12-01T20:31:40+00:00"
     versions = [
         contract.ModelVersion(0, False).to_dict(),
-        contract.ModelVersion(1, True, "2026-12-01T20:31:40Z", test_accuracy=0.875).to_dict(),
+        contract.ModelVersion(1, True, created, test_accuracy=0.875).to_dict(),
     ]
     results = {
         "models": versions,
@@ -299,18 +322,23 @@ def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
         "stats": contract.Stats(1, 12, 84.4).to_dict(),
         "breeds": contract.Breeds(1, ["Beagle", "Pug"]).to_dict(),
     }
-    target = _target(user, 9106)
-    for kind, result in results.items():
-        reply_to = contract.ReplyTo(9106, target.message_id, key=f"{kind}:9106")
-        replies.reply(result, reply_to=reply_to.to_dict(), kind=kind)
-    texts = [e["message"]["text"] for e in _bot_events(fake, 9106)]
+    texts = []
+    for chat_id, (kind, result) in enumerate(results.items(), start=9110):
+        target = _target(user, chat_id)
+        replies.reply(result, reply_to=target.to_dict(), kind=kind)
+        texts += [e["message"]["text"] for e in _bot_events(fake, chat_id)]
+    when = moment(datetime.fromisoformat(created), "en")
     assert texts == [
-        "Model versions (▶ = active):\n"
-        "• v0 — test accuracy –, built in\n"
-        "▶ v1 — test accuracy 88 %, 2026-12-01T20:31",
-        "Model v1 is active now.",
-        "Jobs today: 12\nAverage latency: 84 ms\nActive model: v1",
-        "I know 2 breeds (model v1):\nBeagle, Pug",
+        "\n".join(
+            [
+                t("en", "models_header"),
+                t("en", "models_item", mark="•", version=0, pct="–", created=t("en", "built_in")),
+                t("en", "models_item", mark="▶", version=1, pct=_pct(0.875), created=when),
+            ]
+        ),
+        t("en", "promoted", version=1),
+        t("en", "stats", jobs=12, latency=84, version=1),
+        t("en", "breeds", n=2, version=1, names="Beagle, Pug"),
     ]
 
 
