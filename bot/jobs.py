@@ -31,7 +31,11 @@ def task(context: Context, name: str, *args: Any, **kwargs: Any) -> Signature:
 
 
 async def submit(
-    context: Context, job: Signature, reply_to: contract.ReplyTo, kind: str, **extra: Any
+    context: Context,
+    job: Signature,
+    reply_to: contract.ReplyTo,
+    kind: contract.ReplyKind,
+    **extra: Any,
 ) -> None:
     """Queue `job | reply`, so the chat is answered even if this bot restarts meanwhile.
 

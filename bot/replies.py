@@ -247,7 +247,7 @@ def _reply(
     album: dict[str, int] | None,
 ) -> None:
     language = target.language
-    if kind == "classify" and album:
+    if kind == contract.ReplyKind.CLASSIFY and album:
         results = _album_results(result, target, album)
         if results is None:
             return
@@ -260,19 +260,19 @@ def _reply(
         if not first:
             return
         _wait_turn(target)
-        if kind == "classify":
+        if kind == contract.ReplyKind.CLASSIFY:
             _answer_photo(
                 contract.ClassifyResult.from_dict(result), target, photo_id, low_confidence
             )
-        elif kind == "retrain":
+        elif kind == contract.ReplyKind.RETRAIN:
             _finish_retrain(result, target)
-        elif kind == "models":
+        elif kind == contract.ReplyKind.MODELS:
             botapi.send_text(target, _models_text(result, language))
-        elif kind == "switch":
+        elif kind == contract.ReplyKind.SWITCH:
             botapi.send_text(target, _switch_text(result, language))
-        elif kind == "stats":
+        elif kind == contract.ReplyKind.STATS:
             botapi.send_text(target, _stats_text(result, language))
-        elif kind == "breeds":
+        elif kind == contract.ReplyKind.BREEDS:
             botapi.send_text(target, _breeds_text(result, language))
         else:
             raise ValueError(f"unknown reply kind {kind!r}")
@@ -313,9 +313,9 @@ def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
         if not first:
             return
         _wait_turn(target)
-        key = "retrain_failed" if kind == "retrain" else "job_failed"
+        key = "retrain_failed" if kind == contract.ReplyKind.RETRAIN else "job_failed"
         text = t(target.language, key, reason=reason)
-        if kind == "retrain" and target.status_message_id is not None:
+        if kind == contract.ReplyKind.RETRAIN and target.status_message_id is not None:
             botapi.edit_status(target, text)
         else:
             botapi.send_text(target, text)

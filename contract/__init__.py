@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Self
 
 # Task names. The bot sends by name (`app.send_task(CLASSIFY, ...)`); routes are by name too.
@@ -77,7 +78,20 @@ def labels_key(version: int) -> str:
 # unanswered (bot/outbox.py). Only idempotent jobs go here: a re-run classify is answered once.
 OUTBOX_DUE = "breedbot:outbox:due"  # sorted set: outbox id -> time it was (re-)published
 OUTBOX_JOBS = "breedbot:outbox:jobs"  # hash: outbox id -> OutboxEntry JSON
-OUTBOX_KINDS = frozenset({"classify"})
+
+
+class ReplyKind(StrEnum):
+    """Which result a reply task words for the chat (a plain string in the message's JSON)."""
+
+    CLASSIFY = "classify"
+    RETRAIN = "retrain"
+    MODELS = "models"
+    SWITCH = "switch"
+    STATS = "stats"
+    BREEDS = "breeds"
+
+
+OUTBOX_KINDS = frozenset({ReplyKind.CLASSIFY})
 
 
 # Custom Celery state for retrain progress; `meta` is a `Progress.to_dict()`.

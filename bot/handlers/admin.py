@@ -129,7 +129,12 @@ async def retrain(update: Update, context: Context) -> None:
         requested_by=update.effective_user.id,
         reply_to=target.to_dict(),
     )
-    await submit(context, task(context, contract.RETRAIN, request.to_dict()), target, "retrain")
+    await submit(
+        context,
+        task(context, contract.RETRAIN, request.to_dict()),
+        target,
+        contract.ReplyKind.RETRAIN,
+    )
 
 
 async def _control(update: Update, context: Context, name: str, kind: str, *args: Any) -> None:
@@ -141,7 +146,7 @@ async def _control(update: Update, context: Context, name: str, kind: str, *args
 
 async def models(update: Update, context: Context) -> None:
     """List the model versions."""
-    await _control(update, context, contract.LIST_MODELS, "models")
+    await _control(update, context, contract.LIST_MODELS, contract.ReplyKind.MODELS)
 
 
 async def promote(update: Update, context: Context) -> None:
@@ -151,19 +156,19 @@ async def promote(update: Update, context: Context) -> None:
         await update.effective_message.reply_text(t(language_of(update), "promote_usage"))
         return
     request = contract.PromoteRequest(int(context.args[0]), update.effective_user.id)
-    await _control(update, context, contract.PROMOTE, "switch", request.to_dict())
+    await _control(update, context, contract.PROMOTE, contract.ReplyKind.SWITCH, request.to_dict())
 
 
 async def rollback(update: Update, context: Context) -> None:
     """Return to the previously active version."""
     assert update.effective_user is not None
     request = contract.RollbackRequest(update.effective_user.id)
-    await _control(update, context, contract.ROLLBACK, "switch", request.to_dict())
+    await _control(update, context, contract.ROLLBACK, contract.ReplyKind.SWITCH, request.to_dict())
 
 
 async def stats(update: Update, context: Context) -> None:
     """Jobs today, average latency and the active version."""
-    await _control(update, context, contract.STATS, "stats")
+    await _control(update, context, contract.STATS, contract.ReplyKind.STATS)
 
 
 async def refuse(update: Update, context: Context) -> None:

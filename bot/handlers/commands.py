@@ -40,7 +40,7 @@ async def breeds(update: Update, context: Context) -> None:
     message = update.effective_message
     assert message is not None
     target = reply_to(message, language_of(update), "breeds")
-    await submit(context, task(context, contract.BREEDS), target, "breeds")
+    await submit(context, task(context, contract.BREEDS), target, contract.ReplyKind.BREEDS)
 
 
 async def hint(update: Update, context: Context) -> None:

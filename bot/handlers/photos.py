@@ -86,8 +86,17 @@ async def _classify(context: Context, messages: list[Message], language: str) ->
         job = task(context, contract.CLASSIFY, await _request(context, message))
         if len(messages) == 1:
             photo_id = await _remember(context, message)
-            await submit(context, job, target, "classify", photo_id=photo_id, low_confidence=low)
+            await submit(
+                context,
+                job,
+                target,
+                contract.ReplyKind.CLASSIFY,
+                photo_id=photo_id,
+                low_confidence=low,
+            )
         else:
             album = {"index": index, "size": len(messages)}
-            await submit(context, job, target, "classify", album=album, low_confidence=low)
+            await submit(
+                context, job, target, contract.ReplyKind.CLASSIFY, album=album, low_confidence=low
+            )
     await context.bot.send_chat_action(first.chat_id, ChatAction.TYPING)
