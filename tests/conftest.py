@@ -26,6 +26,9 @@ from worker.redis_server import RedisServer
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
+# Workers the tests start retrain on one backbone: `auto` would export and run three for every
+# plumbing test. The choice itself is tested in tests/test_train.py and measured by the benches.
+os.environ.setdefault("RETRAIN_ARCHITECTURE", "efficientnet_lite0")
 DATASETS = REPO.parent / "shared" / "datasets"
 
 

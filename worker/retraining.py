@@ -167,7 +167,7 @@ def run(
         # Uploads are not kept after training, so there is no "last dataset" to merge yet.
         return _failed("unsupported", "merging feedback with the last dataset is not supported")
     try:
-        hparams = hparams_from(request.params)
+        hparams = hparams_from({"tfhub_module": settings.retrain_architecture, **request.params})
     except (TypeError, ValueError) as exc:
         return _failed("bad_params", str(exc))
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
