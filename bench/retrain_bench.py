@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="BREEDBOT_HOME with the backbone exports")
     parser.add_argument("--datasets", nargs="+", default=["pets-dev", "flowers-dev"])
     parser.add_argument("--handles", nargs="+", default=list(HANDLES))
+    parser.add_argument(
+        "--section", default="retrain_bench", help="docs/BENCHMARKS.md section to write"
+    )
     args = parser.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     home = args.home or backbones.default_home()
@@ -205,7 +208,7 @@ def main() -> None:
         "datasets": per_dataset,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    emit("retrain_bench", result, markdown(result))
+    emit(args.section, result, markdown(result))
 
 
 if __name__ == "__main__":
