@@ -77,7 +77,7 @@ def throughput(models: dict[str, Classifier], pixels: np.ndarray, rounds: int) -
 
 
 # Versions whose hidden-split accuracy is measured hold a test split out.
-HELD_OUT = HParams(testing_percentage=10)
+HELD_OUT = HParams(testing_percentage=10, tfhub_module=backbones.DEFAULT_BACKBONE)
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 _RSS = """
 import resource, sys
@@ -118,7 +118,7 @@ def serving_rss_mb(version: Path, home: Path) -> float:
     return round(float(out.strip().splitlines()[-1]), 1)
 
 
-def per_backbone(home: Path, tmp: Path, rounds: int, n_photos: int) -> dict:
+def per_backbone(home: Path, tmp: Path, cache: Path, rounds: int, n_photos: int) -> dict:
     """Each backbone's pets-dev version (test split held out): LiteRT speed, latency, RSS, int8."""
     source = DATASETS / "pets-dev"
     files = sorted(source.glob("*/*.jpg"))[:: max(1, 599 // n_photos)][:n_photos]
@@ -127,7 +127,7 @@ def per_backbone(home: Path, tmp: Path, rounds: int, n_photos: int) -> dict:
     for handle in BACKBONES:
         hp = HParams(tfhub_module=handle, testing_percentage=10)
         version = tmp / f"pets-{handle}"
-        retrained = train.retrain(source, version, hp, home=home, bottleneck_dir=tmp / "bn-all")
+        retrained = train.retrain(source, version, hp, home=home, bottleneck_dir=cache)
         lite = retrained.metrics["litert"]
         models = {
             name: load_classifier(version, home=home, engine="litert", precision=p)
@@ -197,6 +197,37 @@ def decode_seconds(source: Path) -> float:
     return time.perf_counter() - started
 
 
+def backbones_markdown(result: dict) -> str:
+    """The per-backbone table written into docs/BENCHMARKS.md."""
+    rows = [
+        "## Backbones on LiteRT (`bench/engine_bench.py`)",
+        "",
+        f"Machine: {result['machine']}; LiteRT {result['litert_threads']} threads; load average "
+        f"{result['load_average_before']} before, {result['load_average_after']} after. "
+        "Per backbone: a pets-dev version (10 % test split held out) on LiteRT, photos/s "
+        "model-only (median of the rounds, photos decoded at the backbone's side), one photo "
+        "at a time through predict() with decoding (what the worker does for a lone photo), "
+        "the precision the version serves (its int8 decision) and the peak RSS of a fresh "
+        "process that loads the version and answers 16 photos (TensorFlow imported, as the "
+        "worker does today).",
+        "",
+        "| backbone | side | float b1 / b32 | int8 b1 / b32 | served | one photo p50 / p95 ms "
+        "| test acc float / int8 (N), agreement | RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for handle, b in result["backbones"].items():
+        f, q = b["photos_per_s"]["litert-float"], b["photos_per_s"]["litert-int8"]
+        acc = b["test_accuracy"]
+        rows.append(
+            f"| {handle} | {b['image_size']} | {f['batch_1']} / {f['batch_32']} "
+            f"| {q['batch_1']} / {q['batch_32']} | {b['served']} "
+            f"| {b['single_photo_ms']['p50']} / {b['single_photo_ms']['p95']} "
+            f"| {acc['float']:.1%} / {acc['int8']:.1%} ({b['n_test']}), "
+            f"{b['int8_agreement']:.0%} | {b['serving_rss_mb']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def markdown(result: dict) -> str:
     """The tables written into docs/BENCHMARKS.md."""
     rate = result["photos_per_s"]
@@ -222,30 +253,8 @@ def markdown(result: dict) -> str:
         )
     rows += [
         "",
-        "Per backbone: a pets-dev version (10 % test split held out) on LiteRT, photos/s "
-        "model-only (median of the rounds, photos decoded at the backbone's side), one photo "
-        "at a time through predict() with decoding (what the worker does for a lone photo), "
-        "the precision the version serves (its int8 decision) and the peak RSS of a fresh "
-        "process that loads the version and answers 16 photos (TensorFlow imported, as the "
-        "worker does today).",
-        "",
-        "| backbone | side | float b1 / b32 | int8 b1 / b32 | served | one photo p50 / p95 ms "
-        "| test acc float / int8 (N), agreement | RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for handle, b in result["backbones"].items():
-        f, q = b["photos_per_s"]["litert-float"], b["photos_per_s"]["litert-int8"]
-        acc = b["test_accuracy"]
-        rows.append(
-            f"| {handle} | {b['image_size']} | {f['batch_1']} / {f['batch_32']} "
-            f"| {q['batch_1']} / {q['batch_32']} | {b['served']} "
-            f"| {b['single_photo_ms']['p50']} / {b['single_photo_ms']['p95']} "
-            f"| {acc['float']:.1%} / {acc['int8']:.1%} ({b['n_test']}), "
-            f"{b['int8_agreement']:.0%} | {b['serving_rss_mb']:.0f} |"
-        )
-    rows += [
-        "",
-        "Hidden-split (test) accuracy of a version retrained with defaults, per engine "
+        "Hidden-split (test) accuracy of a version retrained with a 10 % test split held out, per "
+        "engine "
         "(agreement = top-1 equal to tf):",
         "",
         "| dataset | N | tf | litert-float (agreement) | litert-int8 (agreement) | served |",
@@ -296,9 +305,30 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="BREEDBOT_HOME with the backbone export")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--photos", type=int, default=64, help="photos per throughput round")
+    parser.add_argument("--bottlenecks", type=Path, help="a bottleneck cache to reuse")
+    parser.add_argument(
+        "--backbones-only", action="store_true", help="only the per-backbone section"
+    )
     args = parser.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     home = args.home or backbones.default_home()
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        by_backbone = per_backbone(
+            home, tmp, args.bottlenecks or tmp / "bn-all", args.rounds, args.photos
+        )
+    per = {
+        "bench": "engine_backbones",
+        "machine": machine(),
+        "litert_threads": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "backbones": by_backbone,
+    }
+    emit("engine_backbones", per, backbones_markdown(per))
+    if args.backbones_only:
+        return
+    load_before = [round(x, 2) for x in os.getloadavg()]
     backbone = backbones.load_backbone(backbones.DEFAULT_BACKBONE, home)
     converted = litert.home_dir(home, backbone.identity) / litert.FEATURES_FILE
     started = time.perf_counter()
@@ -329,7 +359,6 @@ def main() -> None:
         files = sorted(source.glob("*/*.jpg"))[:: max(1, 599 // args.photos)][: args.photos]
         pixels = imagelib.to_float(np.stack([imagelib.decode_image(f.read_bytes()) for f in files]))
         rate = throughput(classifiers(versions["pets-dev"], home), pixels, args.rounds)
-        by_backbone = per_backbone(home, tmp, args.rounds, args.photos)
     result = {
         "bench": "engine",
         "machine": machine(),
@@ -343,7 +372,6 @@ def main() -> None:
         },
         "accuracy": accuracy,
         "cold_retrain_pets_dev": cold,
-        "backbones": by_backbone,
         "backbone_conversion_s": round(conversion_s, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

@@ -109,7 +109,7 @@ def bench_handle(name: str, handle: str, home: Path, tmp: Path) -> dict:
 def markdown(result: dict) -> str:
     """The tables written into docs/BENCHMARKS.md."""
     rows = [
-        "## Retrain (`bench/retrain_bench.py`)",
+        f"## Retrain: {', '.join(result['handles'])} (`bench/retrain_bench.py`)",
         "",
         f"Machine: {result['machine']}, load average {result['load_average_before']} before, "
         f"{result['load_average_after']} after. Defaults of `HParams` but the backbone; one run "
@@ -150,12 +150,15 @@ def markdown(result: dict) -> str:
             for name, by_handle in result["datasets"].items()
         )
         + ".",
-        "",
-        "`auto` chose (candidates' CV on the originals at L2 1e-3, and their seconds):",
-        "",
     ]
-    for name, by_handle in result["datasets"].items():
-        auto = by_handle.get(AUTO, {}).get("auto")
+    chosen = {n: r[AUTO]["auto"] for n, r in result["datasets"].items() if AUTO in r}
+    if chosen:
+        rows += [
+            "",
+            "`auto` chose (candidates' CV on the originals at L2 1e-3, and their seconds):",
+        ]
+        rows.append("")
+    for name, auto in chosen.items():
         if auto:
             scores = ", ".join(
                 f"{h} {c['cv_accuracy']:.1%} ({c['seconds']} s)"
@@ -172,6 +175,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="BREEDBOT_HOME with the backbone exports")
     parser.add_argument("--datasets", nargs="+", default=["pets-dev", "flowers-dev"])
     parser.add_argument("--handles", nargs="+", default=list(HANDLES))
+    parser.add_argument(
+        "--section", default="retrain_bench", help="docs/BENCHMARKS.md section to write"
+    )
     args = parser.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     home = args.home or backbones.default_home()
@@ -201,11 +207,12 @@ def main() -> None:
         "machine": machine(),
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "handles": args.handles,
         "goals": {"cv": GOALS, "cold_pets_dev_s": COLD_GOAL_S},
         "datasets": per_dataset,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    emit("retrain_bench", result, markdown(result))
+    emit(args.section, result, markdown(result))
 
 
 if __name__ == "__main__":

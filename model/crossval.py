@@ -67,8 +67,10 @@ class CrossValidation:
 
     @property
     def fold_accuracy(self) -> list[float]:
-        """Accuracy on each fold."""
-        return [float(self.hits[self.fold == f].mean()) for f in range(self.k)]
+        """Accuracy on each fold (a tiny set can leave a fold empty: it is skipped)."""
+        return [
+            float(self.hits[self.fold == f].mean()) for f in range(self.k) if (self.fold == f).any()
+        ]
 
     @property
     def std(self) -> float:
@@ -120,7 +122,7 @@ def cross_validate(
     # (l2, eval step) -> out-of-fold logits of the originals (and of the mirrors), fold by fold
     logits: dict[tuple[float, int], np.ndarray] = {}
     mirrored: dict[tuple[float, int], np.ndarray] = {}
-    runs = [(l2, f) for l2 in l2_grid for f in range(k)]
+    runs = [(l2, f) for l2 in l2_grid for f in range(k) if (fold == f).any()]
     for run, (l2, f) in enumerate(runs):
         train_rows, val_rows = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
 

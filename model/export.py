@@ -13,7 +13,7 @@ INT8_FILE = "model_int8.tflite"
 
 
 def export_tflite(model_dir: Path) -> list[Path]:
-    """Convert the float-batch signature; both files take [N,224,224,3] pixels in [0,1]."""
+    """Convert the float-batch signature; both files take [N,S,S,3] pixels in [0,1]."""
     model_dir = Path(model_dir)
     saved = str(model_dir / train.SAVED_MODEL_DIR)
     written = []

@@ -35,7 +35,7 @@ class HParams:
     test_batch_size: int = -1  # evaluation always covers the whole split; kept for retrain.py users
     validation_batch_size: int = -1
     print_misclassified_test_images: bool = False
-    tfhub_module: str = DEFAULT_BACKBONE
+    tfhub_module: str = AUTO  # chosen from docs/BENCHMARKS.md's retrain table
     flip_left_right: bool = True
     random_crop: int = 0
     random_scale: int = 0

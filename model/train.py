@@ -207,8 +207,11 @@ def retrain(
             progress,
             extractor(backbone, engine, home, num_threads),
         )
-        # The folds' training is counted as training, not extraction.
-        extraction_seconds = time.perf_counter() - extract_started - fit.cv_seconds
+        # The folds' training (the candidates' too) is counted as training, not extraction.
+        folds_seconds = fit.cv_seconds + sum(
+            c["cv_seconds"] for c in (auto or {}).get("candidates", {}).values()
+        )
+        extraction_seconds = time.perf_counter() - extract_started - folds_seconds
         ex, cv = fit.extraction, fit.cv
         skipped = dataset.skipped + [
             (_relative(items[i].path, dataset.root), reason) for i, reason in ex.failures
@@ -246,7 +249,7 @@ def retrain(
                 (lambda s, t, acc: progress("training", s, t, cv.accuracy)) if progress else None
             ),
         )
-        training_seconds = time.perf_counter() - train_started + fit.cv_seconds
+        training_seconds = time.perf_counter() - train_started + folds_seconds
         oof = metrics.summarize(
             y_all[fit.rows], cv.probabilities, labels, [names[i] for i in fit.rows]
         )
@@ -477,6 +480,7 @@ def choose_backbone(
             "cv_std": round(fit.cv.std, 5),
             "image_size": backbone.image_size,
             "seconds": round(time.perf_counter() - started, 3),
+            "cv_seconds": round(fit.cv_seconds, 3),
         }
     best = max(scores, key=lambda h: scores[h]["cv_accuracy"])
     # Candidates are listed fastest first: the first within the tie margin of the best wins.

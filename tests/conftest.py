@@ -3,6 +3,7 @@ harness (harness/): one session stack of real Redis, the emulator and real servi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from model import registry
 from ops.redis_server import RedisServer
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
+
+# Workers the tests start retrain on one backbone: `auto` would export and run three for every
+# plumbing test. The choice itself is tested in tests/test_train.py and measured by the benches.
+os.environ.setdefault("RETRAIN_ARCHITECTURE", "efficientnet_lite0")
 
 
 @pytest.fixture(scope="session")

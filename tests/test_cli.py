@@ -35,6 +35,7 @@ def monkeypatch_module():
 def flowers_model(cli_env: Path, datasets: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "flowers"
     argv = ["retrain", "--image_dir", str(datasets / "flowers-dev"), "--output_graph", str(out)]
+    argv += ["--architecture", "efficientnet_lite0"]
     assert cli.main([*argv, "--how_many_training_steps", "300"]) == 0
     return out
 
@@ -43,6 +44,7 @@ def test_retrain_prints_final_accuracy_and_cache_use(
     flowers_model: Path, datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     argv = ["retrain", "--image_dir", str(datasets / "flowers-dev")]
+    argv += ["--architecture", "efficientnet_lite0"]
     out_dir = tmp_path / "again"
     summaries = tmp_path / "tb"
     labels = tmp_path / "retrained_labels.txt"

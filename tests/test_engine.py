@@ -52,7 +52,7 @@ def backbone(breedbot_home: Path) -> backbones.Backbone:
 def pets_version(datasets: Path, breedbot_home: Path, tmp_path_factory) -> Path:
     """A version on pets-dev with a held-out test split (LiteRT extraction on this CPU)."""
     out = tmp_path_factory.mktemp("engine") / "pets"
-    hp = HParams(testing_percentage=10)
+    hp = HParams(testing_percentage=10, tfhub_module=backbones.DEFAULT_BACKBONE)
     train.retrain(datasets / "pets-dev", out, hp, home=breedbot_home, engine="litert")
     return out
 

@@ -20,13 +20,14 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from model import backbones, crossval, data, export, features, serving, train
-from model.hparams import HParams
+from model.hparams import DEFAULT_BACKBONE, HParams
 from model.predict import load_classifier
 from model.runtime import images as imagelib
 
 pytestmark = pytest.mark.slow
 
-FAST = HParams(how_many_training_steps=300, eval_step_interval=50)
+# One backbone: `auto` (the default) has its own test below.
+FAST = HParams(how_many_training_steps=300, eval_step_interval=50, tfhub_module=DEFAULT_BACKBONE)
 
 
 def _copy_classes(src: Path, dst: Path, classes: list[str], per_class: int) -> Path:
@@ -183,7 +184,7 @@ def test_cache_is_keyed_by_content(
         (data_dir / f"renamed_{c}").mkdir(parents=True)
         for i, f in enumerate(sorted((src / c).iterdir())[:8]):
             shutil.copy(f, data_dir / f"renamed_{c}" / f"photo_{i}.jpg")
-    hp = HParams(how_many_training_steps=50, flip_left_right=False)
+    hp = replace(FAST, how_many_training_steps=50, flip_left_right=False)
     first = train.retrain(data_dir, tmp_path / "a", hp, home=breedbot_home, bottleneck_dir=cache)
     assert first.bottlenecks_computed == 0  # same bytes as in flowers-dev, other names
 
@@ -230,7 +231,7 @@ def test_accuracy_gate_writes_nothing(
         dst = tmp_path / "noise" / f"class{i % 3}"
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dst / f.name)
-    hp = HParams(how_many_training_steps=100, assert_accuracy_at_least=0.95)
+    hp = replace(FAST, how_many_training_steps=100, assert_accuracy_at_least=0.95)
     with pytest.raises(train.AccuracyGateError, match=r"below the required 95\.0%"):
         train.retrain(tmp_path / "noise", tmp_path / "out", hp, home=breedbot_home)
     assert not (tmp_path / "out").exists()
@@ -245,7 +246,7 @@ def test_csv_zip_and_distortions(datasets: Path, breedbot_home: Path, tmp_path: 
         z.write(src / "labels.csv", "dogs/labels.csv")
         for f in sorted((src / "train").iterdir()):
             z.write(f, f"dogs/train/{f.name}")
-    hp = HParams(how_many_training_steps=100, random_crop=10, random_brightness=10)
+    hp = replace(FAST, how_many_training_steps=100, random_crop=10, random_brightness=10)
     first = train.retrain(archive, tmp_path / "out", hp, home=breedbot_home)
     assert first.labels == ["Abyssinian", "Bengal", "american_bulldog"]
     n_train = first.metrics["n_train"]

@@ -33,6 +33,9 @@ class WorkerSettings(BrokerSettings):
     # LITERT_THREADS sizes each interpreter (None: every core the process may use).
     inference_engine: Literal["auto", "tf", "litert"] = "auto"
     litert_threads: int | None = Field(default=None, ge=1)
+    # The backbone a /retrain uses unless its caption says otherwise: "auto" picks by
+    # cross-validation (docs/BENCHMARKS.md); a named one skips the candidates' extraction.
+    retrain_architecture: str = "auto"
 
     # Time limits in seconds (soft, hard) per kind of task.
     classify_soft_time_limit: float = Field(default=30, gt=0)

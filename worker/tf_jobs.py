@@ -28,10 +28,14 @@ from worker.settings import WorkerSettings
 EVAL_BATCH = 32
 
 
-def hparams_from(params: dict) -> HParams:
-    """retrain.py-named parameters to HParams; unknown names or bad values raise OptionError."""
-    options.check(params)  # names and values first: HParams(**params) takes anything
-    hparams = HParams(**params)
+def hparams_from(params: dict, architecture: str) -> HParams:
+    """retrain.py-named parameters to HParams; unknown names or bad values raise OptionError.
+
+    The backbone is `tfhub_module` when the request names one (`breedbot retrain --via-queue`),
+    else the worker's RETRAIN_ARCHITECTURE."""
+    # Names and values first: HParams(**params) takes anything.
+    options.check({name: value for name, value in params.items() if name != "tfhub_module"})
+    hparams = HParams(**{"tfhub_module": architecture, **params})
     validate(hparams)
     return hparams
 
@@ -154,7 +158,7 @@ def run(
         # Uploads are not kept after training, so there is no "last dataset" to merge yet.
         raise _refused("unsupported", "merging feedback with the last dataset is not supported")
     try:
-        hparams = hparams_from(request.params)
+        hparams = hparams_from(request.params, settings.retrain_architecture)
     except options.OptionError as exc:  # a bot of another release let it through
         raise _refused(exc.code, str(exc), **exc.params) from exc
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
