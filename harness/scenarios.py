@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bot.i18n import STRINGS
 from harness.faults import COMMANDS, bad_images, bad_zips
 from harness.stack import ADMIN, Stack
 from harness.user import (
@@ -153,7 +154,8 @@ def killed_in_training(stack: Stack, retrain_limit: int = 60) -> dict:
     before = registry_state(root)
     client = stack.client()
     try:
-        caption = "/retrain steps=20000 eval_every=1000 flip=0 min_acc=0"
+        # Long enough to be caught training: 5 folds and 3 L2 values train before the final fit.
+        caption = "/retrain steps=2000 eval_every=100 flip=0 min_acc=0"
         send_retrain(client, csv_sample_zip(), caption)
         training = wait_until(
             lambda: [t for t in texts(stack.fake, ADMIN, ("edited",)) if t.startswith(TRAINING)],
@@ -281,7 +283,15 @@ def _pattern(template: str) -> str:
     )
 
 
-PROGRESS_MARKS = ("⏳", "⬇", "🧮", "🏋", "📏", "💾")
+# The first character of every status a retrain shows before its final text, in any language.
+PROGRESS_MARKS = tuple(
+    {
+        text[0]
+        for strings in STRINGS.values()
+        for key, text in strings.items()
+        if key.startswith("progress_") or key == "retrain_queued"
+    }
+)
 
 
 def _final_reply(stack: Stack, chat_id: int, message_id: int, timeout: float) -> str:
