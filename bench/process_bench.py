@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import psutil
 from celery import Celery
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contract
 from bench.common import DATASETS, emit, machine
@@ -159,7 +162,7 @@ def main() -> None:
         ("bot (PTB front end)", figures["bot"]),
         ("reply sender", figures["replier"]),
         ("CPU worker (model loaded, one photo answered)", figures["worker"]),
-        ("CPU worker, first start on a new BREEDBOT_HOME", figures["worker_first_start"]),
+        ("CPU worker, first start (converts the zero-shot model)", figures["worker_first_start"]),
         ("Flower", figures["flower"]),
     ]
     retrain = figures["worker_retrain"]
