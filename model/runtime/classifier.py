@@ -172,13 +172,13 @@ def version_classifier(
     model_dir: Path, precision: str = "auto", *, num_threads: int | None = None
 ) -> Classifier | None:
     """A version folder through LiteRT; None when it has no LiteRT files in that precision."""
-    labels = read_labels(model_dir)
     chosen = served_precision(model_dir) if precision == "auto" else precision
     pipeline = chosen and litert.version_pipeline(
         model_dir / litert.VERSION_DIR, chosen, num_threads=num_threads
     )
     if not pipeline:
         return None
+    labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
     engine = f"litert-{chosen}"
     size = pipeline.image_size
