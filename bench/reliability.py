@@ -151,7 +151,7 @@ def killed_in_training() -> list[Row]:
     return [
         _row(
             "4. Worker killed in training",
-            "retrain of csv-sample (60 photos, 20,000 steps) "
+            "retrain of csv-sample (60 photos, 2,000 steps, 5-fold CV) "
             "with RETRAIN_TIME_LIMIT=65 s and VISIBILITY_TIMEOUT=70 s; SIGKILL the worker "
             "once the status shows a training step; start another",
             "active model unchanged;"
