@@ -1,1 +1,4 @@
-"""The Telegram front end: python-telegram-bot handlers that queue jobs by name (no TensorFlow)."""
+"""Everything Telegram: the PTB front end (handlers that queue jobs by name) and the reply sender
+(reply tasks on the `reply` queue: texts, keyboards, charts, progress edits, feedback downloads).
+It imports `contract` and `broker`, never `worker` or `model`, and no TensorFlow.
+"""
