@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import contract
 from bench.common import DATASETS, emit, machine
 from broker.config import client_config
-from harness.services import Service
+from harness.services import Service, job_processes
 from harness.stack import Stack
 from harness.waiting import wait_until
 from ops.cli import zip_dataset
@@ -85,9 +85,8 @@ def _retrain(app: Celery, worker: subprocess.Popen[bytes]) -> dict:
         while not done.is_set():
             with contextlib.suppress(psutil.Error):
                 peak["worker_mb"] = max(peak["worker_mb"], _mb(me))
-                for child in me.children(recursive=True):
-                    if "spawn_main" in " ".join(child.cmdline()):
-                        peak["job_process_mb"] = max(peak["job_process_mb"], _mb(child))
+                for child in job_processes(worker.pid):
+                    peak["job_process_mb"] = max(peak["job_process_mb"], _mb(child))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)

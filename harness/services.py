@@ -74,6 +74,17 @@ class Service:
         return stop_group(self.process, timeout)
 
 
+def job_processes(pid: int) -> list[psutil.Process]:
+    """The processes a worker spawned for its jobs (worker/child.py) that run now."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(process.cmdline()):
+                    found.append(process)
+    return found
+
+
 def _celery_answers(service: Service) -> bool:
     pinger = Celery(set_as_current=False)
     pinger.conf.update(client_config(service.env["REDIS_URL"]))

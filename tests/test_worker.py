@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 import contract
 from fakegram.api import PlaygroundClient
 from harness import REPO
-from harness.services import Service
+from harness.services import Service, job_processes
 from harness.stack import Stack
 from harness.waiting import wait_until
 from ops.cli import zip_dataset
@@ -166,13 +166,7 @@ def retrain_run(worker, celery_client, datasets) -> dict[str, Any]:
 
 def _job_processes(worker) -> set[int]:
     """The worker's spawned job processes (worker/child.py) running now."""
-    found = set()
-    with contextlib.suppress(psutil.Error):
-        for process in psutil.Process(worker.process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "spawn_main" in " ".join(process.cmdline()):
-                    found.add(process.pid)
-    return found
+    return {process.pid for process in job_processes(worker.process.pid)}
 
 
 def test_retrain_runs_in_a_child_process_that_then_exits(retrain_run, worker):
