@@ -19,8 +19,11 @@ class WorkerSettings(BrokerSettings):
 
     # Shared by every worker (a volume in compose); defaults to var_dir/models.
     models_dir: Path | None = None
-    # The bot's collected corrections (folder per class), on the same shared volume.
+    # Before the blob store: corrections filed a folder per class; imported once, then unused.
     feedback_dir: Path | None = None
+    # Blobs (version bundles, kept datasets, feedback photos): a folder (the single-host default,
+    # var_dir/store) or s3://bucket/prefix, shared by every host.
+    store_url: str | None = None
     # Backbones and bottleneck cache (same as the model CLI); None lets model/ pick its default.
     breedbot_home: Path | None = None
     bottleneck_dir: Path | None = None  # None: under breedbot_home
@@ -72,6 +75,11 @@ class WorkerSettings(BrokerSettings):
     def models_root(self) -> Path:
         """The shared versions folder."""
         return self.models_dir or self.var_dir / "models"
+
+    @property
+    def store_location(self) -> str:
+        """The blob store's URL (a folder under var_dir unless STORE_URL says otherwise)."""
+        return self.store_url or str(self.var_dir / "store")
 
     @property
     def feedback_root(self) -> Path:

@@ -1,0 +1,18 @@
+"""This process's blob store, opened once from the settings."""
+
+from __future__ import annotations
+
+import functools
+
+from store.blobs import Store, open_store
+from worker.settings import get_settings
+
+
+@functools.cache
+def _open(url: str) -> Store:
+    return open_store(url)
+
+
+def blob_store() -> Store:
+    """The store STORE_URL names (a folder under VAR_DIR by default)."""
+    return _open(get_settings().store_location)
