@@ -277,6 +277,14 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
             "não mudou"
         ),
+        "store_missing": "{key} não está no armazenamento de blobs; a versão ativa não mudou",
+        "store_damaged": (
+            "{key} está danificado no armazenamento de blobs (o conteúdo não confere com o "
+            "hash); a versão ativa não mudou"
+        ),
+        "store_unreachable": (
+            "o armazenamento de blobs não respondeu para {key}: {why}; a versão ativa não mudou"
+        ),
         "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
         "feedback_one_class": (

@@ -33,7 +33,9 @@ from harness.user import (
     wait_drained,
 )
 from harness.waiting import in_background, wait_until
-from model import registry
+from store.blobs import blob_key
+from store.registry import STORE_RECORDS
+from worker.versions import STAGING_DIR
 
 # --- Scenarios ---------------------------------------------------------------------------------
 
@@ -72,12 +74,19 @@ def worker_killed(stack: Stack, n_photos: int, users: int, kills: int, seed: int
 # --- Retrains through the bot ------------------------------------------------------------------
 
 
-def registry_state(root: Path) -> dict[str, Any]:
-    """What the registry exposes: the active version, the listed ones, and stray folders."""
-    listed = [info.version for info in registry.list_versions(root)]
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    unlisted = [f for f in folders if f.isdigit() and int(f) not in listed]
-    return {"active": registry.active_version(root), "listed": listed, "half_written": unlisted}
+def registry_state(stack: Stack) -> dict[str, Any]:
+    """What the registry exposes: the active version, the listed ones, and listed versions whose
+    record or files the store lacks (half written)."""
+    reg = stack.registry()
+    records = reg.records()
+    half = [
+        version
+        for version, record in records.items()
+        if not reg.store.exists(f"{STORE_RECORDS}{version}.json")
+        or not all(reg.store.exists(blob_key(sha)) for sha in record.get("bundle", {}).values())
+    ]
+    listed = [info.version for info in reg.list_versions()]
+    return {"active": reg.active_version(), "listed": listed, "half_written": half}
 
 
 def bot_restarted(stack: Stack, n_photos: int, users: int) -> dict:
@@ -151,7 +160,7 @@ def killed_in_training(stack: Stack, retrain_limit: int = 60) -> dict:
     root = stack.models_root
     worker = stack.start_worker("w1", **limits)
     stack.start_bot()
-    before = registry_state(root)
+    before = registry_state(stack)
     client = stack.client()
     try:
         # Long enough to be caught training: 5 folds and 3 L2 values train before the final fit.
@@ -164,11 +173,11 @@ def killed_in_training(stack: Stack, retrain_limit: int = 60) -> dict:
         worker.kill()
         killed = time.monotonic()
         cached = len(list((Path(stack.env["BOTTLENECK_DIR"])).rglob("*.npy")))
-        after_kill = registry_state(root)
+        after_kill = registry_state(stack)
         stack.start_worker("w2", **limits)
         done = wait_until(lambda: finals(stack.fake), retrain_limit * 3 + 120)
         time.sleep(2)
-        state = registry_state(root)
+        state = registry_state(stack)
     finally:
         client.close()
     reused = None
@@ -214,19 +223,18 @@ def storage_failures(stack: Stack, file_limit_mb: int = 2) -> dict:
         ]
         worker = stack.start("full", argv, "worker")
         stack.start_bot()
-        before = registry_state(root)
+        before = registry_state(stack)
         send_retrain(client, csv_sample_zip(), "/retrain steps=50 flip=0 min_acc=0")
         done = wait_until(lambda: finals(stack.fake), 300)
         results["disk_full"] = {
             "reply": done[0] if done else "none",
-            "active_unchanged": registry_state(root)["active"] == before["active"],
-            "listed": registry_state(root)["listed"],
+            "active_unchanged": registry_state(stack)["active"] == before["active"],
+            "listed": registry_state(stack)["listed"],
             "worker_alive": worker.alive(),
         }
         worker.stop()
         worker = stack.start_worker("ro")
-        (root / registry.STAGING_DIR).mkdir(parents=True, exist_ok=True)
-        (root / registry.LOCK_FILE).touch()
+        (root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
         if _immutable(root, True):
             try:
                 seen = len(finals(stack.fake))
@@ -236,8 +244,8 @@ def storage_failures(stack: Stack, file_limit_mb: int = 2) -> dict:
                 _immutable(root, False)
             results["read_only"] = {
                 "reply": done[0] if done else "none",
-                "active_unchanged": registry_state(root)["active"] == before["active"],
-                "listed": registry_state(root)["listed"],
+                "active_unchanged": registry_state(stack)["active"] == before["active"],
+                "listed": registry_state(stack)["listed"],
                 "worker_alive": worker.alive(),
             }
         else:
@@ -337,7 +345,7 @@ def bad_input(stack: Stack, full: bool, languages: tuple[str, ...] = ("en", "pt-
     rows = []
 
     def active() -> int:
-        return registry.active_version(stack.models_root)
+        return stack.registry().active_version()
 
     try:
         start, user = active(), 5000

@@ -17,6 +17,8 @@ from fakegram.playground import page_app
 from harness import REPO
 from harness.services import READY_SECONDS, Service, start_service
 from ops.redis_server import RedisServer, free_port
+from store.blobs import open_store
+from store.registry import Registry
 
 TOKEN = "1000001:reliability-secret-token"
 REDIS_PASSWORD = "reliability-redis-secret"
@@ -68,6 +70,11 @@ class Stack:
         """SIGTERM Redis (it flushes its AOF) and wait for it to exit; restart with start_redis."""
         assert self.redis_server is not None and self.redis_server.process is not None
         self.redis_server.stop()
+
+    def registry(self) -> Registry:
+        """The stack's model registry: its Redis, and the blob store its workers share."""
+        store = open_store(self.env.get("STORE_URL") or str(Path(self.env["VAR_DIR"]) / "store"))
+        return Registry(redis.Redis.from_url(self.redis_url(), socket_timeout=10), store)
 
     def redis(self) -> redis.Redis:
         """A client for this stack's Redis (text replies)."""

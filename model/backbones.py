@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -307,11 +306,6 @@ def _hash_saved_model(path: Path) -> str:
         if (path / name).is_file():
             digest.update((path / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def folder_name(identity: str) -> str:
-    """A backbone identity as a safe folder-name stem for what BREEDBOT_HOME keeps per backbone."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", identity).strip("._")[-120:]
 
 
 def _identity(handle: str, resolved: str) -> str:

@@ -35,24 +35,23 @@ from model.runtime.images import preprocessing_version, to_float
 from model.runtime.litert import (
     BACKBONE,
     BATCH_SIZES,
-    CONVERSION_VERSION,
     FEATURE_BATCH,
+    FEATURES_FILE,
     FLOAT,
     GATE,
+    GATE_FILE,
     HEAD,
     INT8,
     PRECISIONS,
     VERSION_DIR,
     ZERO_SHOT_FILE,
     Runner,
+    home_dir,
     part_file,
     zero_shot_dir,
     zero_shot_ready,
 )
 
-# Under BREEDBOT_HOME, one folder per backbone identity.
-FEATURES_FILE = "features_float.tflite"
-GATE_FILE = "gate_float.tflite"
 # Photos of the version's training split that calibrate its int8 form. On pets-dev, 16, 64 and 256
 # gave 99.7, 99.5 and 99.5 % top-1 agreement with float over all 599 photos, for 2.6, 5 and 15 s.
 CALIBRATION_IMAGES = 32
@@ -129,12 +128,6 @@ def write_atomically(path: Path, content: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def home_dir(home: Path, backbone_identity: str) -> Path:
-    """Folder under BREEDBOT_HOME for the conversions of one backbone export."""
-    name = f"{backbones.folder_name(backbone_identity)}-c{CONVERSION_VERSION}"
-    return Path(home) / "litert" / name
 
 
 def int8_decision(

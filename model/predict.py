@@ -6,6 +6,7 @@ files, and converting the zero-shot model the first time it is used.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from model.hparams import DEFAULT_BACKBONE
 from model.runtime import imagenet, litert
 from model.runtime.classifier import (
+    METRICS_FILE,
     Classifier,
     ClassifyFn,
     read_labels,
@@ -47,17 +49,34 @@ def _tf_zero_shot(home: Path, backbone: str) -> Classifier:
     return Classifier(classify, labels, names, None, engine="tf", image_size=bb.image_size)
 
 
-def _tf_version(model_dir: Path) -> Classifier:
+def _tf_version(model_dir: Path, home: Path) -> Classifier:
     import tensorflow as tf
 
     from model import data, train
 
-    module = tf.saved_model.load(str(model_dir / train.SAVED_MODEL_DIR))
+    saved = model_dir / train.SAVED_MODEL_DIR
+    if not saved.is_dir():
+        # A version fetched from the blob store carries its layer, not the SavedModel.
+        _rebuild_saved_model(model_dir, saved, home)
+    module = tf.saved_model.load(str(saved))
     spec = module.signatures["classify_images"].structured_input_signature[1]["images"]
     labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
     size = int(spec.shape[1])
     return Classifier(_tf_classify(module), labels, names, model_dir, engine="tf", image_size=size)
+
+
+def _rebuild_saved_model(model_dir: Path, saved: Path, home: Path) -> None:
+    from model import backbones, serving, train
+
+    metrics = json.loads((model_dir / METRICS_FILE).read_text("utf-8"))
+    layer = np.load(model_dir / train.HEAD_FILE)
+    backbone = backbones.load_backbone(metrics["backbone"]["handle"], home)
+    partial = saved.with_name(f".{saved.name}.partial")
+    serving.save_retrained(
+        backbone, layer["kernel"], layer["bias"], read_labels(model_dir), partial, home
+    )
+    partial.replace(saved)
 
 
 def _litert_zero_shot(home: Path, backbone: str, num_threads: int | None) -> Classifier:
@@ -101,4 +120,4 @@ def load_classifier(
         if found is not None:
             return found
         log.warning("%s: no LiteRT %s model; serving it through TensorFlow", model_dir, precision)
-    return _tf_version(model_dir)
+    return _tf_version(model_dir, home)

@@ -21,6 +21,7 @@ from tensorflow.python.saved_model import fingerprinting_utils
 
 from model import backbones
 from model.runtime import imagenet, images
+from model.runtime.home import folder_name
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def save_retrained(
 
 
 def _template_dir(home: Path, backbone_identity: str, n_classes: int) -> Path:
-    name = f"{backbones.folder_name(backbone_identity)}-c{n_classes}-{_CODE_TAG}"
+    name = f"{folder_name(backbone_identity)}-c{n_classes}-{_CODE_TAG}"
     return Path(home) / TEMPLATES_DIR / name
 
 

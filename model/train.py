@@ -30,6 +30,8 @@ ProgressFn = Callable[[str, int, int, float | None], None]
 
 CONFUSION_FILE = "confusion_matrix.png"
 SAVED_MODEL_DIR = "saved_model"
+# The trained layer (kernel, bias): a host rebuilds the SavedModel from it and the backbone.
+HEAD_FILE = "head.npz"
 LOGS_DIR = "logs"
 # `auto` prefers a faster backbone whose cross-validated accuracy is at most this much lower.
 AUTO_TIE = 0.005
@@ -310,6 +312,7 @@ def retrain(
             litert_report["checked_on"] = "test split" if test_report else "training photos"
             plotted.result()
         (work / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), "utf-8")
+        np.savez(work / HEAD_FILE, kernel=trained.kernel, bias=trained.bias)
         report = {
             "test_accuracy": accuracy,
             "accuracy_source": "test_split" if test_report else "cross_validation",

@@ -22,6 +22,7 @@ from typing import Any
 import contract
 from model import cli as model_cli
 from model.hparams import HParams
+from store import registry
 from worker.settings import get_settings
 
 QUEUES = ",".join(contract.WORKER_QUEUES)
@@ -223,6 +224,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _switched(_app().send_task(contract.ROLLBACK, args=[payload]).get(timeout=args.timeout))
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    """Show the shared registry, or rebuild it from the blob store if Redis came back empty."""
+    from worker import storage, versions
+
+    reg = storage.registry()
+    if args.action == "rebuild":
+        # Also imports a MODELS_DIR from before Redis held the registry, as a worker's start does.
+        versions.ensure_registry(reg, get_settings().models_root)
+    print(
+        f"{len(reg.records())} versions, active {reg.active_version()}, "
+        f"next number {int(reg.client.get(registry.COUNTER) or 0) + 1}, store {reg.store.url}"
+    )
+    return 0
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register the service commands (and extend the model CLI's `retrain`)."""
     retrain = sub.choices["retrain"]
@@ -249,6 +265,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_flower)
 
     sub.add_parser("redis", help="run the embedded redis-server").set_defaults(func=cmd_redis)
+    p = sub.add_parser("registry", help="show the model registry, or rebuild it from the store")
+    p.add_argument("action", nargs="?", choices=["show", "rebuild"], default="show")
+    p.set_defaults(func=cmd_registry)
     p = sub.add_parser("up", help="run Redis, a worker, Flower and the bot")
     p.add_argument(
         "--info", action="store_true", help="print the running stack's URLs and credentials"

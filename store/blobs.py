@@ -14,23 +14,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 from urllib.parse import urlparse
+
+from model.problems import Problem
 
 BLOBS = "blobs/"
 
 
-class StoreError(RuntimeError):
-    """A blob that is missing, damaged or unreachable; `code` says which."""
+class StoreError(Problem, RuntimeError):
+    """A blob that is missing, damaged or unreachable: code store_missing, _damaged or
+    _unreachable (the short name is accepted too)."""
+
+    messages: ClassVar[dict[str, str]] = {
+        "store_missing": "{key} is missing from the blob store",
+        "store_damaged": "{key} is damaged in the blob store (its content does not match its hash)",
+        "store_unreachable": "the blob store could not be reached for {key}: {why}",
+    }
 
     def __init__(self, code: str, key: str, why: str = "") -> None:
-        texts = {
-            "missing": f"{key} is missing from the store",
-            "damaged": f"{key} is damaged in the store (its content does not match its hash)",
-            "unreachable": f"the store could not be reached for {key}: {why}",
-        }
-        super().__init__(texts[code])
-        self.code = code
+        code = code if code.startswith("store_") else f"store_{code}"
+        super().__init__(code, key=key, **({"why": why} if why else {}))
         self.key = key
 
 

@@ -16,7 +16,6 @@ from harness import DATASETS
 from harness.services import Service
 from harness.stack import Stack
 from harness.waiting import wait_until
-from model import registry
 from ops.redis_server import RedisServer
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
@@ -117,11 +116,9 @@ def worker(spawn_worker: Callable[..., Service], replier: Service) -> Service:
 
 
 @pytest.fixture(scope="module")
-def zero_shot(
-    worker: Service, celery_client: Celery, worker_settings: WorkerSettings, datasets: Path
-) -> None:
+def zero_shot(worker: Service, celery_client: Celery, session_stack: Stack, datasets: Path) -> None:
     """Version 0 active and served before the module (an earlier module may leave another)."""
-    if registry.active_version(worker_settings.models_root) != 0:
+    if session_stack.registry().active_version() != 0:
         promote = contract.PromoteRequest(0).to_dict()
         # A refusal would raise contract.Refused here.
         celery_client.send_task(contract.PROMOTE, args=[promote]).get(timeout=60)

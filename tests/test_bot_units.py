@@ -35,8 +35,8 @@ from model.cli import build_parser
 from model.data import DatasetError
 from model.hparams import HParams, validate
 from model.problems import Problem
-from model.registry import GATE_MESSAGES
 from model.runtime.imagenet import PET_CLASS_IDS
+from store.registry import GATE_MESSAGES
 from tests.browser import chromium_or_skip
 from worker import tf_jobs
 from worker.settings import WorkerSettings

@@ -1,138 +1,198 @@
-"""model/registry.py: versions, the accuracy gate, the active pointer, rollback and pruning.
+"""store/registry.py on a real redis-server and a local blob store: numbering, the accuracy gate,
+the active pointer, rollback, pruning and sweeping, and rebuilding an emptied Redis.
 
-The folders here hold only metrics.json (what the registry reads); the worker tests publish real
-retrain() output through the same functions.
+The worker tests publish real retrain() output through the same registry (worker/versions.py).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
-from model import registry
-
-
-def _staged(root: Path, accuracy: float) -> Path:
-    folder = registry.new_staging_dir(root)
-    folder.mkdir()
-    metrics = {"test_accuracy": accuracy, "labels": ["a", "b"], "n_test": 10}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    return folder
+from ops.redis_server import RedisServer
+from store import blobs, registry
+from store.blobs import LocalStore
+from store.registry import Registry
 
 
-def _publish(root: Path, accuracy: float, **kwargs) -> registry.Published:
-    return registry.publish(root, _staged(root, accuracy), {"created_by": 7}, **kwargs)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this module's own (never one we did not start)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
+        yield running
 
 
-def test_empty_root_serves_zero_shot(tmp_path):
-    assert registry.active_version(tmp_path) == 0
-    [zero] = registry.list_versions(tmp_path)
-    assert (zero.version, zero.path, zero.active) == (0, None, True)
-    assert registry.version_dir(tmp_path, 0) is None
+@pytest.fixture
+def reg(server: RedisServer, tmp_path: Path) -> Iterator[Registry]:
+    """An empty registry: a flushed Redis and a fresh store folder."""
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    yield Registry(client, LocalStore(tmp_path / "store"))
+    client.close()
 
 
-def test_publish_numbers_versions_and_writes_a_record(tmp_path):
-    first = _publish(tmp_path, 0.9)
-    second = _publish(tmp_path, 0.95)
+def _publish(reg: Registry, accuracy: float, **kwargs) -> registry.Published:
+    metrics = {"test_accuracy": accuracy, "labels": ["a", "b"], "n_test": 10, "history": [1]}
+    bundle = {"labels.txt": blobs.put_blob(reg.store, b"a\nb\n")}
+    return reg.publish(reg.next_version(), {"created_by": 7, "bundle": bundle}, metrics, **kwargs)
+
+
+def test_empty_registry_serves_zero_shot(reg):
+    assert reg.active_version() == 0
+    [zero] = reg.list_versions()
+    assert (zero.version, zero.active) == (0, True)
+    assert reg.record(0)["name"].startswith("zero-shot")
+
+
+def test_publish_numbers_versions_and_mirrors_records_into_the_store(reg):
+    first = _publish(reg, 0.9)
+    second = _publish(reg, 0.95)
     assert (first.version, second.version) == (1, 2)
     assert first.activated and second.activated
-    record = json.loads((tmp_path / "2" / registry.RECORD_FILE).read_text())
+    record = reg.record(2)
     assert record["created_by"] == 7 and record["created_at"]
-    assert record["metrics"]["test_accuracy"] == 0.95
+    assert record["metrics"]["test_accuracy"] == 0.95 and "history" not in record["metrics"]
     assert record["gate"]["passed"]
-    assert registry.active_version(tmp_path) == 2
-    assert not list((tmp_path / registry.STAGING_DIR).iterdir())
+    assert json.loads(reg.store.get("registry/versions/2.json")) == record
+    assert json.loads(reg.store.get(registry.STORE_POINTER))["version"] == 2
+    assert reg.active_version() == 2
 
 
-def test_gate_minimum_keeps_the_version_inactive(tmp_path):
-    published = _publish(tmp_path, 0.6, min_accuracy=0.8)
+def test_gate_minimum_keeps_the_version_inactive(reg):
+    published = _publish(reg, 0.6, min_accuracy=0.8)
     assert not published.activated
     assert "below the minimum" in published.reason
-    assert registry.active_version(tmp_path) == 0
-    assert [v.version for v in registry.list_versions(tmp_path)] == [0, 1]
+    assert reg.active_version() == 0
+    assert [v.version for v in reg.list_versions()] == [0, 1]
 
 
-def test_gate_compares_with_the_active_model_on_the_new_test_split(tmp_path):
-    _publish(tmp_path, 0.9)
+def test_gate_compares_with_the_active_model_on_the_new_test_split(reg):
+    _publish(reg, 0.9)
     seen = []
 
     def active_scores(version: int) -> float:
         seen.append(version)
         return 0.85
 
-    worse = _publish(tmp_path, 0.8, evaluate_active=active_scores)
+    worse = _publish(reg, 0.8, evaluate_active=active_scores)
     assert seen == [1]
     assert not worse.activated and worse.active_accuracy == 0.85
     assert "active version 1" in worse.reason
-    forced = _publish(tmp_path, 0.8, evaluate_active=active_scores, force=True)
+    forced = _publish(reg, 0.8, evaluate_active=active_scores, force=True)
     assert forced.activated and "forced" in forced.reason
-    assert registry.active_version(tmp_path) == forced.version
-    record = json.loads((tmp_path / str(forced.version) / registry.RECORD_FILE).read_text())
-    assert record["gate"]["forced"] and not record["gate"]["passed"]
+    assert reg.active_version() == forced.version
+    gate = reg.record(forced.version)["gate"]
+    assert gate["forced"] and not gate["passed"]
 
 
-def test_promote_and_rollback(tmp_path):
-    _publish(tmp_path, 0.9)
-    _publish(tmp_path, 0.9)
-    assert registry.promote(tmp_path, 1, by=5) == 2
-    assert registry.active_version(tmp_path) == 1
-    assert registry.rollback(tmp_path) == 2
-    assert registry.rollback(tmp_path) == 1  # history: 0 -> 1 -> 2 -> 1 -> 2, back to 1
-    registry.promote(tmp_path, 0)
-    assert registry.active_version(tmp_path) == 0
+def test_gate_compares_again_when_another_version_went_live_meanwhile(reg):
+    _publish(reg, 0.9)
+    seen = []
+
+    def meanwhile(version: int) -> float:
+        seen.append(version)
+        if len(seen) == 1:  # another host's better version goes live during the comparison
+            _publish(reg, 0.99)
+            return 0.5
+        return 0.99
+
+    late = _publish(reg, 0.95, evaluate_active=meanwhile)  # version 2; the other one is 3
+    assert seen == [1, 3]
+    assert not late.activated and late.params["version"] == 3
+    assert reg.active_version() == 3
+
+
+def test_promote_and_rollback(reg):
+    _publish(reg, 0.9)
+    _publish(reg, 0.9)
+    assert reg.promote(1, by=5) == 2
+    assert reg.active_version() == 1
+    assert reg.rollback() == 2
+    assert reg.rollback() == 1  # history: 0 -> 1 -> 2 -> 1 -> 2, back to 1
+    reg.promote(0)
+    assert reg.active_version() == 0
     with pytest.raises(registry.RegistryError):
-        registry.promote(tmp_path, 42)
-    assert registry.active_version(tmp_path) == 0
+        reg.promote(42)
+    assert reg.active_version() == 0
 
 
-def test_rollback_with_no_history_fails_cleanly(tmp_path):
+def test_rollback_with_no_history_fails_cleanly(reg):
     with pytest.raises(registry.RegistryError, match="roll back"):
-        registry.rollback(tmp_path)
+        reg.rollback()
 
 
-def test_pointer_swap_changes_its_stamp(tmp_path):
-    _publish(tmp_path, 0.9)
-    before = registry.pointer_path(tmp_path).stat()
-    registry.promote(tmp_path, 0)
-    after = registry.pointer_path(tmp_path).stat()
-    assert (before.st_ino, before.st_mtime_ns) != (after.st_ino, after.st_mtime_ns)
-
-
-def test_half_written_folders_are_never_listed(tmp_path):
-    _publish(tmp_path, 0.9)
-    (tmp_path / "2").mkdir()  # no record.json: a crash before the rename could never do this
-    (tmp_path / "2" / "metrics.json").write_text("{}")
-    _staged(tmp_path, 0.99)
-    assert [v.version for v in registry.list_versions(tmp_path)] == [0, 1]
+def test_a_number_given_out_but_never_published_is_not_listed(reg):
+    _publish(reg, 0.9)
+    reg.next_version()  # a retrain that died before registering
+    assert [v.version for v in reg.list_versions()] == [0, 1]
     with pytest.raises(registry.RegistryError):
-        registry.promote(tmp_path, 2)
+        reg.promote(2)
+    assert _publish(reg, 0.9).version == 3
 
 
-def test_prune_keeps_newest_active_and_rollback_target(tmp_path):
+def test_prune_keeps_newest_active_and_rollback_target(reg):
     for _ in range(5):
-        _publish(tmp_path, 0.9)
-    registry.promote(tmp_path, 1)  # active 1, rollback target 5
-    removed = registry.prune(tmp_path, keep=2)
+        _publish(reg, 0.9)
+    reg.promote(1)  # active 1, rollback target 5
+    removed = reg.prune(keep=2)
     assert removed == [2, 3]
-    assert [v.version for v in registry.list_versions(tmp_path)] == [0, 1, 4, 5]
-    assert registry.rollback(tmp_path) == 5
-    assert _publish(tmp_path, 0.9).version == 6
+    assert reg.pruned() == {2, 3}
+    assert [v.version for v in reg.list_versions()] == [0, 1, 4, 5]
+    assert not reg.store.exists("registry/versions/2.json")
+    assert reg.rollback() == 5
+    assert _publish(reg, 0.9).version == 6
 
 
-def test_concurrent_publishes_get_distinct_versions(tmp_path):
-    staged = [_staged(tmp_path, 0.9) for _ in range(8)]
+def test_sweep_deletes_only_old_unreferenced_blobs(reg):
+    kept = blobs.put_blob(reg.store, b"kept")
+    orphan = blobs.put_blob(reg.store, b"orphan")
+    assert registry.sweep(reg.store, {kept}) == []  # both younger than the grace period
+    later = datetime.now(UTC) + registry.SWEEP_GRACE + timedelta(minutes=1)
+    assert registry.sweep(reg.store, {kept}, now=later) == [orphan]
+    assert blobs.get_blob(reg.store, kept) == b"kept"
+    with pytest.raises(blobs.StoreError) as missing:
+        blobs.get_blob(reg.store, orphan)
+    assert missing.value.code == "store_missing"
+
+
+def test_concurrent_publishes_get_distinct_versions(reg):
     results: list[registry.Published] = []
 
-    def publish(folder: Path) -> None:
-        results.append(registry.publish(tmp_path, folder, {}))
+    def publish() -> None:
+        results.append(_publish(reg, 0.9))
 
-    threads = [threading.Thread(target=publish, args=(folder,)) for folder in staged]
+    threads = [threading.Thread(target=publish) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert sorted(r.version for r in results) == list(range(1, 9))
-    assert registry.active_version(tmp_path) in range(1, 9)
+    assert reg.active_version() in range(1, 9)
+    assert reg.pointer()["history"][0] == 0
+
+
+def test_an_emptied_redis_is_rebuilt_from_the_store(reg):
+    for _ in range(3):
+        _publish(reg, 0.9)
+    reg.promote(2)
+    before = (reg.records(), reg.pointer())
+    reg.client.flushall()
+    assert reg.is_empty() and reg.active_version() == 0
+    assert reg.rebuild()
+    assert (reg.records(), reg.pointer()) == before
+    assert not reg.rebuild()  # a second call finds it there
+    assert _publish(reg, 0.9).version == 4  # numbers stay unique
+
+
+def test_adopt_takes_over_older_versions(reg):
+    records = {1: {"version": 1, "bundle": {}}, 3: {"version": 3, "bundle": {}}}
+    reg.adopt(records, {"version": 3, "history": [0, 1]})
+    assert sorted(reg.records()) == [1, 3] and reg.active_version() == 3
+    assert reg.rollback() == 1
+    assert _publish(reg, 0.9).version == 4

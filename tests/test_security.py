@@ -23,7 +23,6 @@ from harness.services import Service
 from harness.stack import ADMIN, REDIS_PASSWORD, TOKEN, Stack
 from harness.user import all_events, pet_photos, replies_to, send_retrain
 from harness.waiting import wait_until
-from model import registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -88,7 +87,7 @@ def test_every_admin_command_and_option_refused(
     """Each admin command (with options, with the bot's @name) and a zip with a /retrain caption:
     a refusal in the user's language, and nothing reaches the worker."""
     user = 501 if language == "en" else 502
-    before = registry.list_versions(stack.models_root)
+    before = stack.registry().list_versions()
     cursor = _last_seq(stack)
     for text in ADMIN_TEXTS:
         chat.send(user, text=text, language_code=language)
@@ -96,7 +95,7 @@ def test_every_admin_command_and_option_refused(
     texts = _texts_after(stack, user, cursor, len(ADMIN_TEXTS) + 1)
     refusal = NOT_ADMIN if language == "en" else "Desculpe, só administradores podem fazer isso."
     assert texts == [refusal] * (len(ADMIN_TEXTS) + 1)
-    assert registry.list_versions(stack.models_root) == before
+    assert stack.registry().list_versions() == before
     # The same commands from the admin are answered, so the refusal is about who asks.
     cursor = _last_seq(stack)
     chat.send(ADMIN, text="/stats", user_id=ADMIN)

@@ -1,14 +1,15 @@
-"""Small admin jobs on the shared models folder: list, promote, rollback, stats."""
+"""Small admin jobs on the shared registry: list, promote, rollback, stats."""
 
 from __future__ import annotations
 
 import contract
-from model import registry
-from worker import stats
+from store.blobs import StoreError
+from store.registry import ZERO_SHOT, RegistryError, VersionInfo
+from worker import serving, stats, storage, versions
 from worker.settings import WorkerSettings
 
 
-def _describe(info: registry.VersionInfo) -> contract.ModelVersion:
+def _describe(info: VersionInfo) -> contract.ModelVersion:
     record = info.record
     metrics = record.get("metrics", {})
     return contract.ModelVersion(
@@ -16,7 +17,9 @@ def _describe(info: registry.VersionInfo) -> contract.ModelVersion:
         active=info.active,
         created_at=record.get("created_at"),
         created_by=record.get("created_by"),
-        dataset=record.get("dataset", {}).get("name") if info.path else record.get("name"),
+        dataset=record.get("dataset", {}).get("name")
+        if info.version != ZERO_SHOT
+        else record.get("name"),
         test_accuracy=metrics.get("test_accuracy"),
         classes=len(metrics["labels"]) if "labels" in metrics else None,
         note=("passed the gate" if record["gate"]["passed"] else "failed the gate")
@@ -25,32 +28,40 @@ def _describe(info: registry.VersionInfo) -> contract.ModelVersion:
     )
 
 
+def _refused(exc: RegistryError | StoreError) -> contract.Refused:
+    if isinstance(exc, StoreError):
+        return versions.refusal(exc)
+    return contract.Refused(str(exc), exc.code, exc.params)
+
+
 def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
     """Every stored version plus version 0, oldest first."""
-    return [_describe(info) for info in registry.list_versions(settings.models_root)]
+    return [_describe(info) for info in storage.registry().list_versions()]
 
 
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:
-    """Make a version active (workers pick it up within seconds); Refused if there is none."""
+    """Make a version active (every worker serves it within seconds); Refused if there is none,
+    or if its files cannot be fetched whole from the store (the active one then stays)."""
     try:
-        previous = registry.promote(settings.models_root, request.version, request.requested_by)
-    except registry.RegistryError as exc:
-        raise contract.Refused(str(exc), exc.code, exc.params) from exc
+        serving.holder().folder(request.version)  # every blob read and checked before the switch
+        previous = storage.registry().promote(request.version, request.requested_by)
+    except (RegistryError, StoreError) as exc:
+        raise _refused(exc) from exc
     return contract.SwitchResult(request.version, previous)
 
 
 def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> contract.SwitchResult:
     """Return to the previously active version; Refused if there is none."""
-    root = settings.models_root
-    previous = registry.active_version(root)
+    reg = storage.registry()
+    previous = reg.active_version()
     try:
-        return contract.SwitchResult(registry.rollback(root, request.requested_by), previous)
-    except registry.RegistryError as exc:
-        raise contract.Refused(str(exc), exc.code, exc.params) from exc
+        return contract.SwitchResult(reg.rollback(request.requested_by), previous)
+    except RegistryError as exc:
+        raise _refused(exc) from exc
 
 
 def today(settings: WorkerSettings) -> contract.Stats:
     """Today's classify jobs, their mean latency and the active version."""
     jobs, latency, errors = stats.today(settings.broker_url())
     avg = round(latency, 1) if latency is not None else None
-    return contract.Stats(registry.active_version(settings.models_root), jobs, avg, errors)
+    return contract.Stats(storage.registry().active_version(), jobs, avg, errors)

@@ -5,9 +5,11 @@ what TensorFlow must build (the zero-shot conversion, a retrain) runs in a child
 GPU (the tf engine) it loads TensorFlow, which is not fork-safe, so nothing here runs at import.
 The worker uses the threads pool: the model lives in the worker process itself, loaded from
 `celeryd_after_setup` before the consumer starts (or from `worker_process_init` in a prefork
-child), and every pool thread shares it through the gather loop. A watcher thread stats the
-pointer file once per interval; when it moves, the new version is loaded and warmed up beside
-the old one and then swapped in, so jobs already holding the old classifier finish on it.
+child), and every pool thread shares it through the gather loop. A watcher thread reads the
+active pointer in Redis once per interval (one GET); when it moves, the version is fetched from
+the blob store into this host's cache (worker/versions.py), loaded and warmed up beside the old
+one, then swapped in, so jobs already holding the old classifier finish on it. A version that
+cannot be fetched or loaded is retried after a while; the old one keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import contract
-from model import registry
 from model.hparams import DEFAULT_BACKBONE
 from model.predict import load_classifier
 from model.runtime import litert
 from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
-from worker import child, fetch, stats
+from store.registry import ZERO_SHOT, Registry
+from worker import child, fetch, stats, storage, versions
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -44,13 +46,8 @@ class Served:
     classifier: Classifier
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    # os.replace gives a new inode, so even a change within one mtime tick is seen.
-    return st.st_mtime_ns, st.st_ino, st.st_size
+# A version that failed to fetch or load is tried again after this many seconds.
+RETRY_SECONDS = 30
 
 
 class ModelHolder:
@@ -58,6 +55,7 @@ class ModelHolder:
 
     def __init__(
         self,
+        reg: Registry,
         root: Path,
         *,
         home: Path | None = None,
@@ -66,21 +64,29 @@ class ModelHolder:
         num_threads: int | None = None,
         on_load: Callable[[Served], None] = lambda _: None,
     ) -> None:
+        self.registry = reg
         self.on_load = on_load
         self.root = Path(root)
-        self.home = home
+        self.home = Path(home) if home else default_home()
         self.interval = interval
         self.engine = engine
         self.num_threads = num_threads
         self._served: Served | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._failed: dict[int, float] = {}  # version -> when it last failed to load
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+
+    def folder(self, version: int) -> Path | None:
+        """Version's folder in this host's cache (fetched if needed); None for version 0."""
+        if version == ZERO_SHOT:
+            return None
+        record = self.registry.record(version)
+        return versions.fetch(record, self.registry.store, self.root, self.home, _convert)
 
     def _load(self, version: int) -> Served:
         started = time.perf_counter()
         classifier = load_classifier(
-            registry.version_dir(self.root, version),
+            self.folder(version),
             home=self.home,
             engine=self.engine,
             num_threads=self.num_threads,
@@ -102,36 +108,42 @@ class ModelHolder:
         if self._served is None:
             with self._lock:
                 if self._served is None:
-                    self._stamp = _stamp(registry.pointer_path(self.root))
-                    version = registry.active_version(self.root)
+                    version = self.registry.active_version()
                     try:
                         self._served = self._load(version)
                     except Exception:
                         log.exception("cannot load active version %s; serving 0", version)
-                        self._served = self._load(registry.ZERO_SHOT)
+                        self._failed[version] = time.monotonic()
+                        self._served = self._load(ZERO_SHOT)
         return self._served
 
     def check(self) -> bool:
-        """Reload if the active pointer moved (one stat when it did not); True if swapped."""
-        stamp = _stamp(registry.pointer_path(self.root))
-        if stamp == self._stamp:
+        """Reload if the active pointer moved (one Redis GET when it did not); True if swapped."""
+        if self.registry.is_empty():  # Redis came back without the registry (FLUSHALL)
+            self.registry.rebuild()
+        version = self.registry.active_version()
+        if self._served is not None and self._served.version == version:
+            return False
+        failed = self._failed.get(version)
+        if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
             return False
         with self._lock:
-            self._stamp = stamp
-            version = registry.active_version(self.root)
-            if self._served is not None and self._served.version == version:
-                return False
             try:
                 self._served = self._load(version)
             except Exception:
-                # A broken version folder must not take the worker down: keep serving the old one.
+                # A version that cannot be fetched or loaded must not take the worker down:
+                # keep serving the old one.
                 log.exception("could not load model version %s; keeping the current one", version)
+                self._failed[version] = time.monotonic()
                 return False
-            return True
+            self._failed.pop(version, None)
+        versions.drop_pruned(self.root, self.registry.pruned())
+        return True
 
     def start(self) -> None:
         """Load and warm up now, before the first job, then watch the pointer."""
         prepare_zero_shot(self.home, self.engine)
+        versions.ensure_registry(self.registry, self.root)
         self.current()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
@@ -144,6 +156,12 @@ class ModelHolder:
                 self.check()
             except Exception:
                 log.exception("model watcher check failed")
+
+
+def _convert(handle: str, home: Path) -> None:
+    """Make a backbone's float LiteRT files in this host's home, in a child (TensorFlow)."""
+    log.info("converting backbone %s into %s (once per host)", handle, home)
+    child.run("worker.tf_jobs:convert_backbone", (handle, home), lambda _: None)
 
 
 def prepare_zero_shot(home: Path | None, engine: str) -> None:
@@ -171,6 +189,7 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
     # Keyed by pid so that a forked child never reuses its parent's TensorFlow objects.
     settings = get_settings()
     holder = ModelHolder(
+        storage.registry(),
         settings.models_root,
         home=settings.breedbot_home,
         interval=settings.reload_interval,

@@ -1,10 +1,12 @@
-"""This process's blob store, opened once from the settings."""
+"""This process's blob store and model registry, opened once from the settings."""
 
 from __future__ import annotations
 
 import functools
 
 from store.blobs import Store, open_store
+from store.registry import Registry
+from worker import stats
 from worker.settings import get_settings
 
 
@@ -16,3 +18,8 @@ def _open(url: str) -> Store:
 def blob_store() -> Store:
     """The store STORE_URL names (a folder under VAR_DIR by default)."""
     return _open(get_settings().store_location)
+
+
+def registry() -> Registry:
+    """The model registry on the broker's Redis, mirrored into the blob store."""
+    return Registry(stats.client(get_settings().broker_url()), blob_store())

@@ -18,11 +18,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import contract
 from contract import options
-from model import data, litert, registry, train
+from model import backbones, data, litert, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from worker import fetch, retraining
+from model.runtime.home import default_home
+from store.blobs import StoreError
+from store.registry import ZERO_SHOT
+from worker import fetch, retraining, storage, versions
 from worker.settings import WorkerSettings
 
 EVAL_BATCH = 32
@@ -79,7 +82,14 @@ def active_accuracy_on(
     version: int, test: list[data.LabeledImage], settings: WorkerSettings
 ) -> float:
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
-    folder = registry.version_dir(settings.models_root, version)
+    reg = storage.registry()
+    folder = (
+        None
+        if version == ZERO_SHOT
+        else versions.fetch(
+            reg.record(version), reg.store, settings.models_root, _home(settings), _convert
+        )
+    )
     classifier = load_classifier(
         folder,
         home=settings.breedbot_home,
@@ -163,10 +173,11 @@ def run(
         raise _refused(exc.code, str(exc), **exc.params) from exc
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
+    reg = storage.registry()
     staged: Path | None = None
     with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
         try:
-            staged = registry.new_staging_dir(root)
+            staged = versions.new_staging_dir(root)
             source = _dataset_source(ref, Path(tmp), settings)
             result = train.retrain(
                 source,
@@ -181,14 +192,15 @@ def run(
             # After "saving": the gate compares the new version with the active one.
             report("comparing", 0, 1, result.validation_accuracy)
             test = _test_split(source, Path(tmp) / "eval", hparams)
-            published = registry.publish(
-                root,
+            published = versions.publish(
+                reg,
                 staged,
                 {
                     "created_by": request.requested_by,
                     "dataset": {"name": "feedback" if ref.feedback else ref.name},
                     "params": request.params,
                 },
+                root,
                 min_accuracy=(
                     settings.min_accuracy if request.min_accuracy is None else request.min_accuracy
                 ),
@@ -205,6 +217,8 @@ def run(
             raise _refused(exc.code, str(exc), **exc.params) from exc
         except (fetch.InputError, train.AccuracyGateError) as exc:
             raise _refused(exc.code, str(exc), **exc.params) from exc
+        except StoreError as exc:
+            raise versions.refusal(exc) from exc
         except Exception as exc:
             if (refusal := _storage_failure(exc, root)) is None:
                 raise
@@ -212,9 +226,9 @@ def run(
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
-    chart = registry.version_dir(root, published.version) / "confusion_matrix.png"
+    chart = root / str(published.version) / train.CONFUSION_FILE
     png = contract.encode_bytes(chart.read_bytes()) if chart.is_file() else None
-    registry.prune(root, settings.keep_versions)
+    versions.prune(reg, root, settings.keep_versions)
     metrics = {
         **published.record["metrics"],
         "gate": published.record["gate"],
@@ -250,6 +264,22 @@ def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSetting
     source = tmp / "dataset.zip"
     source.write_bytes(fetch.dataset_bytes(ref))
     return source
+
+
+def _home(settings: WorkerSettings) -> Path:
+    return settings.breedbot_home or default_home()
+
+
+def _convert(handle: str, home: Path) -> None:
+    """A backbone's float LiteRT files in BREEDBOT_HOME (made once per host)."""
+    backbone = backbones.load_backbone(handle, home)
+    litert.features_file(backbone, home)
+    litert.gate_file(backbone, home)
+
+
+def convert_backbone(handle: str, home: Path, emit: retraining.ProgressSink) -> None:
+    """`_convert` as a child job, for a worker that serves without TensorFlow."""
+    _convert(handle, home)
 
 
 def convert_zero_shot(backbone: str, home: Path, emit: retraining.ProgressSink) -> None:

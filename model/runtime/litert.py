@@ -24,6 +24,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from model.runtime import imagenet
+from model.runtime.home import folder_name
 
 ENGINES = ("auto", "tf", "litert")
 FLOAT, INT8 = "float", "int8"
@@ -36,6 +37,9 @@ BACKBONE, HEAD, GATE = "backbone", "head", "gate"
 ZERO_SHOT_FILE = "zero_shot.json"
 # Bump when the converted graphs change, so stale conversions in BREEDBOT_HOME are not reused.
 CONVERSION_VERSION = 2
+# Under BREEDBOT_HOME/litert, one folder per backbone identity: its float conversions, made once.
+FEATURES_FILE = "features_float.tflite"
+GATE_FILE = "gate_float.tflite"
 
 # Interpreter batch per precision, from photos/s on 2 cores with real photos at batch 1, 4, 8, 32:
 # float 190, 193, 179, 166 (XNNPACK float gains nothing from batching); int8 390, 402, 438, 430.
@@ -45,6 +49,11 @@ FEATURE_BATCH = 32
 
 _PET_IDS = list(imagenet.PET_CLASS_IDS)
 _GATE_MASK = np.isin(np.arange(imagenet.NUM_CLASSES), imagenet.CARNIVORE_CLASS_IDS)
+
+
+def home_dir(home: Path, backbone_identity: str) -> Path:
+    """Folder under BREEDBOT_HOME for the conversions of one backbone export."""
+    return Path(home) / "litert" / f"{folder_name(backbone_identity)}-c{CONVERSION_VERSION}"
 
 
 class NotConverted(LookupError):

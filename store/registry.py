@@ -1,0 +1,352 @@
+"""Model versions in Redis, the source of truth every host shares, mirrored into the blob store.
+
+Redis holds the version counter, every version's record and the active pointer with its history.
+A change happens under one Redis lock (the accuracy gate's check and the switch included), so two
+hosts never number a version twice or switch on a stale comparison. Each record and the last
+active pointer are also written to the store (`registry/`), from which `rebuild` restores an
+empty Redis (FLUSHALL, a new volume). A version's files live in the store as blobs named in its
+record's "bundle" ({path in the version folder: SHA-256}); hosts keep folders only as a cache.
+Version 0 is the zero-shot ImageNet model: it has no record and no files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import redis
+
+from model.problems import Problem
+from store import blobs
+from store.blobs import Store
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = 0
+ZERO_SHOT_RECORD = {
+    "version": ZERO_SHOT,
+    "name": "zero-shot ImageNet (118 dog + 5 cat classes)",
+    "created_by": None,
+    "created_at": None,
+}
+# Why a new version failed the accuracy gate (a front end may word these in other languages).
+GATE_MESSAGES = {
+    "below_minimum": "test accuracy {accuracy:.1%} is below the minimum {minimum:.1%}",
+    "below_active": (
+        "test accuracy {accuracy:.1%} is below the active version {version}'s "
+        "{active_accuracy:.1%} on the same test split"
+    ),
+}
+PREFIX = "breedbot:registry:"
+COUNTER = PREFIX + "counter"
+RECORDS = PREFIX + "records"  # hash: version -> record JSON
+POINTER = PREFIX + "active"  # JSON: version, history, changed_at, changed_by
+PRUNED = PREFIX + "pruned"  # set: versions pruned, whose cached folders hosts may delete
+LOCK = PREFIX + "lock"
+# A holder that dies mid-change frees the lock after this; a change takes well under a second.
+LOCK_SECONDS = 30
+STORE_RECORDS = "registry/versions/"
+STORE_POINTER = "registry/active.json"
+HISTORY = 50
+# A blob younger than this is never swept: a retrain on another host may be uploading it.
+SWEEP_GRACE = timedelta(hours=1)
+METRICS_KEYS = (
+    "test_accuracy",
+    "accuracy_source",
+    "auto",
+    "validation_accuracy",
+    "n_test",
+    "n_validation",
+    "n_train",
+    "labels",
+    "per_class",
+    "training_seconds",
+    "backbone",
+    "dataset_fingerprint",
+)
+
+
+class RegistryError(Problem, RuntimeError):
+    """An impossible registry operation (unknown version, nothing to roll back to)."""
+
+    messages: ClassVar[dict[str, str]] = {
+        "no_such_version": "there is no model version {version}",
+        "nothing_to_roll_back_to": "there is no earlier active version to roll back to",
+    }
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One listed version."""
+
+    version: int
+    record: dict[str, Any]
+    active: bool
+
+
+@dataclass(frozen=True)
+class Published:
+    """What `publish` did with a new version."""
+
+    version: int
+    activated: bool
+    reason: str
+    active_accuracy: float | None  # the previously active model on the new test split
+    record: dict[str, Any]
+    # Why the gate failed, as a key of GATE_MESSAGES and its values (None: it passed).
+    problem: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The part of a version's metrics.json its record keeps (no per-step losses)."""
+    summary = {k: metrics[k] for k in METRICS_KEYS if k in metrics}
+    if "cross_validation" in metrics:
+        cv = metrics["cross_validation"]
+        summary["cross_validation"] = {k: cv[k] for k in ("k", "accuracy", "std", "l2") if k in cv}
+    return summary
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _gate(
+    accuracy: float, min_accuracy: float, current: int, active_accuracy: float | None
+) -> tuple[str | None, dict[str, Any]]:
+    if accuracy < min_accuracy:
+        return "below_minimum", {"accuracy": accuracy, "minimum": min_accuracy}
+    if active_accuracy is not None and accuracy < active_accuracy:
+        params = {"accuracy": accuracy, "version": current, "active_accuracy": active_accuracy}
+        return "below_active", params
+    return None, {}
+
+
+class Registry:
+    """The shared registry: a Redis client and the blob store it mirrors into."""
+
+    def __init__(self, client: redis.Redis, store: Store) -> None:
+        self.client = client
+        self.store = store
+
+    # Reading.
+    def pointer(self) -> dict[str, Any]:
+        """The active pointer: version, history (oldest first), changed_at, changed_by."""
+        raw = self.client.get(POINTER)
+        return json.loads(raw) if raw else {"version": ZERO_SHOT, "history": []}
+
+    def active_version(self) -> int:
+        """The version every worker should serve."""
+        return int(self.pointer()["version"])
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Every published version's record, by version."""
+        return {int(v): json.loads(r) for v, r in self.client.hgetall(RECORDS).items()}
+
+    def record(self, version: int) -> dict[str, Any]:
+        """One version's record; RegistryError if there is no such version."""
+        if version == ZERO_SHOT:
+            return dict(ZERO_SHOT_RECORD)
+        raw = self.client.hget(RECORDS, version)
+        if raw is None:
+            raise RegistryError("no_such_version", version=version)
+        return json.loads(raw)
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Version 0 and every published version, oldest first."""
+        active = self.active_version()
+        records = {ZERO_SHOT: dict(ZERO_SHOT_RECORD), **self.records()}
+        return [VersionInfo(v, records[v], v == active) for v in sorted(records)]
+
+    def is_empty(self) -> bool:
+        """True when Redis has no registry at all (a first start, or a Redis that lost it)."""
+        return not self.client.exists(COUNTER)
+
+    # Changing.
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self.client.lock(LOCK, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS * 2):
+            yield
+
+    def _switch(self, version: int, pointer: dict[str, Any], by: int | str | None) -> None:
+        history = [*pointer.get("history", []), int(pointer["version"])][-HISTORY:]
+        self._set_pointer(
+            {"version": version, "history": history, "changed_at": _now(), "changed_by": by}
+        )
+
+    def _set_pointer(self, pointer: dict[str, Any]) -> None:
+        text = json.dumps(pointer)
+        self.client.set(POINTER, text)
+        self.store.put(STORE_POINTER, text.encode())
+
+    def next_version(self) -> int:
+        """A new version number, never given out twice (even to a retrain that later fails)."""
+        return int(self.client.incr(COUNTER))
+
+    def publish(
+        self,
+        version: int,
+        record: dict[str, Any],
+        metrics: dict[str, Any],
+        *,
+        min_accuracy: float = 0.0,
+        force: bool = False,
+        evaluate_active: Callable[[int], float] | None = None,
+    ) -> Published:
+        """Register `version` (its blobs already stored); activate it if it passes the gate.
+
+        The gate: its test accuracy reaches `min_accuracy` and is not below the active version's
+        on the new version's own test split (`evaluate_active(active)`), unless `force`. The
+        comparison runs outside the lock; if another version went live meanwhile, it runs again
+        against that one. A version that fails the gate is kept (an admin may still promote it).
+        """
+        accuracy = float(metrics["test_accuracy"])
+        while True:
+            current = self.active_version()
+            active_accuracy = evaluate_active(current) if evaluate_active is not None else None
+            problem, params = _gate(accuracy, min_accuracy, current, active_accuracy)
+            passed = problem is None
+            full = {
+                **record,
+                "version": version,
+                "created_at": record.get("created_at") or _now(),
+                "metrics": metrics_summary(metrics),
+                "gate": {
+                    "min_accuracy": min_accuracy,
+                    "test_accuracy": accuracy,
+                    "active_version": current,
+                    "active_accuracy": active_accuracy,
+                    "passed": passed,
+                    "forced": force and not passed,
+                },
+            }
+            with self._locked():
+                pointer = self.pointer()
+                if int(pointer["version"]) != current:
+                    continue  # compared with a version that is no longer active
+                text = json.dumps(full, ensure_ascii=False)
+                # The store's copy first: a version Redis lists can always be rebuilt.
+                self.store.put(f"{STORE_RECORDS}{version}.json", text.encode())
+                self.client.hset(RECORDS, version, text)
+                if passed or force:
+                    self._switch(version, pointer, record.get("created_by"))
+            break
+        if passed:
+            reason = "passed the accuracy gate"
+        else:
+            reason = GATE_MESSAGES[problem].format(**params)
+            reason = f"forced live although {reason}" if force else reason
+        return Published(version, passed or force, reason, active_accuracy, full, problem, params)
+
+    def promote(self, version: int, by: int | str | None = None) -> int:
+        """Make `version` active (no gate: an admin's choice); returns the one it replaced."""
+        with self._locked():
+            self.record(version)
+            pointer = self.pointer()
+            previous = int(pointer["version"])
+            if previous != version:
+                self._switch(version, pointer, by)
+            return previous
+
+    def rollback(self, by: int | str | None = None) -> int:
+        """Return to the version active before the current one; returns the new active version."""
+        with self._locked():
+            pointer = self.pointer()
+            history = list(pointer.get("history", []))
+            known = {ZERO_SHOT, *self.records()}
+            while history:
+                candidate = int(history.pop())
+                if candidate in known and candidate != pointer["version"]:
+                    self._set_pointer(
+                        {
+                            "version": candidate,
+                            "history": history,
+                            "changed_at": _now(),
+                            "changed_by": by,
+                        }
+                    )
+                    return candidate
+            raise RegistryError("nothing_to_roll_back_to")
+
+    def prune(self, keep: int) -> list[int]:
+        """Forget all but the `keep` newest versions, never the active one or the rollback target.
+
+        Their blobs go in `sweep`, once no kept version references them.
+        """
+        with self._locked():
+            pointer = self.pointer()
+            protected = {int(pointer["version"]), *map(int, pointer.get("history", [])[-1:])}
+            stored = sorted(self.records())
+            doomed = [v for v in stored[: max(len(stored) - keep, 0)] if v not in protected]
+            for version in doomed:
+                self.client.hdel(RECORDS, version)
+                self.client.sadd(PRUNED, version)
+                self.store.delete(f"{STORE_RECORDS}{version}.json")
+            return doomed
+
+    def pruned(self) -> set[int]:
+        """Versions pruned so far (a host drops their cached folders)."""
+        return {int(v) for v in self.client.smembers(PRUNED)}
+
+    def rebuild(self) -> bool:
+        """Restore an empty Redis from the store's records and pointer; False if not needed."""
+        with self._locked():
+            if not self.is_empty():
+                return False
+            records = {}
+            for entry in self.store.list(STORE_RECORDS):
+                record = json.loads(self.store.get(entry.key))
+                records[int(record["version"])] = record
+            if records:
+                texts = {v: json.dumps(r, ensure_ascii=False) for v, r in records.items()}
+                self.client.hset(RECORDS, mapping=texts)
+            try:
+                pointer = json.loads(self.store.get(STORE_POINTER))
+            except blobs.StoreError:
+                pointer = None
+            if pointer and (int(pointer["version"]) in records or pointer["version"] == ZERO_SHOT):
+                self.client.set(POINTER, json.dumps(pointer))
+            # Numbers stay unique: counted on from the highest ever stored.
+            self.client.set(COUNTER, max(records, default=ZERO_SHOT))
+            if records:
+                log.warning(
+                    "registry rebuilt from %s: %d versions, active %s",
+                    self.store.url,
+                    len(records),
+                    self.active_version(),
+                )
+            return True
+
+    def adopt(self, records: dict[int, dict[str, Any]], pointer: dict[str, Any] | None) -> None:
+        """Take over versions made before the registry lived in Redis (see worker.versions)."""
+        with self._locked():
+            for version, record in sorted(records.items()):
+                text = json.dumps(record, ensure_ascii=False)
+                self.store.put(f"{STORE_RECORDS}{version}.json", text.encode())
+                self.client.hset(RECORDS, version, text)
+            if pointer is not None:
+                self._set_pointer(pointer)
+            highest = max(records, default=ZERO_SHOT)
+            if highest > int(self.client.get(COUNTER) or 0):
+                self.client.set(COUNTER, highest)
+
+
+def referenced(record: dict[str, Any]) -> set[str]:
+    """The blobs a record names directly: its bundle files and its dataset's manifest."""
+    shas = set(record.get("bundle", {}).values())
+    manifest = (record.get("dataset") or {}).get("manifest")
+    return shas | ({manifest} if manifest else set())
+
+
+def sweep(store: Store, keep: set[str], now: datetime | None = None) -> list[str]:
+    """Delete every blob not in `keep` and older than SWEEP_GRACE; returns their hashes."""
+    cutoff = (now or datetime.now(UTC)) - SWEEP_GRACE
+    doomed = [e.key for e in blobs.blob_hashes(store) if e.key not in keep and e.modified < cutoff]
+    for sha256 in doomed:
+        store.delete(blobs.blob_key(sha256))
+    return doomed

@@ -1,0 +1,200 @@
+"""A host's model versions: packed into the blob store when published, fetched back as folders.
+
+MODELS_DIR/<N>/ is each host's cache of version N, the folder `load_classifier` reads. What only
+that version has goes into the store as blobs (its layer, labels, metrics, the LiteRT head and,
+where int8 serves, its calibrated int8 files); what every version of a backbone shares (the float
+backbone and gate, the SavedModel) each host makes from its own BREEDBOT_HOME. A folder appears
+under its number by one rename, so a half-fetched version is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import contract
+from model.runtime import litert
+from model.runtime.classifier import METRICS_FILE
+from store import blobs
+from store.blobs import Store, StoreError
+from store.registry import ZERO_SHOT, Published, Registry, referenced, sweep
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".staging"
+# Corrections in the store, one small JSON ({"label", "sha256"}) per photo.
+FEEDBACK = "feedback/"
+# What the file registry (before Redis) kept in MODELS_DIR: a record per version, the pointer.
+LEGACY_RECORD = "record.json"
+LEGACY_POINTER = "active.json"
+# Rebuilt on each host, never stored: the SavedModel (from the layer) and the training logs.
+NOT_KEPT = ("saved_model/", "logs/", ".", LEGACY_RECORD)
+# (backbone handle, home) -> make the backbone's float LiteRT files in that BREEDBOT_HOME.
+ConvertFn = Callable[[str, Path], None]
+
+
+def new_staging_dir(root: Path) -> Path:
+    """A fresh path under root to write a version into (same filesystem as its final place)."""
+    staging = Path(root) / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging / uuid.uuid4().hex
+
+
+def _shared_files(metrics: dict[str, Any]) -> dict[str, str]:
+    """The version's LiteRT files that come from BREEDBOT_HOME: {path in folder: home file name}."""
+    shared = {
+        f"{litert.VERSION_DIR}/{litert.part_file(litert.BACKBONE, litert.FLOAT)}": (
+            litert.FEATURES_FILE
+        ),
+        f"{litert.VERSION_DIR}/{litert.part_file(litert.GATE, litert.FLOAT)}": litert.GATE_FILE,
+    }
+    listed = set(metrics.get("litert", {}).get(litert.FLOAT, {}).get("files", []))
+    return {path: name for path, name in shared.items() if path in listed}
+
+
+def _kept(rel: str, metrics: dict[str, Any]) -> bool:
+    if rel.startswith(NOT_KEPT) or rel in _shared_files(metrics):
+        return False
+    report = metrics.get("litert", {})
+    if rel in report.get(litert.INT8, {}).get("files", []) and report.get("served") != litert.INT8:
+        # Only a head of its own: its int8 backbone and gate are ~5 MB that nothing serves.
+        return rel.endswith(litert.part_file(litert.HEAD, litert.INT8))
+    return True
+
+
+def refusal(exc: StoreError) -> contract.Refused:
+    """A missing, damaged or unreachable blob as a job's refusal."""
+    return contract.Refused(f"{exc}; the active version is unchanged", exc.code, exc.params)
+
+
+def pack(store: Store, folder: Path) -> dict[str, str]:
+    """Store the files only this version has; returns its bundle {path in folder: SHA-256}."""
+    metrics = json.loads((folder / METRICS_FILE).read_text("utf-8"))
+    bundle = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if _kept(rel, metrics):
+            bundle[rel] = blobs.put_blob(store, path.read_bytes())
+    return bundle
+
+
+def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert: ConvertFn) -> Path:
+    """Version `record`'s folder in this host's cache, fetched from the store if it is not there.
+
+    A missing or damaged blob raises StoreError and leaves nothing behind.
+    """
+    target = Path(root) / str(record["version"])
+    if target.is_dir():
+        return target
+    work = new_staging_dir(root)
+    try:
+        for rel, sha256 in record["bundle"].items():
+            path = work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blobs.get_blob(store, sha256))
+        metrics = json.loads((work / METRICS_FILE).read_text("utf-8"))
+        shared = _shared_files(metrics)
+        if shared:
+            backbone = metrics["backbone"]
+            where = litert.home_dir(home, backbone["identity"])
+            if not all((where / name).is_file() for name in shared.values()):
+                convert(backbone["handle"], home)
+            for rel, name in shared.items():
+                _link(where / name, work / rel)
+        os.rename(work, target)
+    except OSError:
+        if not target.is_dir():  # another thread of this host fetched it first: use that
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def publish(
+    reg: Registry,
+    staged: Path,
+    record: dict[str, Any],
+    root: Path,
+    **gate: Any,
+) -> Published:
+    """Store a staged retrain() folder as the next version, cache it here, then register it
+    (through the accuracy gate: `gate` is Registry.publish's keywords)."""
+    metrics = json.loads((staged / METRICS_FILE).read_text("utf-8"))
+    version = reg.next_version()
+    bundle = pack(reg.store, staged)
+    # Cached before it is registered, so this host serves it the moment it is active.
+    os.rename(staged, Path(root) / str(version))
+    return reg.publish(version, {**record, "bundle": bundle}, metrics, **gate)
+
+
+def in_use(reg: Registry) -> set[str]:
+    """Every blob a kept version or a correction needs: bundles, manifests and their photos."""
+    keep: set[str] = set()
+    for record in reg.records().values():
+        keep |= referenced(record)
+        manifest = (record.get("dataset") or {}).get("manifest")
+        if manifest:
+            keep |= {sha256 for sha256, _ in json.loads(blobs.get_blob(reg.store, manifest))}
+    for entry in reg.store.list(FEEDBACK):
+        keep.add(json.loads(reg.store.get(entry.key))["sha256"])
+    return keep
+
+
+def prune(reg: Registry, root: Path, keep_versions: int) -> list[int]:
+    """Keep the newest `keep_versions` (and the active and rollback ones): forget the rest, drop
+    their cached folders here and every blob nothing kept refers to."""
+    doomed = reg.prune(keep_versions)
+    if doomed:
+        swept = sweep(reg.store, in_use(reg))
+        drop_pruned(root, set(doomed))
+        log.info("pruned versions %s and %d blobs", doomed, len(swept))
+    return doomed
+
+
+def drop_pruned(root: Path, pruned: set[int]) -> None:
+    """Remove this host's cached folders of pruned versions."""
+    for version in pruned:
+        shutil.rmtree(Path(root) / str(version), ignore_errors=True)
+
+
+def _legacy(root: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    records = {}
+    for path in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        if path.name.isdigit() and (path / LEGACY_RECORD).is_file():
+            records[int(path.name)] = json.loads((path / LEGACY_RECORD).read_text("utf-8"))
+    pointer_file = Path(root) / LEGACY_POINTER
+    pointer = json.loads(pointer_file.read_text("utf-8")) if pointer_file.is_file() else None
+    return records, pointer
+
+
+def ensure_registry(reg: Registry, root: Path) -> None:
+    """On a worker's start: rebuild an empty Redis from the store, and import the versions of a
+    MODELS_DIR from before the registry lived in Redis (nothing is lost; their folders stay as
+    this host's cache)."""
+    reg.rebuild()
+    if reg.records():
+        return
+    records, pointer = _legacy(root)
+    if not records:
+        return
+    adopted = {}
+    for version, record in records.items():
+        folder = Path(root) / str(version)
+        adopted[version] = {**record, "version": version, "bundle": pack(reg.store, folder)}
+    if pointer is not None and int(pointer["version"]) not in {ZERO_SHOT, *adopted}:
+        pointer = None
+    reg.adopt(adopted, pointer)
+    log.warning("imported %d versions from %s into the registry", len(adopted), root)
