@@ -5,7 +5,7 @@ from __future__ import annotations
 import contract
 from store.blobs import StoreError
 from store.registry import ZERO_SHOT, RegistryError, VersionInfo
-from worker import serving, stats, storage, versions
+from worker import stats, storage, versions
 from worker.settings import WorkerSettings
 
 
@@ -42,9 +42,10 @@ def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:
     """Make a version active (every worker serves it within seconds); Refused if there is none,
     or if its files cannot be fetched whole from the store (the active one then stays)."""
+    reg = storage.registry()
     try:
-        serving.holder().folder(request.version)  # every blob read and checked before the switch
-        previous = storage.registry().promote(request.version, request.requested_by)
+        versions.verify(reg.record(request.version), reg.store)
+        previous = reg.promote(request.version, request.requested_by)
     except (RegistryError, StoreError) as exc:
         raise _refused(exc) from exc
     return contract.SwitchResult(request.version, previous)

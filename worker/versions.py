@@ -84,6 +84,13 @@ def pack(store: Store, folder: Path) -> dict[str, str]:
     return bundle
 
 
+def verify(record: dict[str, Any], store: Store) -> None:
+    """Read every blob of a version's bundle and check its hash (StoreError if one fails), so a
+    switch never points every host at a version none of them can load."""
+    for sha256 in record.get("bundle", {}).values():
+        blobs.get_blob(store, sha256)
+
+
 def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert: ConvertFn) -> Path:
     """Version `record`'s folder in this host's cache, fetched from the store if it is not there.
 
