@@ -9,7 +9,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 import boto3
 import httpx
@@ -84,14 +83,3 @@ class S3Server:
         process, self.process = self.process, None
         if process is not None:
             stop_group(process, timeout)
-
-    def __enter__(self) -> S3Server:
-        return self.start() if self.process is None else self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

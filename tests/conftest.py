@@ -44,8 +44,11 @@ def breedbot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 API over HTTP (moto_server) on a free port of 127.0.0.1, for the session."""
-    with S3Server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
