@@ -23,10 +23,13 @@ T = TypeVar("T")
 # A dead endpoint must fail a job in seconds, not hang a worker for the SDK's default minutes
 # (60 s timeouts, several attempts): one retry, short connects. A read waits longer, since a
 # version bundle is a few MB.
+# Connections: as many as the worker's threads (WORKER_CONCURRENCY, 32 by default), not boto3's 10,
+# past which urllib3 discards connections with a warning.
 CLIENT_CONFIG = Config(
     connect_timeout=2,
     read_timeout=20,
     retries={"mode": "standard", "total_max_attempts": 2},
+    max_pool_connections=32,
 )
 # A GET of a missing key answers an S3 error document; a HEAD has no body, only its status. A bare
 # 404 to a GET is not S3 speaking (a wrong endpoint), so it is no "missing".

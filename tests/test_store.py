@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,6 +92,28 @@ def test_missing_key(store: Store) -> None:
         store.get("blobs/00/never-written")
     assert error.value.code == "missing"
     assert "missing" in str(error.value)
+
+
+def test_concurrent_puts_are_whole(store: Store) -> None:
+    """Threads sharing one store (as the worker's pool does) overwrite a key while others read
+    it: every read is one whole version, never a mix or a part."""
+    versions = [bytes([n]) * 256 * 1024 for n in range(4)]
+    store.put("registry/active.json", versions[0])
+
+    def write(n: int) -> None:
+        for _ in range(8):
+            store.put("registry/active.json", versions[n])
+
+    def read(_: int) -> set[bytes]:
+        return {store.get("registry/active.json") for _ in range(16)}
+
+    with ThreadPoolExecutor(8) as pool:
+        writers = [pool.submit(write, n) for n in range(4)]
+        seen = set().union(*pool.map(read, range(4)))
+        for writer in writers:
+            writer.result()
+    assert seen <= set(versions)
+    assert store.get("registry/active.json") in versions
 
 
 class CountingStore:
