@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import REPO
 from ops.redis_server import free_port
 from store.blobs import (
     Entry,
@@ -211,6 +215,23 @@ def test_s3_url_and_prefixes_isolate(s3_env: dict[str, str]) -> None:
     assert (first.get("k"), second.get("k")) == (b"1", b"2")
     assert keys(first) == keys(second) == {"k"}
     assert keys(open_store(f"s3://{bucket}")) >= {"host-a/k", "host-b/k"}
+
+
+def test_s3_env_points_another_process_at_the_bucket(s3_env: dict[str, str]) -> None:
+    """A process started with `s3_env` (as a worker is) opens the same bucket through its
+    settings: STORE_URL for the store, boto3's AWS_* for the endpoint and keys."""
+    open_store(s3_env["STORE_URL"]).put("feedback/p1.json", b'{"label": "pug"}')
+    code = (
+        "from worker.storage import blob_store; s = blob_store(); "
+        "print(s.url, s.get('feedback/p1.json').decode()); s.put('from-child', b'hi')"
+    )
+    env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO)}
+    child = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == [s3_env["STORE_URL"], '{"label":', '"pug"}']
+    assert open_store(s3_env["STORE_URL"]).get("from-child") == b"hi"
 
 
 def test_s3_missing_bucket_says_so(s3_env: dict[str, str]) -> None:
