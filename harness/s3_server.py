@@ -1,18 +1,29 @@
-"""A real S3 API on 127.0.0.1 for tests and benches: `moto_server` as a subprocess (the HTTP
+"""A real S3 API on 127.0.0.1 for tests and benches: moto's S3 server as a subprocess (the HTTP
 server, never a mocked client), with buckets made on demand and the environment that points a
-process's blob store at one."""
+process's blob store at one.
+
+`python -m harness.s3_server PORT` runs what `moto_server` runs, but hands moto one request at a
+time: its in-memory S3 is not thread-safe where two PUTs overwrite one key at once (the first
+reads the buffer the second has just closed, and answers 500), which real S3 and MinIO never do
+and which breedbot's threads and hosts do (two uploads of the same photo, two promotes).
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
 
+from harness import REPO
 from harness.waiting import wait_until
 from ops.processes import spawn, stop_group
 from ops.redis_server import free_port
@@ -42,8 +53,8 @@ class S3Server:
         """Launch the server and wait until it answers HTTP."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-            self.process = spawn(argv, stdout=out, stderr=subprocess.STDOUT)
+            argv = [sys.executable, "-m", "harness.s3_server", str(self.port)]
+            self.process = spawn(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         process = self.process
         try:
             wait_until(lambda: process.poll() is not None or self._answers(), timeout, "moto")
@@ -83,3 +94,34 @@ class S3Server:
         process, self.process = self.process, None
         if process is not None:
             stop_group(process, timeout)
+
+
+def one_at_a_time(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """The WSGI `app` behind a lock: connections stay concurrent, requests run one by one."""
+    lock = threading.Lock()
+
+    def serialized(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    return serialized
+
+
+def main() -> None:
+    """Serve moto's S3 (every moto service, as moto_server does) on 127.0.0.1:PORT."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("port", type=int)
+    port = parser.parse_args().port
+    app = one_at_a_time(DomainDispatcherApplication(create_backend_app))
+    run_simple("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main()
