@@ -1,5 +1,5 @@
 """The blob store's contract, held by both backends: a local folder and an S3 bucket on a real
-S3 API server (moto_server over HTTP, not a mocked client)."""
+S3 API server (moto over HTTP, harness/s3_server.py; not a mocked client)."""
 
 from __future__ import annotations
 
