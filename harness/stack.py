@@ -66,10 +66,14 @@ class Stack:
             client.close()
         self.env["REDIS_URL"] = self.redis_url()
 
-    def stop_redis(self) -> None:
-        """SIGTERM Redis (it flushes its AOF) and wait for it to exit; restart with start_redis."""
+    def stop_redis(self, crash: bool = False) -> None:
+        """SIGTERM Redis (it flushes its AOF), or SIGKILL it with `crash`, and wait for it to
+        exit; restart with start_redis."""
         assert self.redis_server is not None and self.redis_server.process is not None
-        self.redis_server.stop()
+        if crash:
+            self.redis_server.kill()
+        else:
+            self.redis_server.stop()
 
     def registry(self) -> Registry:
         """The stack's model registry: its Redis, and the blob store its workers share."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -49,7 +51,11 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", str(self.data_dir),
+                # Redis is the model registry's database, not only a broker: every write is
+                # in the AOF before its reply (a killed server loses nothing acknowledged), and
+                # on disk within a second (a host crash loses at most that), as in compose.
                 "--appendonly", "yes",
+                "--appendfsync", "everysec",
                 "--save", "",
                 "--protected-mode", "yes",
                 "--daemonize", "no",
@@ -90,6 +96,14 @@ class RedisServer:
         process, self.process = self.process, None
         if process is not None:
             stop_group(process, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL our own server, as in a crash (no shutdown, no final AOF flush)."""
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self

@@ -13,6 +13,7 @@ from celery import Celery
 import contract
 from fakegram.playground import PLAYGROUND_TOKEN
 from harness import DATASETS
+from harness.s3_server import S3Server
 from harness.services import Service
 from harness.stack import Stack
 from harness.waiting import wait_until
@@ -37,6 +38,27 @@ def datasets() -> Path:
 def breedbot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One BREEDBOT_HOME per test session, so the backbone export is built once."""
     return tmp_path_factory.mktemp("breedbot-home")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API over HTTP (moto_server) on a free port of 127.0.0.1, for the session."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket, and the environment that points a blob store at it (STORE_URL and the
+    AWS_* boto3 reads): set in this process for the test, and for service subprocesses
+    (`spawn_worker("w", **s3_env)`)."""
+    env = s3_server.env(s3_server.create_bucket(), "breedbot")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 # One Redis, one emulator and one warm worker serve the whole session (worker and bot tests);
