@@ -116,6 +116,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _moved(pointer: dict[str, Any], version: int, by: int | str | None) -> dict[str, Any]:
+    """The pointer after a switch to `version`, the old one pushed onto its history."""
+    history = [*pointer.get("history", []), int(pointer["version"])][-HISTORY:]
+    return {"version": version, "history": history, "changed_at": _now(), "changed_by": by}
+
+
 def _gate(
     accuracy: float, min_accuracy: float, current: int, active_accuracy: float | None
 ) -> tuple[str | None, dict[str, Any]]:
@@ -173,16 +179,23 @@ class Registry:
         with self.client.lock(LOCK, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS * 2):
             yield
 
-    def _switch(self, version: int, pointer: dict[str, Any], by: int | str | None) -> None:
-        history = [*pointer.get("history", []), int(pointer["version"])][-HISTORY:]
-        self._set_pointer(
-            {"version": version, "history": history, "changed_at": _now(), "changed_by": by}
-        )
-
-    def _set_pointer(self, pointer: dict[str, Any]) -> None:
-        text = json.dumps(pointer)
-        self.client.set(POINTER, text)
-        self.store.put(STORE_POINTER, text.encode())
+    def _commit(
+        self, record: dict[str, Any] | None = None, pointer: dict[str, Any] | None = None
+    ) -> None:
+        """Write a record and/or the pointer: the store's copies first, then Redis in one
+        transaction, so a process killed at any point leaves Redis as it was or fully changed."""
+        record_text = json.dumps(record, ensure_ascii=False) if record is not None else None
+        pointer_text = json.dumps(pointer) if pointer is not None else None
+        if record_text is not None:
+            self.store.put(f"{STORE_RECORDS}{record['version']}.json", record_text.encode())
+        if pointer_text is not None:
+            self.store.put(STORE_POINTER, pointer_text.encode())
+        with self.client.pipeline(transaction=True) as pipe:
+            if record_text is not None:
+                pipe.hset(RECORDS, record["version"], record_text)
+            if pointer_text is not None:
+                pipe.set(POINTER, pointer_text)
+            pipe.execute()
 
     def next_version(self) -> int:
         """A new version number, never given out twice (even to a retrain that later fails)."""
@@ -229,12 +242,9 @@ class Registry:
                 pointer = self.pointer()
                 if int(pointer["version"]) != current:
                     continue  # compared with a version that is no longer active
-                text = json.dumps(full, ensure_ascii=False)
-                # The store's copy first: a version Redis lists can always be rebuilt.
-                self.store.put(f"{STORE_RECORDS}{version}.json", text.encode())
-                self.client.hset(RECORDS, version, text)
-                if passed or force:
-                    self._switch(version, pointer, record.get("created_by"))
+                moved = passed or force
+                by = record.get("created_by")
+                self._commit(full, _moved(pointer, version, by) if moved else None)
             break
         if passed:
             reason = "passed the accuracy gate"
@@ -250,7 +260,7 @@ class Registry:
             pointer = self.pointer()
             previous = int(pointer["version"])
             if previous != version:
-                self._switch(version, pointer, by)
+                self._commit(pointer=_moved(pointer, version, by))
             return previous
 
     def rollback(self, by: int | str | None = None) -> int:
@@ -262,14 +272,8 @@ class Registry:
             while history:
                 candidate = int(history.pop())
                 if candidate in known and candidate != pointer["version"]:
-                    self._set_pointer(
-                        {
-                            "version": candidate,
-                            "history": history,
-                            "changed_at": _now(),
-                            "changed_by": by,
-                        }
-                    )
+                    back = {"version": candidate, "history": history}
+                    self._commit(pointer={**back, "changed_at": _now(), "changed_by": by})
                     return candidate
             raise RegistryError("nothing_to_roll_back_to")
 
@@ -325,12 +329,10 @@ class Registry:
     def adopt(self, records: dict[int, dict[str, Any]], pointer: dict[str, Any] | None) -> None:
         """Take over versions made before the registry lived in Redis (see worker.versions)."""
         with self._locked():
-            for version, record in sorted(records.items()):
-                text = json.dumps(record, ensure_ascii=False)
-                self.store.put(f"{STORE_RECORDS}{version}.json", text.encode())
-                self.client.hset(RECORDS, version, text)
+            for _, record in sorted(records.items()):
+                self._commit(record)
             if pointer is not None:
-                self._set_pointer(pointer)
+                self._commit(pointer=pointer)
             highest = max(records, default=ZERO_SHOT)
             if highest > int(self.client.get(COUNTER) or 0):
                 self.client.set(COUNTER, highest)

@@ -91,7 +91,7 @@ class S3Store:
                 key, lambda: self.client.head_object(Bucket=self.bucket, Key=full), HEAD_MISSING
             )
         except StoreError as error:
-            if error.code == "missing":
+            if error.code == "store_missing":
                 return False
             raise
         return True

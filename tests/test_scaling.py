@@ -18,6 +18,7 @@ import pytest
 from celery import Celery
 
 import contract
+from harness.s3_server import S3Server
 from harness.services import Service
 from harness.stack import Stack
 from harness.user import csv_sample_zip
@@ -68,11 +69,23 @@ class Hosts:
         return self.call(contract.RETRAIN, payload)  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path) -> Iterator[Hosts]:
-    """Host a (the session's BREEDBOT_HOME) and host b (an empty one of its own)."""
+@pytest.fixture(scope="module", params=["local", "s3"])
+def hosts(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path
+) -> Iterator[Hosts]:
+    """Host a (the session's BREEDBOT_HOME) and host b (an empty one of its own), sharing a
+    store folder, or a bucket of a real S3 API (moto's server)."""
     root = tmp_path_factory.mktemp("hosts")
-    with Stack(root, redis_password=None).running() as stack:
+    env: dict[str, str] = {}
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        env = server.env(server.create_bucket(), "breedbot")
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        Stack(root, redis_password=None).running(**env) as stack,
+    ):
+        for name, value in env.items():  # this process reads the bucket too (Stack.registry)
+            patch.setenv(name, value)
         homes = {"a": breedbot_home, "b": root / "b" / "home"}
         workers = {
             host: stack.start_worker(
@@ -108,7 +121,7 @@ def test_a_retrain_on_either_host_is_served_by_both(hosts: Hosts) -> None:
         [*record["bundle"], "litert/backbone_float.tflite", "litert/gate_float.tflite"]
     )
     # Only what this version alone has is stored: each host makes the rest from its own home.
-    shared = ("backbone_float.tflite", "gate_float.tflite")
+    shared = ("backbone_float.tflite", "gate_float.tflite")  # from each host's own home
     assert not [k for k in record["bundle"] if k.startswith("saved_model/") or k.endswith(shared)]
     assert "head.npz" in record["bundle"]
 

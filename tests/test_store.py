@@ -62,7 +62,7 @@ def test_put_get_exists_delete(store: Store) -> None:
     assert not store.exists("registry/active.json")
     with pytest.raises(StoreError) as missing:
         store.get("registry/active.json")
-    assert missing.value.code == "missing"
+    assert missing.value.code == "store_missing"
     assert missing.value.key == "registry/active.json"
 
 
@@ -94,7 +94,7 @@ def test_missing_key(store: Store) -> None:
     """A key never written is missing, not an empty value or another error."""
     with pytest.raises(StoreError) as error:
         store.get("blobs/00/never-written")
-    assert error.value.code == "missing"
+    assert error.value.code == "store_missing"
     assert "missing" in str(error.value)
 
 
@@ -167,7 +167,7 @@ def test_get_blob_damaged(store: Store) -> None:
     store.put(blob_key(sha), b"the original bytez")
     with pytest.raises(StoreError) as error:
         get_blob(store, sha)
-    assert error.value.code == "damaged"
+    assert error.value.code == "store_damaged"
     assert sha in str(error.value)
 
 
@@ -176,7 +176,7 @@ def test_get_blob_missing(store: Store) -> None:
     sha = hashlib.sha256(b"never stored").hexdigest()
     with pytest.raises(StoreError) as error:
         get_blob(store, sha)
-    assert (error.value.code, error.value.key) == ("missing", blob_key(sha))
+    assert (error.value.code, error.value.key) == ("store_missing", blob_key(sha))
 
 
 EXAMPLES = itertools.count()
@@ -239,7 +239,7 @@ def test_s3_missing_bucket_says_so(s3_env: dict[str, str]) -> None:
     store = open_store("s3://no-such-bucket-here/x")
     with pytest.raises(StoreError) as error:
         store.put("k", b"v")
-    assert error.value.code == "unreachable"
+    assert error.value.code == "store_unreachable"
     assert "'no-such-bucket-here' does not exist" in str(error.value)
 
 
@@ -262,5 +262,5 @@ def test_s3_unreachable_fails_fast(s3_env: dict[str, str], monkeypatch: pytest.M
         # Not a speed figure: a bound far above the ~0.1 s a refused connection takes, and far
         # below boto3's defaults (60 s timeouts, several attempts).
         assert time.monotonic() - started < 20, name
-        assert error.value.code == "unreachable", name
+        assert error.value.code == "store_unreachable", name
         assert store.url in str(error.value), name
