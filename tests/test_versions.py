@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import redis
 
 from model.runtime import litert
 from ops.redis_server import RedisServer
-from store import blobs
+from store import blobs, registry
 from store.blobs import LocalStore
 from store.registry import Registry
 from worker import versions
@@ -200,3 +201,26 @@ def test_an_old_models_dir_is_imported_once_and_nothing_is_lost(
     versions.ensure_registry(reg, root)  # a second start imports nothing again
     assert reg.active_version() == 2 and reg.next_version() == 3
     assert (root / "1" / "retrained_labels.txt").is_file()  # the folders stay as this cache
+
+
+def test_retention_prunes_old_bundles_but_never_a_blob_still_referenced(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "SWEEP_GRACE", timedelta(0))  # no retrain uploads meanwhile
+    root = tmp_path / "models"
+    photo = blobs.put_blob(reg.store, b"a corrected photo")
+    reg.store.put("feedback/p1.json", json.dumps({"label": "pug", "sha256": photo}).encode())
+    manifest = blobs.put_blob(reg.store, json.dumps([[photo, "pug"]]).encode())
+    for n in range(4):
+        staged = _version_folder(versions.new_staging_dir(root), accuracy=0.9 + n / 100)
+        dataset = {"name": "pets", "manifest": manifest if n == 3 else None}
+        versions.publish(reg, staged, {"dataset": dataset}, root)
+    gone = {sha for v in (1, 2) for sha in reg.record(v)["bundle"].values()}
+    assert versions.prune(reg, root, keep_versions=1) == [1, 2]  # 3 stays: the rollback target
+    kept = {sha for v in (3, 4) for sha in reg.record(v)["bundle"].values()}
+    for version in (3, 4):
+        versions.verify(reg.record(version), reg.store)
+    stored = {entry.key for entry in blobs.blob_hashes(reg.store)}
+    assert kept | {photo, manifest} <= stored
+    assert not (gone - kept) & stored  # what only the pruned versions had is swept
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["3", "4"]
