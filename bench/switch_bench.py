@@ -11,6 +11,7 @@ host has not cached: it fetches the bundle from the store first.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import statistics
@@ -92,6 +93,10 @@ def measure(home: Path, tmp: Path, rounds: int, s3: bool) -> dict:
             record = reg.record(retrained)
             sizes = {e.key: e.size for e in blobs.blob_hashes(reg.store)}
             bundle = {path: sizes[sha] for path, sha in record["bundle"].items()}
+            metrics = json.loads(
+                (tmp / "a" / "models" / str(retrained) / "metrics.json").read_text()
+            )
+            served = metrics["litert"]["served"]
             warm = [_switch(app, workers, v) for _ in range(rounds) for v in (0, retrained)]
             cold = []
             for _ in range(rounds):
@@ -117,7 +122,7 @@ def measure(home: Path, tmp: Path, rounds: int, s3: bool) -> dict:
         "store": "s3 (moto server)" if s3 else "local folder",
         "reload_interval_s": RELOAD_INTERVAL,
         "retrain_s": retrain_s,
-        "served_precision": record["metrics"].get("litert", {}).get("served"),
+        "served_precision": served,
         "bundle_bytes": sum(bundle.values()),
         "bundle_files": bundle,
         "switch_warm": summary(warm),
