@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 import contract
@@ -18,6 +19,8 @@ from harness.services import Service
 from harness.stack import Stack
 from harness.waiting import wait_until
 from ops.redis_server import RedisServer
+from store.blobs import LocalStore
+from store.registry import Registry
 from worker.celery_app import create_app
 from worker.settings import WorkerSettings
 
@@ -59,6 +62,22 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the registry's own tests, apart from the session stack's."""
+    with RedisServer(tmp_path_factory.mktemp("registry-redis")) as running:
+        yield running
+
+
+@pytest.fixture
+def reg(registry_server: RedisServer, tmp_path: Path) -> Iterator[Registry]:
+    """An empty registry: a flushed Redis and a fresh store folder."""
+    client = redis.Redis.from_url(registry_server.url)
+    client.flushall()
+    yield Registry(client, LocalStore(tmp_path / "store"))
+    client.close()
 
 
 # One Redis, one emulator and one warm worker serve the whole session (worker and bot tests);

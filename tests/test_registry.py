@@ -8,33 +8,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import redis
 
-from ops.redis_server import RedisServer
 from store import blobs, registry
-from store.blobs import LocalStore
 from store.registry import Registry
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of this module's own (never one we did not start)."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
-        yield running
-
-
-@pytest.fixture
-def reg(server: RedisServer, tmp_path: Path) -> Iterator[Registry]:
-    """An empty registry: a flushed Redis and a fresh store folder."""
-    client = redis.Redis.from_url(server.url)
-    client.flushall()
-    yield Registry(client, LocalStore(tmp_path / "store"))
-    client.close()
 
 
 def _publish(reg: Registry, accuracy: float, **kwargs) -> registry.Published:

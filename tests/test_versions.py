@@ -6,37 +6,18 @@ stand-ins with the files the packing rules look at."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from model.runtime import litert
-from ops.redis_server import RedisServer
 from store import blobs, registry
 from store.blobs import LocalStore
 from store.registry import Registry
 from worker import versions
 
 IDENTITY = "efficientnet_lite0-v1-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of this module's own."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
-        yield running
-
-
-@pytest.fixture
-def reg(server: RedisServer, tmp_path: Path) -> Iterator[Registry]:
-    """An empty registry on a flushed Redis and a fresh store folder."""
-    client = redis.Redis.from_url(server.url)
-    client.flushall()
-    yield Registry(client, LocalStore(tmp_path / "store"))
-    client.close()
 
 
 def _version_folder(folder: Path, served: str = litert.FLOAT, accuracy: float = 0.9) -> Path:
