@@ -154,6 +154,14 @@ class Registry:
         """Every published version's record, by version."""
         return {int(v): json.loads(r) for v, r in self.client.hgetall(RECORDS).items()}
 
+    def stored_records(self) -> dict[int, dict[str, Any]]:
+        """The records the store keeps (what a rebuild would restore), by version."""
+        records = {}
+        for entry in self.store.list(STORE_RECORDS):
+            record = json.loads(self.store.get(entry.key))
+            records[int(record["version"])] = record
+        return records
+
     def record(self, version: int) -> dict[str, Any]:
         """One version's record; RegistryError if there is no such version."""
         if version == ZERO_SHOT:
@@ -288,9 +296,11 @@ class Registry:
             stored = sorted(self.records())
             doomed = [v for v in stored[: max(len(stored) - keep, 0)] if v not in protected]
             for version in doomed:
+                # The store's copy first: a rebuild must never bring back a version whose
+                # blobs the sweep that follows may delete.
+                self.store.delete(f"{STORE_RECORDS}{version}.json")
                 self.client.hdel(RECORDS, version)
                 self.client.sadd(PRUNED, version)
-                self.store.delete(f"{STORE_RECORDS}{version}.json")
             return doomed
 
     def pruned(self) -> set[int]:
@@ -302,10 +312,7 @@ class Registry:
         with self._locked():
             if not self.is_empty():
                 return False
-            records = {}
-            for entry in self.store.list(STORE_RECORDS):
-                record = json.loads(self.store.get(entry.key))
-                records[int(record["version"])] = record
+            records = self.stored_records()
             if records:
                 texts = {v: json.dumps(r, ensure_ascii=False) for v, r in records.items()}
                 self.client.hset(RECORDS, mapping=texts)

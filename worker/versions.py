@@ -142,15 +142,19 @@ def publish(
     metrics = json.loads((staged / METRICS_FILE).read_text("utf-8"))
     version = reg.next_version()
     bundle = pack(reg.store, staged)
-    # Cached before it is registered, so this host serves it the moment it is active.
-    os.rename(staged, Path(root) / str(version))
+    # Cached before it is registered, so this host serves it the moment it is active. A folder
+    # under a number just given out is a leftover (a version that never got registered).
+    target = Path(root) / str(version)
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(staged, target)
     return reg.publish(version, {**record, "bundle": bundle}, metrics, **gate)
 
 
 def in_use(reg: Registry) -> set[str]:
     """Every blob a kept version or a correction needs: bundles, manifests and their photos."""
     keep: set[str] = set()
-    for record in reg.records().values():
+    # The store's records too: one a crash left unregistered comes back with a rebuild.
+    for record in {**reg.stored_records(), **reg.records()}.values():
         keep |= referenced(record)
         manifest = (record.get("dataset") or {}).get("manifest")
         if manifest:
