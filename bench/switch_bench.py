@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -65,6 +66,7 @@ def measure(home: Path, tmp: Path, rounds: int, s3: bool) -> dict:
     if server is not None:
         server.create_bucket("breedbot")
         env |= server.env("breedbot", "bench")
+        os.environ.update(env)  # this process reads the bucket too (Stack.registry)
     stack = Stack(tmp, redis_password=None, loglevel="INFO", ready_seconds=900)
     try:
         with stack.running(**env):
