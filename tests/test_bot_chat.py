@@ -89,8 +89,9 @@ def test_one_class_feedback_retrain_says_to_collect_more(tmp_path: Path, dataset
     """Corrections of one breed only: the admin is told to collect more, not to make folders."""
     feedback = tmp_path / "feedback" / "pug"
     feedback.mkdir(parents=True)
-    for photo in sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[:4]:
-        (feedback / photo.name).write_bytes(photo.read_bytes())
+    # An old FEEDBACK_DIR (<label>/<photo id>.jpg): the retrain imports it into the store.
+    for i, photo in enumerate(sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[:4]):
+        (feedback / f"{i:012x}.jpg").write_bytes(photo.read_bytes())
     settings = WorkerSettings(_env_file=None, var_dir=tmp_path)
     dataset = contract.DatasetRef(name="feedback", feedback=True).to_dict()
     request = contract.RetrainRequest(dataset=dataset, params={}, requested_by=ADMIN)

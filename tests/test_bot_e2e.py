@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import time
@@ -23,7 +24,9 @@ from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
 from harness.waiting import wait_until
+from store.blobs import Store, open_store
 from tests.browser import chromium_or_skip
+from worker import feedback
 from worker.settings import WorkerSettings
 
 # The bot module starts with the zero-shot model live: replies name "Model v0".
@@ -59,9 +62,15 @@ def chat(emulator_url: str) -> Iterator[PlaygroundClient]:
 
 
 @pytest.fixture(scope="module")
-def feedback_root(worker_settings: WorkerSettings) -> Path:
+def feedback_store(worker_settings: WorkerSettings) -> Store:
     """Where workers file feedback photos."""
-    return worker_settings.feedback_root
+    return open_store(worker_settings.store_location)
+
+
+def _filed(store: Store, photo_id: str) -> str | None:
+    """The label a photo is filed under in the store, None while it is not."""
+    key = f"{feedback.PREFIX}{photo_id}.json"
+    return json.loads(store.get(key))["label"] if store.exists(key) else None
 
 
 def _sent(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,7 +153,7 @@ def test_portuguese_reply(chat: PlaygroundClient, datasets: Path) -> None:
 
 
 def test_feedback_is_filed_once_under_a_folder_name(
-    chat: PlaygroundClient, datasets: Path, feedback_root: Path
+    chat: PlaygroundClient, datasets: Path, feedback_store: Store
 ) -> None:
     """✅ files the photo under the top label and removes the keyboard; a later ❌ changes
     nothing. ❌ then another breed files a second photo under that breed's folder name (v0's
@@ -156,10 +165,8 @@ def test_feedback_is_filed_once_under_a_folder_name(
     events = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev))
     assert [e["text"] for e in events if e["type"] == "answer"] == ["Thanks! Saved as Pug."]
     assert "reply_markup" not in [e for e in events if e["type"] == "edited"][-1]["message"]
-    first = wait_until(
-        lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")), 60, what="the photo filed"
-    )
-    assert [p.parent.name for p in first] == ["pug"]
+    first = wait_until(lambda: _filed(feedback_store, photo_id), 60, what="the photo filed")
+    assert first == "pug"
     cursor = events[-1]["seq"]
     chat.press(107, reply["message_id"], _buttons(reply)["❌ wrong"])
     answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
@@ -175,12 +182,9 @@ def test_feedback_is_filed_once_under_a_folder_name(
     assert "other" in choices and len(choices) == 5  # four other likely breeds + other
     name, data = next(iter(choices.items()))
     chat.press(107, second["message_id"], data)
-    files = wait_until(
-        lambda: list(feedback_root.glob(f"*/{other_id}.jpg")), 60, what="the photo filed"
-    )
-    folder = files[0].parent.name
+    folder = wait_until(lambda: _filed(feedback_store, other_id), 60, what="the photo filed")
     assert " " not in folder and folder.casefold() == "_".join(name.split()).casefold()
-    assert list(feedback_root.glob(f"*/{photo_id}.jpg")) == first
+    assert _filed(feedback_store, photo_id) == first
 
 
 def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Path) -> None:

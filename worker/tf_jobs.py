@@ -22,7 +22,9 @@ from model import data, litert, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from worker import fetch, retraining
+from store import datasets as kept
+from store.blobs import open_store
+from worker import feedback, fetch, retraining
 from worker.settings import WorkerSettings
 
 EVAL_BATCH = 32
@@ -246,7 +248,9 @@ def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.
 
 def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings) -> Path:
     if ref.feedback:
-        return settings.feedback_root
+        store = open_store(settings.store_location)
+        feedback.import_folder(settings.feedback_root, store)
+        return kept.materialize(store, feedback.corrections(store), tmp / "feedback")
     source = tmp / "dataset.zip"
     source.write_bytes(fetch.dataset_bytes(ref))
     return source
