@@ -277,7 +277,14 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
             "não mudou"
         ),
-        "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
+        "merge_nothing_kept": (
+            "a versão ativa {version} não guardou um conjunto de dados para receber as fotos (é "
+            "o modelo embutido ou foi treinada antes de os conjuntos serem guardados); mande "
+            "/retrain com o zip completo"
+        ),
+        "store_missing": "{key} não está no armazenamento",
+        "store_damaged": "{key} está danificado no armazenamento (o conteúdo não bate com o hash)",
+        "store_unreachable": "não foi possível acessar o armazenamento para {key}",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
         "feedback_one_class": (
             "As correções até agora cobrem só {found} raça(s): {classes}. O retreino precisa de "

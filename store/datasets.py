@@ -8,7 +8,8 @@ layout `model.data.load_dataset` reads (which judges files by content, so they n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,10 +70,19 @@ def classes(manifest: Manifest) -> list[str]:
     return sorted({label for _, label in manifest})
 
 
-def materialize(store: Store, manifest: Manifest, folder: Path) -> Path:
-    """Write every photo to folder/<label>/<sha256> (checked against its hash); returns folder."""
+def materialize(
+    store: Store, manifest: Manifest, folder: Path, local: Mapping[str, Path] | None = None
+) -> Path:
+    """Write every photo to folder/<label>/<sha256>; returns folder.
+
+    A photo in `local` (SHA-256 -> a file already on this disk) is copied from there, any other
+    fetched from the store and checked against its hash."""
+    local = local or {}
     for sha, label in manifest:
         target = Path(folder) / check_label(label) / sha
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(get_blob(store, sha))
+        if sha in local:
+            shutil.copyfile(local[sha], target)
+        else:
+            target.write_bytes(get_blob(store, sha))
     return Path(folder)

@@ -22,9 +22,8 @@ from model import data, litert, registry, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
-from store import datasets as kept
-from store.blobs import open_store
-from worker import feedback, fetch, retraining
+from store.blobs import StoreError, open_store
+from worker import datasets, fetch, retraining
 from worker.settings import WorkerSettings
 
 EVAL_BATCH = 32
@@ -128,6 +127,15 @@ def _feedback_refusal(exc: data.DatasetError) -> contract.Refused:
     return _refused(exc.code, str(exc), **exc.params)
 
 
+def _store_refusal(exc: StoreError) -> contract.Refused:
+    """A kept photo or manifest the store cannot give back; the active model is unchanged."""
+    if exc.code == "missing":
+        return _refused("store_missing", str(exc), key=exc.key)
+    if exc.code == "damaged":
+        return _refused("store_damaged", str(exc), key=exc.key)
+    return _refused("store_unreachable", str(exc), key=exc.key)
+
+
 # Errors of a full disk, a quota, a file size limit or a read-only / immutable folder.
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -156,9 +164,6 @@ def run(
 ) -> contract.RetrainResult:
     """Retrain on the request's dataset and publish it; bad input raises `contract.Refused`."""
     ref = contract.DatasetRef.from_dict(request.dataset)
-    if ref.merge_last:
-        # Uploads are not kept after training, so there is no "last dataset" to merge yet.
-        raise _refused("unsupported", "merging feedback with the last dataset is not supported")
     try:
         hparams = hparams_from(request.params, settings.retrain_architecture)
     except options.OptionError as exc:  # a bot of another release let it through
@@ -169,7 +174,8 @@ def run(
     with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
         try:
             staged = registry.new_staging_dir(root)
-            source = _dataset_source(ref, Path(tmp), settings)
+            prepared = _dataset_source(ref, Path(tmp), settings, hparams)
+            source = prepared.folder
             result = train.retrain(
                 source,
                 staged,
@@ -188,7 +194,7 @@ def run(
                 staged,
                 {
                     "created_by": request.requested_by,
-                    "dataset": {"name": "feedback" if ref.feedback else ref.name},
+                    "dataset": prepared.record,
                     "params": request.params,
                 },
                 min_accuracy=(
@@ -207,6 +213,10 @@ def run(
             raise _refused(exc.code, str(exc), **exc.params) from exc
         except (fetch.InputError, train.AccuracyGateError) as exc:
             raise _refused(exc.code, str(exc), **exc.params) from exc
+        except datasets.NothingToMerge as exc:
+            raise _refused("merge_nothing_kept", str(exc), version=exc.version) from exc
+        except StoreError as exc:
+            raise _store_refusal(exc) from exc
         except Exception as exc:
             if (refusal := _storage_failure(exc, root)) is None:
                 raise
@@ -221,6 +231,7 @@ def run(
         **published.record["metrics"],
         "gate": published.record["gate"],
         "worst_classes": _weakest(result.metrics.get("per_class", {})),
+        "dataset": prepared.record,
     }
     return contract.RetrainResult(
         published.version,
@@ -246,14 +257,12 @@ def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.
     ]
 
 
-def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings) -> Path:
-    if ref.feedback:
-        store = open_store(settings.store_location)
-        feedback.import_folder(settings.feedback_root, store)
-        return kept.materialize(store, feedback.corrections(store), tmp / "feedback")
-    source = tmp / "dataset.zip"
-    source.write_bytes(fetch.dataset_bytes(ref))
-    return source
+def _dataset_source(
+    ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings, hparams: HParams
+) -> datasets.Prepared:
+    """The request's photos, kept and merged as it asks, as a training folder and its record."""
+    store = open_store(settings.store_location)
+    return datasets.prepare(ref, tmp, settings, store, hparams.min_images_per_class)
 
 
 def convert_zero_shot(backbone: str, home: Path, emit: retraining.ProgressSink) -> None:

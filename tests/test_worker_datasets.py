@@ -1,0 +1,105 @@
+"""worker/datasets.prepare: uploads kept, merged with the active version's dataset, feedback."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import contract
+from model import data
+from store import datasets as kept
+from store.blobs import LocalStore
+from worker import datasets, feedback
+from worker.settings import WorkerSettings
+
+
+def _zip(root: Path, breeds: dict[str, int]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for breed, n in breeds.items():
+            for path in sorted((root / "pets-dev" / breed).glob("*.jpg"))[:n]:
+                archive.write(path, f"{breed}/{path.name}")
+    return buffer.getvalue()
+
+
+def _ref(zip_bytes: bytes, merge: bool = False) -> contract.DatasetRef:
+    return contract.DatasetRef(contract.encode_bytes(zip_bytes), "pets.zip", merge_last=merge)
+
+
+@pytest.fixture
+def datasets_root(datasets: Path) -> Path:
+    """The shared photos (the name `datasets` is the module under test here)."""
+    return datasets
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings(_env_file=None, var_dir=tmp_path / "var")
+
+
+@pytest.fixture
+def store(settings: WorkerSettings) -> LocalStore:
+    return LocalStore(Path(settings.store_location))
+
+
+def _active(monkeypatch: pytest.MonkeyPatch, record: dict[str, Any] | None) -> None:
+    monkeypatch.setattr(datasets, "active_record", lambda _settings: record)
+
+
+def test_upload_then_merge_with_a_new_class(
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+) -> None:
+    _active(monkeypatch, None)
+    first = datasets.prepare(
+        _ref(_zip(datasets_root, {"pug": 4, "Bengal": 4})), tmp_path / "a", settings, store, 3
+    )
+    assert first.record["sources"] == {"kept": 0, "upload": 8, "feedback": 0}
+    assert first.record["photos"] == 8 and first.record["classes"] == 2
+    assert first.record["base_version"] is None
+    assert data.load_dataset(first.folder).classes == ["Bengal", "pug"]
+
+    _active(monkeypatch, {"version": 1, "dataset": first.record})
+    # One class alone is enough to add; one pug photo is sent again (counted as the upload's).
+    zip_b = _zip(datasets_root, {"Sphynx": 3, "pug": 1})
+    merged = datasets.prepare(_ref(zip_b, merge=True), tmp_path / "b", settings, store, 3)
+    assert merged.record["sources"] == {"kept": 7, "upload": 4, "feedback": 0}
+    assert merged.record["base_version"] == 1 and merged.record["new_classes"] == ["Sphynx"]
+    loaded = data.load_dataset(merged.folder)
+    assert loaded.classes == ["Bengal", "Sphynx", "pug"] and len(loaded.images) == 11
+    assert kept.load(store, merged.record["manifest"]) == sorted(
+        [im.sha256, im.label] for im in loaded.images
+    )
+
+
+def test_merge_without_a_kept_dataset_is_refused(
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+) -> None:
+    ref = _ref(_zip(datasets_root, {"Sphynx": 3}), merge=True)
+    for record, version in ((None, 0), ({"version": 2, "dataset": {"name": "old.zip"}}, 2)):
+        _active(monkeypatch, record)
+        with pytest.raises(datasets.NothingToMerge) as refused:
+            datasets.prepare(ref, tmp_path / str(version), settings, store, 3)
+        assert refused.value.version == version
+
+
+def test_feedback_adds_the_corrections_to_the_kept_dataset(
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+) -> None:
+    ref = contract.DatasetRef(name="feedback", feedback=True)
+    _active(monkeypatch, None)
+    with pytest.raises(data.DatasetError):  # no corrections yet
+        datasets.prepare(ref, tmp_path / "0", settings, store, 3)
+    first = datasets.prepare(
+        _ref(_zip(datasets_root, {"pug": 3, "Bengal": 3})), tmp_path / "a", settings, store, 3
+    )
+    photo = sorted((datasets_root / "pets-dev" / "samoyed").glob("*.jpg"))[0].read_bytes()
+    answer = contract.StoreFeedback("abc123", "samoyed", contract.encode_bytes(photo))
+    feedback.store(answer, store)
+    _active(monkeypatch, {"version": 4, "dataset": first.record})
+    merged = datasets.prepare(ref, tmp_path / "b", settings, store, 3)
+    assert merged.record["sources"] == {"kept": 6, "upload": 0, "feedback": 1}
+    assert merged.record["new_classes"] == ["samoyed"] and merged.record["name"] == "feedback"
