@@ -76,6 +76,14 @@ def test_promote_without_a_number_says_how(chat: PlaygroundClient) -> None:
     )
 
 
+def test_merge_without_a_zip_says_what_to_attach(chat: PlaygroundClient) -> None:
+    """`/retrain merge` with nothing attached: what merge does and what to send, both languages."""
+    assert _answer(chat, ADMIN, "/retrain merge") == t("en", "retrain_merge_usage")
+    assert _answer(chat, ADMIN, "/retrain merge=1", language_code="pt-br").startswith(
+        "O /retrain merge junta fotos às que o modelo ativo aprendeu: anexe o .zip"
+    )
+
+
 def test_option_errors_are_worded_for_people(chat: PlaygroundClient) -> None:
     """`steps=abc` says what a good value is, not "'abc' is not a valid int"."""
     reply = _answer(chat, ADMIN, "/retrain feedback steps=abc lr=5", language_code="pt-br")

@@ -423,3 +423,52 @@ def test_admin_retrain_progress_then_live_then_rollback(
             assert reply == "Model v0 is active now."
         else:
             assert reply == f"Model v{new} is active now."
+
+
+def _classes_zip(datasets: Path, breeds: dict[str, int]) -> bytes:
+    """A folder-per-class zip of the first `n` photos of each pets-dev breed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for breed, n in breeds.items():
+            for path in sorted((datasets / "pets-dev" / breed).glob("*.jpg"))[:n]:
+                archive.write(path, f"{breed}/{path.name}")
+    return buffer.getvalue()
+
+
+def test_merge_retrain_adds_a_class_to_the_kept_photos(
+    chat: PlaygroundClient, datasets: Path, worker_settings: WorkerSettings
+) -> None:
+    """Zip A (2 breeds), then `/retrain merge` with zip B (a third): the new version knows all
+    three, the reply says where its photos came from, and A's bottlenecks come from the cache."""
+
+    def retrain(zip_bytes: bytes, caption: str) -> str:
+        cursor = chat.events(ADMIN)[-1]["seq"] if chat.events(ADMIN) else 0
+        chat.send(ADMIN, file=zip_bytes, kind="document", filename="pets.zip",
+                  mime_type="application/zip", caption=caption, user_id=ADMIN)  # fmt: skip
+        events = chat.wait_for(ADMIN, lambda ev: any(
+            re.search(r"live now\.|go live|Retrain failed", e["message"].get("text", ""))
+            for e in ev if e["type"] == "edited"), timeout=300, after=cursor)  # fmt: skip
+        return [e["message"]["text"] for e in events if e["type"] == "edited"][-1]
+
+    first = retrain(_classes_zip(datasets, {"pug": 6, "Bengal": 6}), "/retrain steps=30 force=1")
+    base = int(re.search(r"Model v(\d+) trained", first)[1])  # type: ignore[index]
+    new = base + 1
+    final = retrain(_classes_zip(datasets, {"Sphynx": 6}), "/retrain merge steps=30 force=1")
+    assert f"Model v{new} trained on all 18 photos" in final
+    assert f"Trained on 18 photos: 12 kept from version {base}, 6 from your upload." in final
+    assert "1 new class: Sphynx" in final and "It is live now." in final
+
+    def breeds() -> str:
+        cursor = chat.events(ADMIN)[-1]["seq"]
+        chat.send(ADMIN, text="/breeds", user_id=ADMIN)
+        return _sent(chat.wait_for(ADMIN, _replies(), after=cursor))[0]["text"]
+
+    known = wait_until(
+        lambda: (text := breeds()).startswith(f"I know 3 breeds (model v{new}):") and text,
+        30,
+        what=f"v{new} served",
+    )
+    assert all(name in known for name in ("Bengal", "Pug", "Sphynx"))
+    metrics = json.loads((worker_settings.models_root / str(new) / "metrics.json").read_text())
+    # Retrain A cached every kept photo's vector: at most the 6 new ones are computed.
+    assert metrics["bottlenecks"]["cached"] >= 12 and metrics["bottlenecks"]["computed"] <= 6

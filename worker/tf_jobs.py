@@ -231,7 +231,9 @@ def run(
         **published.record["metrics"],
         "gate": published.record["gate"],
         "worst_classes": _weakest(result.metrics.get("per_class", {})),
-        "dataset": prepared.record,
+        # Where the photos came from, with the new classes by display name, for the reply.
+        "dataset": prepared.record
+        | {"new_classes": list(map(data.display_name, prepared.record["new_classes"]))},
     }
     return contract.RetrainResult(
         published.version,
