@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ from typing import Any
 import pytest
 
 import contract
-from model import data
+from model import data, registry
 from store import datasets as kept
 from store.blobs import LocalStore
-from worker import datasets, feedback
+from worker import datasets, feedback, tf_jobs
 from worker.settings import WorkerSettings
 
 
@@ -103,3 +104,33 @@ def test_feedback_adds_the_corrections_to_the_kept_dataset(
     merged = datasets.prepare(ref, tmp_path / "b", settings, store, 3)
     assert merged.record["sources"] == {"kept": 6, "upload": 0, "feedback": 1}
     assert merged.record["new_classes"] == ["samoyed"] and merged.record["name"] == "feedback"
+
+
+@pytest.mark.slow
+def test_a_merged_retrain_computes_only_the_new_photos_bottlenecks(
+    tmp_path: Path, datasets_root: Path, breedbot_home: Path
+) -> None:
+    """tf_jobs.run on zip A, then merge zip B, with an empty cache: B's photos are computed,
+    every kept photo of A comes from the cache (each photo counts once per view)."""
+    settings = WorkerSettings(
+        _env_file=None,
+        var_dir=tmp_path / "var",
+        breedbot_home=breedbot_home,
+        bottleneck_dir=tmp_path / "bottlenecks",
+        retrain_architecture="efficientnet_lite0",
+    )
+    params = {"how_many_training_steps": 20, "flip_left_right": False}
+
+    def run(zip_bytes: bytes, merge: bool) -> dict[str, Any]:
+        ref = _ref(zip_bytes, merge).to_dict()
+        request = contract.RetrainRequest(ref, params, force=True)
+        result = tf_jobs.run(request, settings, lambda _: None)
+        folder = registry.version_dir(settings.models_root, result.version)
+        return {**result.metrics, **json.loads((folder / "metrics.json").read_text())}
+
+    first = run(_zip(datasets_root, {"pug": 5, "Bengal": 5}), merge=False)
+    assert first["bottlenecks"] == {"computed": 10, "cached": 0}
+    merged = run(_zip(datasets_root, {"Sphynx": 5}), merge=True)
+    assert merged["bottlenecks"] == {"computed": 5, "cached": 10}
+    assert merged["dataset"]["sources"] == {"kept": 10, "upload": 5, "feedback": 0}
+    assert len(merged["labels"]) == 3
