@@ -47,26 +47,20 @@ def store(settings: WorkerSettings) -> LocalStore:
     return LocalStore(Path(settings.store_location))
 
 
-def _active(monkeypatch: pytest.MonkeyPatch, record: dict[str, Any] | None) -> None:
-    monkeypatch.setattr(datasets, "active_record", lambda _settings: record)
-
-
 def test_upload_then_merge_with_a_new_class(
-    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore
 ) -> None:
-    _active(monkeypatch, None)
-    first = datasets.prepare(
-        _ref(_zip(datasets_root, {"pug": 4, "Bengal": 4})), tmp_path / "a", settings, store, 3
-    )
+    upload = _ref(_zip(datasets_root, {"pug": 4, "Bengal": 4}))
+    first = datasets.prepare(upload, tmp_path / "a", settings, store, 3, None)
     assert first.record["sources"] == {"kept": 0, "upload": 8, "feedback": 0}
     assert first.record["photos"] == 8 and first.record["classes"] == 2
     assert first.record["base_version"] is None
     assert data.load_dataset(first.folder).classes == ["Bengal", "pug"]
 
-    _active(monkeypatch, {"version": 1, "dataset": first.record})
     # One class alone is enough to add; one pug photo is sent again (counted as the upload's).
-    zip_b = _zip(datasets_root, {"Sphynx": 3, "pug": 1})
-    merged = datasets.prepare(_ref(zip_b, merge=True), tmp_path / "b", settings, store, 3)
+    zip_b = _ref(_zip(datasets_root, {"Sphynx": 3, "pug": 1}), merge=True)
+    active = {"version": 1, "dataset": first.record}
+    merged = datasets.prepare(zip_b, tmp_path / "b", settings, store, 3, active)
     assert merged.record["sources"] == {"kept": 7, "upload": 4, "feedback": 0}
     assert merged.record["base_version"] == 1 and merged.record["new_classes"] == ["Sphynx"]
     loaded = data.load_dataset(merged.folder)
@@ -77,31 +71,28 @@ def test_upload_then_merge_with_a_new_class(
 
 
 def test_merge_without_a_kept_dataset_is_refused(
-    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore
 ) -> None:
     ref = _ref(_zip(datasets_root, {"Sphynx": 3}), merge=True)
     for record, version in ((None, 0), ({"version": 2, "dataset": {"name": "old.zip"}}, 2)):
-        _active(monkeypatch, record)
         with pytest.raises(datasets.NothingToMerge) as refused:
-            datasets.prepare(ref, tmp_path / str(version), settings, store, 3)
+            datasets.prepare(ref, tmp_path / str(version), settings, store, 3, record)
         assert refused.value.version == version
 
 
 def test_feedback_adds_the_corrections_to_the_kept_dataset(
-    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore, monkeypatch
+    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore
 ) -> None:
     ref = contract.DatasetRef(name="feedback", feedback=True)
-    _active(monkeypatch, None)
     with pytest.raises(data.DatasetError):  # no corrections yet
-        datasets.prepare(ref, tmp_path / "0", settings, store, 3)
-    first = datasets.prepare(
-        _ref(_zip(datasets_root, {"pug": 3, "Bengal": 3})), tmp_path / "a", settings, store, 3
-    )
+        datasets.prepare(ref, tmp_path / "0", settings, store, 3, None)
+    upload = _ref(_zip(datasets_root, {"pug": 3, "Bengal": 3}))
+    first = datasets.prepare(upload, tmp_path / "a", settings, store, 3, None)
     photo = sorted((datasets_root / "pets-dev" / "samoyed").glob("*.jpg"))[0].read_bytes()
     answer = contract.StoreFeedback("abc123", "samoyed", contract.encode_bytes(photo))
     feedback.store(answer, store)
-    _active(monkeypatch, {"version": 4, "dataset": first.record})
-    merged = datasets.prepare(ref, tmp_path / "b", settings, store, 3)
+    active = {"version": 4, "dataset": first.record}
+    merged = datasets.prepare(ref, tmp_path / "b", settings, store, 3, active)
     assert merged.record["sources"] == {"kept": 6, "upload": 0, "feedback": 1}
     assert merged.record["new_classes"] == ["samoyed"] and merged.record["name"] == "feedback"
 

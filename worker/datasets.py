@@ -48,12 +48,11 @@ def active_record(settings: WorkerSettings) -> dict[str, Any] | None:
     return next(v.record for v in registry.list_versions(settings.models_root) if v.active)
 
 
-def _base(settings: WorkerSettings) -> tuple[int | None, str | None]:
+def _base(active: dict[str, Any] | None) -> tuple[int | None, str | None]:
     """The active version and the SHA-256 of its kept manifest (None when it kept none)."""
-    record = active_record(settings)
-    if record is None:
+    if active is None:
         return None, None
-    return int(record["version"]), (record.get("dataset") or {}).get("manifest")
+    return int(active["version"]), (active.get("dataset") or {}).get("manifest")
 
 
 def _upload(
@@ -77,10 +76,17 @@ def _upload(
 
 
 def prepare(
-    ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings, store: Store, min_images: int
+    ref: contract.DatasetRef,
+    tmp: Path,
+    settings: WorkerSettings,
+    store: Store,
+    min_images: int,
+    active: dict[str, Any] | None,
 ) -> Prepared:
-    """Keep what the request brings, merge it with the active dataset where asked, and write
-    the result as a training folder under `tmp`; DatasetError, StoreError or NothingToMerge."""
+    """Keep what the request brings, merge it with the active version's (`active`: its record,
+    None for version 0) where asked, and write the result as a training folder under `tmp`.
+
+    Raises DatasetError, StoreError or NothingToMerge."""
     local: dict[str, Path] = {}
     tmp.mkdir(parents=True, exist_ok=True)
     if ref.feedback:
@@ -90,7 +96,7 @@ def prepare(
             raise data.DatasetError("no_images", folder="feedback")
     else:
         (new, local), source = _upload(ref, tmp, store, min_images), "upload"
-    version, base_sha = _base(settings) if ref.feedback or ref.merge_last else (None, None)
+    version, base_sha = _base(active) if ref.feedback or ref.merge_last else (None, None)
     if ref.merge_last and not ref.feedback and base_sha is None:
         raise NothingToMerge(version or registry.ZERO_SHOT)
     base = kept.load(store, base_sha) if base_sha else []

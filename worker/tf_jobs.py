@@ -264,7 +264,8 @@ def _dataset_source(
 ) -> datasets.Prepared:
     """The request's photos, kept and merged as it asks, as a training folder and its record."""
     store = open_store(settings.store_location)
-    return datasets.prepare(ref, tmp, settings, store, hparams.min_images_per_class)
+    active = datasets.active_record(settings)
+    return datasets.prepare(ref, tmp, settings, store, hparams.min_images_per_class, active)
 
 
 def convert_zero_shot(backbone: str, home: Path, emit: retraining.ProgressSink) -> None:
