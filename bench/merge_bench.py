@@ -11,20 +11,19 @@ both and left out. Prints JSON and updates the `merge_bench` section of docs/BEN
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contract
-from bench.common import DATASETS, emit, machine, peak_rss_mb
+from bench.common import emit, machine, peak_rss_mb
+from harness.user import breeds_zip
 from model import backbones, train
 from model.hparams import HParams
 from store.blobs import LocalStore, blob_hashes
@@ -33,15 +32,6 @@ from worker.settings import WorkerSettings
 
 BASE = ("Abyssinian", "Bengal", "american_bulldog")  # 45 photos each in pets-dev
 ADDED = ("Sphynx",)  # 25
-
-
-def _zip(breeds: tuple[str, ...], per_class: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for breed in breeds:
-            for path in sorted((DATASETS / "pets-dev" / breed).glob("*.jpg"))[:per_class]:
-                archive.write(path, f"{breed}/{path.name}")
-    return buffer.getvalue()
 
 
 def _stored_bytes(store: LocalStore) -> int:
@@ -125,7 +115,11 @@ def main() -> None:
     hp = HParams(
         tfhub_module=args.backbone, how_many_training_steps=args.steps, flip_left_right=False
     )
-    zip_a, zip_b = _zip(BASE, args.per_class), _zip(ADDED, args.per_class)
+
+    def photos(breeds: tuple[str, ...]) -> bytes:
+        return breeds_zip(dict.fromkeys(breeds, args.per_class))
+
+    zip_a, zip_b, zip_all = photos(BASE), photos(ADDED), photos(BASE + ADDED)
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp_name:
         after_a = Path(tmp_name) / "after-a"
@@ -142,9 +136,9 @@ def main() -> None:
         # Unrecorded: the first retrain with one more class also builds what saving reuses.
         retrain(zip_b, True, state("warm-up", True), hp, home, base)
         for name, zip_bytes, merge, warm in (
-            ("full A+B, warm", _zip(BASE + ADDED, args.per_class), False, True),
+            ("full A+B, warm", zip_all, False, True),
             ("merge B, warm", zip_b, True, True),
-            ("full A+B, cold", _zip(BASE + ADDED, args.per_class), False, False),
+            ("full A+B, cold", zip_all, False, False),
             ("merge B, cold", zip_b, True, False),
         ):
             runs[name] = retrain(zip_bytes, merge, state(name, warm), hp, home, base)

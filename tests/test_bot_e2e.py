@@ -23,6 +23,7 @@ from bot.render import CHART_WIDTH
 from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
+from harness.user import breeds_zip
 from harness.waiting import wait_until
 from store.blobs import Store, open_store
 from tests.browser import chromium_or_skip
@@ -425,16 +426,6 @@ def test_admin_retrain_progress_then_live_then_rollback(
             assert reply == f"Model v{new} is active now."
 
 
-def _classes_zip(datasets: Path, breeds: dict[str, int]) -> bytes:
-    """A folder-per-class zip of the first `n` photos of each pets-dev breed."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for breed, n in breeds.items():
-            for path in sorted((datasets / "pets-dev" / breed).glob("*.jpg"))[:n]:
-                archive.write(path, f"{breed}/{path.name}")
-    return buffer.getvalue()
-
-
 def test_merge_retrain_adds_a_class_to_the_kept_photos(
     chat: PlaygroundClient, datasets: Path, worker_settings: WorkerSettings
 ) -> None:
@@ -450,10 +441,10 @@ def test_merge_retrain_adds_a_class_to_the_kept_photos(
             for e in ev if e["type"] == "edited"), timeout=300, after=cursor)  # fmt: skip
         return [e["message"]["text"] for e in events if e["type"] == "edited"][-1]
 
-    first = retrain(_classes_zip(datasets, {"pug": 6, "Bengal": 6}), "/retrain steps=30 force=1")
+    first = retrain(breeds_zip({"pug": 6, "Bengal": 6}), "/retrain steps=30 force=1")
     base = int(re.search(r"Model v(\d+) trained", first)[1])  # type: ignore[index]
     new = base + 1
-    final = retrain(_classes_zip(datasets, {"Sphynx": 6}), "/retrain merge steps=30 force=1")
+    final = retrain(breeds_zip({"Sphynx": 6}), "/retrain merge steps=30 force=1")
     assert f"Model v{new} trained on all 18 photos" in final
     assert f"Trained on 18 photos: 12 kept from version {base}, 6 from your upload." in final
     assert "1 new class: Sphynx" in final and "It is live now." in final

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import contract
+from harness.user import breeds_zip
 from model import data, registry
 from store import datasets as kept
 from store.blobs import LocalStore
 from worker import datasets, feedback, tf_jobs
 from worker.settings import WorkerSettings
-
-
-def _zip(root: Path, breeds: dict[str, int]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for breed, n in breeds.items():
-            for path in sorted((root / "pets-dev" / breed).glob("*.jpg"))[:n]:
-                archive.write(path, f"{breed}/{path.name}")
-    return buffer.getvalue()
 
 
 def _ref(zip_bytes: bytes, merge: bool = False) -> contract.DatasetRef:
@@ -48,9 +38,9 @@ def store(settings: WorkerSettings) -> LocalStore:
 
 
 def test_upload_then_merge_with_a_new_class(
-    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore
+    tmp_path: Path, settings: WorkerSettings, store: LocalStore
 ) -> None:
-    upload = _ref(_zip(datasets_root, {"pug": 4, "Bengal": 4}))
+    upload = _ref(breeds_zip({"pug": 4, "Bengal": 4}))
     first = datasets.prepare(upload, tmp_path / "a", settings, store, 3, None)
     assert first.record["sources"] == {"kept": 0, "upload": 8, "feedback": 0}
     assert first.record["photos"] == 8 and first.record["classes"] == 2
@@ -58,7 +48,7 @@ def test_upload_then_merge_with_a_new_class(
     assert data.load_dataset(first.folder).classes == ["Bengal", "pug"]
 
     # One class alone is enough to add; one pug photo is sent again (counted as the upload's).
-    zip_b = _ref(_zip(datasets_root, {"Sphynx": 3, "pug": 1}), merge=True)
+    zip_b = _ref(breeds_zip({"Sphynx": 3, "pug": 1}), merge=True)
     active = {"version": 1, "dataset": first.record}
     merged = datasets.prepare(zip_b, tmp_path / "b", settings, store, 3, active)
     assert merged.record["sources"] == {"kept": 7, "upload": 4, "feedback": 0}
@@ -71,9 +61,9 @@ def test_upload_then_merge_with_a_new_class(
 
 
 def test_merge_without_a_kept_dataset_is_refused(
-    tmp_path: Path, datasets_root: Path, settings: WorkerSettings, store: LocalStore
+    tmp_path: Path, settings: WorkerSettings, store: LocalStore
 ) -> None:
-    ref = _ref(_zip(datasets_root, {"Sphynx": 3}), merge=True)
+    ref = _ref(breeds_zip({"Sphynx": 3}), merge=True)
     for record, version in ((None, 0), ({"version": 2, "dataset": {"name": "old.zip"}}, 2)):
         with pytest.raises(datasets.NothingToMerge) as refused:
             datasets.prepare(ref, tmp_path / str(version), settings, store, 3, record)
@@ -86,7 +76,7 @@ def test_feedback_adds_the_corrections_to_the_kept_dataset(
     ref = contract.DatasetRef(name="feedback", feedback=True)
     with pytest.raises(data.DatasetError):  # no corrections yet
         datasets.prepare(ref, tmp_path / "0", settings, store, 3, None)
-    upload = _ref(_zip(datasets_root, {"pug": 3, "Bengal": 3}))
+    upload = _ref(breeds_zip({"pug": 3, "Bengal": 3}))
     first = datasets.prepare(upload, tmp_path / "a", settings, store, 3, None)
     photo = sorted((datasets_root / "pets-dev" / "samoyed").glob("*.jpg"))[0].read_bytes()
     answer = contract.StoreFeedback("abc123", "samoyed", contract.encode_bytes(photo))
@@ -99,7 +89,7 @@ def test_feedback_adds_the_corrections_to_the_kept_dataset(
 
 @pytest.mark.slow
 def test_a_merged_retrain_computes_only_the_new_photos_bottlenecks(
-    tmp_path: Path, datasets_root: Path, breedbot_home: Path
+    tmp_path: Path, breedbot_home: Path
 ) -> None:
     """tf_jobs.run on zip A, then merge zip B, with an empty cache: B's photos are computed,
     every kept photo of A comes from the cache (each photo counts once per view)."""
@@ -119,9 +109,9 @@ def test_a_merged_retrain_computes_only_the_new_photos_bottlenecks(
         folder = registry.version_dir(settings.models_root, result.version)
         return {**result.metrics, **json.loads((folder / "metrics.json").read_text())}
 
-    first = run(_zip(datasets_root, {"pug": 5, "Bengal": 5}), merge=False)
+    first = run(breeds_zip({"pug": 5, "Bengal": 5}), merge=False)
     assert first["bottlenecks"] == {"computed": 10, "cached": 0}
-    merged = run(_zip(datasets_root, {"Sphynx": 5}), merge=True)
+    merged = run(breeds_zip({"Sphynx": 5}), merge=True)
     assert merged["bottlenecks"] == {"computed": 5, "cached": 10}
     assert merged["dataset"]["sources"] == {"kept": 10, "upload": 5, "feedback": 0}
     assert len(merged["labels"]) == 3
