@@ -48,6 +48,11 @@ def load(store: Store, sha256: str) -> Manifest:
     return manifest_of((sha, label) for sha, label in json.loads(get_blob(store, sha256)))
 
 
+def blobs_of(store: Store, sha256: str) -> set[str]:
+    """The blobs a kept dataset holds on to: its manifest and every photo in it (for pruning)."""
+    return {sha256, *(sha for sha, _ in load(store, sha256))}
+
+
 @dataclass(frozen=True)
 class Merged:
     """A merged manifest and how many of its photos came from each side."""

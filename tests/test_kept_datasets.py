@@ -31,6 +31,7 @@ def test_keep_stores_each_photo_once_and_load_returns_the_sorted_manifest(
     assert manifest == sorted(manifest) and len(manifest) == 6
     assert {label for _, label in manifest} == {"pug", "Bengal"}
     assert {e.key for e in blob_hashes(store)} == {s for s, _ in manifest} | {sha}
+    assert kept.blobs_of(store, sha) == {s for s, _ in manifest} | {sha}
 
 
 def _keep_twice(store: LocalStore, photos: list[tuple[Path, str]]) -> str:
