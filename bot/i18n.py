@@ -31,7 +31,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_admin": (
             "\n\nAdmin (/retrain teaches me breeds beyond ImageNet's 123):\n"
             "/retrain (with a .zip, or as a reply to one) [steps=500 lr=0.01 flip=1 "
-            "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – train on corrections\n"
+            "min_acc=0.85 force=1] – train on these photos only\n"
+            "/retrain merge (with a .zip; merge=1 says the same) – add its photos and new breeds "
+            "to the ones the active model learned\n"
+            "/retrain feedback – add the ✅/❌ corrections to them\n"
             "/models, /promote N, /rollback, /stats"
         ),
         "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
@@ -75,6 +78,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "feedback_gone": "This answer is too old for feedback.",
         "not_admin": "Sorry, only admins can do that.",
         "retrain_usage": "Send /retrain with a .zip attached, or reply to a .zip with /retrain.",
+        "retrain_merge_usage": (
+            "/retrain merge adds photos to what the active model learned: attach the .zip with "
+            "the new photos (a folder per breed), or reply to it with /retrain merge."
+        ),
         "retrain_bad_options": "I could not read these options:\n{problems}",
         "retrain_queued": "⏳ Retrain queued…",
         "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
@@ -88,6 +95,12 @@ STRINGS: dict[str, dict[str, str]] = {
             "{pct} ± {spread}."
         ),
         "backbone_auto": "Backbone {chosen}, chosen by cross-validation: {scores}.",
+        "dataset_sources": "Trained on {n} photos: {parts}.",
+        "source_kept": "{n} kept from version {version}",
+        "source_upload": "{n} from your upload",
+        "source_feedback": "{n} from corrections",
+        "new_class": "1 new class: {names}",
+        "new_classes": "{n} new classes: {names}",
         "retrain_live": "It is live now.",
         "retrain_not_live": "It did not go live: {reason}",
         "retrain_failed": "❌ Retrain failed: {reason}",
@@ -127,7 +140,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_admin": (
             "\n\nAdmin (o /retrain me ensina raças além das 123 do ImageNet):\n"
             "/retrain (com um .zip, ou respondendo a um) [steps=500 lr=0.01 flip=1 "
-            "min_acc=0.85 force=1]\n/retrain feedback [merge=1] – treinar com as correções\n"
+            "min_acc=0.85 force=1] – treinar só com essas fotos\n"
+            "/retrain merge (com um .zip; merge=1 diz o mesmo) – juntar as fotos e raças novas "
+            "às que o modelo ativo aprendeu\n"
+            "/retrain feedback – juntar a elas as correções ✅/❌\n"
             "/models, /promote N, /rollback, /stats"
         ),
         "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
@@ -173,6 +189,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "feedback_gone": "Esta resposta é antiga demais para receber correção.",
         "not_admin": "Desculpe, só administradores podem fazer isso.",
         "retrain_usage": "Mande /retrain com um .zip anexado, ou responda a um .zip com /retrain.",
+        "retrain_merge_usage": (
+            "O /retrain merge junta fotos às que o modelo ativo aprendeu: anexe o .zip com as "
+            "fotos novas (uma pasta por raça), ou responda a ele com /retrain merge."
+        ),
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
         "retrain_queued": "⏳ Retreino na fila…",
         "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
@@ -186,6 +206,12 @@ STRINGS: dict[str, dict[str, str]] = {
             "cruzada ({k} partes) {pct} ± {spread}."
         ),
         "backbone_auto": "Backbone {chosen}, escolhido por validação cruzada: {scores}.",
+        "dataset_sources": "Treinado com {n} fotos: {parts}.",
+        "source_kept": "{n} guardadas da versão {version}",
+        "source_upload": "{n} do seu envio",
+        "source_feedback": "{n} das correções",
+        "new_class": "1 classe nova: {names}",
+        "new_classes": "{n} classes novas: {names}",
         "retrain_live": "Já está no ar.",
         "retrain_not_live": "Não entrou no ar: {reason}",
         "retrain_failed": "❌ O retreino falhou: {reason}",
@@ -277,6 +303,11 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
             "não mudou"
         ),
+        "merge_nothing_kept": (
+            "a versão ativa {version} não guardou um conjunto de dados para receber as fotos (é "
+            "o modelo embutido ou foi treinada antes de os conjuntos serem guardados); mande "
+            "/retrain com o zip completo"
+        ),
         "store_missing": "{key} não está no armazenamento de blobs; a versão ativa não mudou",
         "store_damaged": (
             "{key} está danificado no armazenamento de blobs (o conteúdo não confere com o "
@@ -285,7 +316,6 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "store_unreachable": (
             "o armazenamento de blobs não respondeu para {key}: {why}; a versão ativa não mudou"
         ),
-        "unsupported": "juntar as correções com o último conjunto de dados ainda não é possível",
         "too_large": "o arquivo passa do limite de {limit_mb} MB",
         "feedback_one_class": (
             "As correções até agora cobrem só {found} raça(s): {classes}. O retreino precisa de "
@@ -299,7 +329,6 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "option_int": "{option}={raw}: use um número inteiro de {low} a {high}",
         "option_float": "{option}={raw}: use um número de {low} a {high}",
         "option_flag": "{option}={raw}: use 1 (ligado) ou 0 (desligado)",
-        "option_merge": "merge=1 só vale junto com /retrain feedback",
         "option_split": (
             "as partes de teste e de validação somam {total}%; juntas, devem ficar abaixo de 100%"
         ),

@@ -6,6 +6,7 @@ import functools
 import io
 from collections.abc import Sequence
 from importlib.resources import files
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -184,6 +185,24 @@ def progress_text(progress: Progress, language: str) -> str:
     return text
 
 
+def _dataset_lines(dataset: dict[str, Any] | None, language: str) -> list[str]:
+    """Where the photos came from, when more than one upload went in (a merge, feedback)."""
+    if not dataset or (dataset.get("base_version") is None and not dataset["sources"]["feedback"]):
+        return []
+    sources, version = dataset["sources"], dataset.get("base_version")
+    parts = [
+        t(language, f"source_{name}", n=sources[name], version=version)
+        for name in ("kept", "upload", "feedback")
+        if sources.get(name)
+    ]
+    lines = [t(language, "dataset_sources", n=dataset["photos"], parts=", ".join(parts))]
+    new = dataset.get("new_classes") or []
+    if new:
+        key = "new_class" if len(new) == 1 else "new_classes"
+        lines.append(t(language, key, n=len(new), names=", ".join(new)))
+    return lines
+
+
 def retrain_text(result: RetrainResult, language: str) -> str:
     """The final status of a retrain: accuracy, weakest classes and whether it went live."""
     reason = problem_text(language, result.problem, result.params, result.reason)
@@ -224,6 +243,7 @@ def retrain_text(result: RetrainResult, language: str) -> str:
             )
             for name, share, n in worst
         ]
+    lines += _dataset_lines(result.metrics.get("dataset"), language)
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:

@@ -167,12 +167,15 @@ class ClassifyResult(_Payload):
 
 @dataclass(frozen=True)
 class DatasetRef(_Payload):
-    """A labeled upload as inline zip bytes (capped), or the collected feedback."""
+    """A labeled upload as inline zip bytes (capped), or the collected feedback.
+
+    Every retrain keeps its photos; `merge_last` adds an upload to the active version's kept
+    dataset (new classes allowed). Feedback is always added to it, when there is one."""
 
     zip_b64: str | None = None
     name: str = "upload.zip"
-    feedback: bool = False  # retrain on collected feedback (optionally merged with last dataset)
-    merge_last: bool = False  # with feedback: add the images of the active version's dataset
+    feedback: bool = False  # retrain on the collected corrections
+    merge_last: bool = False  # add the upload to the active version's kept dataset
 
 
 @dataclass(frozen=True)

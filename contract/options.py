@@ -17,7 +17,6 @@ MESSAGES = {
     "option_int": "{option}={raw}: use a whole number from {low} to {high}",
     "option_float": "{option}={raw}: use a number from {low} to {high}",
     "option_flag": "{option}={raw}: use 1 (on) or 0 (off)",
-    "option_merge": "merge=1 only goes with /retrain feedback",
     "option_split": (
         "the test and validation shares add up to {total}%; together they must stay below 100%"
     ),
@@ -129,7 +128,10 @@ HPARAMS = (
 REQUEST = (
     Option("min_accuracy", float, "accuracy gate of this retrain", 0.0, 1.0, "min_acc"),
     Option("force", bool, "go live even below the active version", short="force"),
-    Option("merge_last", bool, "with feedback: add the last dataset", short="merge"),
+    # `/retrain merge` and `merge=1` alike; feedback is always added to the kept dataset.
+    Option(
+        "merge_last", bool, "add the photos to the active version's kept dataset", short="merge"
+    ),
 )
 # What a caption may say: the short name, or (for hyper-parameters) the retrain.py name.
 IN_CAPTION = {o.short: o for o in HPARAMS + REQUEST if o.short} | {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,16 @@ def csv_sample_zip() -> bytes:
     from ops.cli import zip_dataset
 
     return zip_dataset(DATASETS / "csv-sample")
+
+
+def breeds_zip(breeds: dict[str, int]) -> bytes:
+    """A folder-per-class zip of the first `n` pets-dev photos of each breed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for breed, n in breeds.items():
+            for path in sorted((DATASETS / "pets-dev" / breed).glob("*.jpg"))[:n]:
+                archive.write(path, f"{breed}/{path.name}")
+    return buffer.getvalue()
 
 
 def reply_events(events: list[dict[str, Any]], message_id: int) -> list[dict[str, Any]]:

@@ -404,9 +404,12 @@ def load_dataset(
     labels_csv: Path | None = None,
     extract_dir: Path | None = None,
     min_images_per_class: int = 3,
+    min_classes: int = 2,
     limits: ZipLimits = ZipLimits(),
 ) -> Dataset:
-    """Load a class-folder tree, a labels.csv layout or a zip of either; raise DatasetError."""
+    """Load a class-folder tree, a labels.csv layout or a zip of either; raise DatasetError.
+
+    `min_classes=1` accepts photos of one class, to be added to a kept dataset."""
     source = Path(source)
     if not source.exists():
         raise DatasetError("not_found", source=str(source))
@@ -451,7 +454,7 @@ def load_dataset(
         images.append(LabeledImage(first, labels[0], digest))
         skipped += [(rel(path), f"duplicate of {rel(first)}") for path in dupes]
     images.sort(key=lambda image: (image.label, str(image.path)))
-    _check_counts(root, classes, images, skipped, min_images_per_class)
+    _check_counts(root, classes, images, skipped, min_images_per_class, min_classes)
     return Dataset(root, classes, images, sorted(skipped), extracted_to)
 
 
@@ -461,6 +464,7 @@ def _check_counts(
     images: list[LabeledImage],
     skipped: list[tuple[str, str]],
     min_images: int,
+    min_classes: int = 2,
 ) -> None:
     """Refuse datasets that cannot train a classifier, naming what is missing."""
     if not images and not skipped:
@@ -474,7 +478,7 @@ def _check_counts(
             example=example,
             reason=reason,
         )
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise DatasetError("one_class", found=len(classes), classes=", ".join(map(repr, classes)))
     counts = {label: 0 for label in classes}
     for image in images:

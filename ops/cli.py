@@ -169,11 +169,15 @@ def _print_progress(meta: dict[str, Any]) -> None:
 def cmd_retrain(args: argparse.Namespace) -> int:
     """`retrain`: locally (the model CLI), or with --via-queue on a worker, showing progress."""
     if not args.via_queue:
+        if args.merge:
+            raise ValueError("--merge adds to the datasets the workers keep: add --via-queue")
         return model_cli.cmd_retrain(args)
     if args.labels_csv is not None:
         raise ValueError("--via-queue sends --image_dir only: put labels.csv inside it")
     ref = contract.DatasetRef(
-        zip_b64=contract.encode_bytes(zip_dataset(args.image_dir)), name=args.image_dir.name
+        zip_b64=contract.encode_bytes(zip_dataset(args.image_dir)),
+        name=args.image_dir.name,
+        merge_last=args.merge,
     )
     request = contract.RetrainRequest(
         ref.to_dict(), retrain_params(args), args.min_accuracy, args.force
@@ -190,6 +194,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     live = "now active" if answer.activated else "NOT active"
     print(f"Final test accuracy = {answer.test_accuracy:.1%}; version {answer.version} {live}")
     print(f"  {answer.reason}")
+    if dataset := answer.metrics.get("dataset"):
+        words = {
+            "kept": f"kept from version {dataset.get('base_version')}",
+            "upload": "uploaded",
+            "feedback": "from corrections",
+        }
+        sources = ", ".join(f"{n} {words[name]}" for name, n in dataset["sources"].items() if n)
+        print(f"  trained on {dataset['photos']} photos: {sources}")
+        if dataset.get("new_classes"):
+            print(f"  new classes: {', '.join(dataset['new_classes'])}")
     return 0
 
 
@@ -228,7 +242,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     """Show the shared registry, or rebuild it from the blob store if Redis came back empty."""
     from worker import storage, versions
 
-    reg = storage.registry()
+    reg = storage.registry(get_settings())
     if args.action == "rebuild":
         # Also imports a MODELS_DIR from before Redis held the registry, as a worker's start does.
         versions.ensure_registry(reg, get_settings().models_root)
@@ -245,6 +259,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     retrain.add_argument("--via-queue", action="store_true", help="run it on a worker")
     retrain.add_argument("--min-accuracy", type=float, help="gate: minimum test accuracy")
     retrain.add_argument("--force", action="store_true", help="go live even below the gate")
+    retrain.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --via-queue: add these photos (new classes too) to the active version's",
+    )
     retrain.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("worker", help="run a Celery worker")

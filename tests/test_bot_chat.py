@@ -76,6 +76,14 @@ def test_promote_without_a_number_says_how(chat: PlaygroundClient) -> None:
     )
 
 
+def test_merge_without_a_zip_says_what_to_attach(chat: PlaygroundClient) -> None:
+    """`/retrain merge` with nothing attached: what merge does and what to send, both languages."""
+    assert _answer(chat, ADMIN, "/retrain merge") == t("en", "retrain_merge_usage")
+    assert _answer(chat, ADMIN, "/retrain merge=1", language_code="pt-br").startswith(
+        "O /retrain merge junta fotos às que o modelo ativo aprendeu: anexe o .zip"
+    )
+
+
 def test_option_errors_are_worded_for_people(chat: PlaygroundClient) -> None:
     """`steps=abc` says what a good value is, not "'abc' is not a valid int"."""
     reply = _answer(chat, ADMIN, "/retrain feedback steps=abc lr=5", language_code="pt-br")
@@ -89,8 +97,9 @@ def test_one_class_feedback_retrain_says_to_collect_more(tmp_path: Path, dataset
     """Corrections of one breed only: the admin is told to collect more, not to make folders."""
     feedback = tmp_path / "feedback" / "pug"
     feedback.mkdir(parents=True)
-    for photo in sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[:4]:
-        (feedback / photo.name).write_bytes(photo.read_bytes())
+    # An old FEEDBACK_DIR (<label>/<photo id>.jpg): the retrain imports it into the store.
+    for i, photo in enumerate(sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[:4]):
+        (feedback / f"{i:012x}.jpg").write_bytes(photo.read_bytes())
     settings = WorkerSettings(_env_file=None, var_dir=tmp_path)
     dataset = contract.DatasetRef(name="feedback", feedback=True).to_dict()
     request = contract.RetrainRequest(dataset=dataset, params={}, requested_by=ADMIN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import time
@@ -22,8 +23,11 @@ from bot.render import CHART_WIDTH
 from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
+from harness.user import breeds_zip
 from harness.waiting import wait_until
+from store.blobs import Store, open_store
 from tests.browser import chromium_or_skip
+from worker import feedback
 from worker.settings import WorkerSettings
 
 # The bot module starts with the zero-shot model live: replies name "Model v0".
@@ -59,9 +63,15 @@ def chat(emulator_url: str) -> Iterator[PlaygroundClient]:
 
 
 @pytest.fixture(scope="module")
-def feedback_root(worker_settings: WorkerSettings) -> Path:
+def feedback_store(worker_settings: WorkerSettings) -> Store:
     """Where workers file feedback photos."""
-    return worker_settings.feedback_root
+    return open_store(worker_settings.store_location)
+
+
+def _filed(store: Store, photo_id: str) -> str | None:
+    """The label a photo is filed under in the store, None while it is not."""
+    key = f"{feedback.PREFIX}{photo_id}.json"
+    return json.loads(store.get(key))["label"] if store.exists(key) else None
 
 
 def _sent(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,7 +154,7 @@ def test_portuguese_reply(chat: PlaygroundClient, datasets: Path) -> None:
 
 
 def test_feedback_is_filed_once_under_a_folder_name(
-    chat: PlaygroundClient, datasets: Path, feedback_root: Path
+    chat: PlaygroundClient, datasets: Path, feedback_store: Store
 ) -> None:
     """✅ files the photo under the top label and removes the keyboard; a later ❌ changes
     nothing. ❌ then another breed files a second photo under that breed's folder name (v0's
@@ -156,10 +166,8 @@ def test_feedback_is_filed_once_under_a_folder_name(
     events = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev))
     assert [e["text"] for e in events if e["type"] == "answer"] == ["Thanks! Saved as Pug."]
     assert "reply_markup" not in [e for e in events if e["type"] == "edited"][-1]["message"]
-    first = wait_until(
-        lambda: list(feedback_root.glob(f"*/{photo_id}.jpg")), 60, what="the photo filed"
-    )
-    assert [p.parent.name for p in first] == ["pug"]
+    first = wait_until(lambda: _filed(feedback_store, photo_id), 60, what="the photo filed")
+    assert first == "pug"
     cursor = events[-1]["seq"]
     chat.press(107, reply["message_id"], _buttons(reply)["❌ wrong"])
     answers = chat.wait_for(107, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
@@ -175,12 +183,9 @@ def test_feedback_is_filed_once_under_a_folder_name(
     assert "other" in choices and len(choices) == 5  # four other likely breeds + other
     name, data = next(iter(choices.items()))
     chat.press(107, second["message_id"], data)
-    files = wait_until(
-        lambda: list(feedback_root.glob(f"*/{other_id}.jpg")), 60, what="the photo filed"
-    )
-    folder = files[0].parent.name
+    folder = wait_until(lambda: _filed(feedback_store, other_id), 60, what="the photo filed")
     assert " " not in folder and folder.casefold() == "_".join(name.split()).casefold()
-    assert list(feedback_root.glob(f"*/{photo_id}.jpg")) == first
+    assert _filed(feedback_store, photo_id) == first
 
 
 def test_duplicate_update_is_answered_once(chat: PlaygroundClient, datasets: Path) -> None:
@@ -419,3 +424,48 @@ def test_admin_retrain_progress_then_live_then_rollback(
             assert reply == "Model v0 is active now."
         else:
             assert reply == f"Model v{new} is active now."
+
+
+def test_merge_retrain_adds_a_class_to_the_kept_photos(
+    chat: PlaygroundClient, datasets: Path, worker_settings: WorkerSettings
+) -> None:
+    """Zip A (2 breeds), then `/retrain merge` with zip B (a third): the new version knows all
+    three, the reply says where its photos came from, and A's bottlenecks come from the cache."""
+
+    def retrain(zip_bytes: bytes, caption: str) -> str:
+        cursor = chat.events(ADMIN)[-1]["seq"] if chat.events(ADMIN) else 0
+        chat.send(ADMIN, file=zip_bytes, kind="document", filename="pets.zip",
+                  mime_type="application/zip", caption=caption, user_id=ADMIN)  # fmt: skip
+        events = chat.wait_for(ADMIN, lambda ev: any(
+            re.search(r"live now\.|go live|Retrain failed", e["message"].get("text", ""))
+            for e in ev if e["type"] == "edited"), timeout=300, after=cursor)  # fmt: skip
+        return [e["message"]["text"] for e in events if e["type"] == "edited"][-1]
+
+    first = retrain(breeds_zip({"pug": 6, "Bengal": 6}), "/retrain steps=30 force=1")
+    base = int(re.search(r"Model v(\d+) trained", first)[1])  # type: ignore[index]
+    new = base + 1
+    final = retrain(breeds_zip({"Sphynx": 6}), "/retrain merge steps=30 force=1")
+    assert f"Model v{new} trained on all 18 photos" in final
+    assert f"Trained on 18 photos: 12 kept from version {base}, 6 from your upload." in final
+    assert "1 new class: Sphynx" in final and "It is live now." in final
+
+    def breeds() -> str:
+        cursor = chat.events(ADMIN)[-1]["seq"]
+        chat.send(ADMIN, text="/breeds", user_id=ADMIN)
+
+        def answered(events: list[dict[str, Any]]) -> list[str]:  # not the confusion matrix
+            return [m["text"] for m in _sent(events) if m.get("text", "").startswith("I know")]
+
+        return answered(chat.wait_for(ADMIN, answered, after=cursor))[0]
+
+    known = wait_until(
+        lambda: (text := breeds()).startswith(f"I know 3 breeds (model v{new}):") and text,
+        30,
+        what=f"v{new} served",
+    )
+    assert all(name in known for name in ("Bengal", "Pug", "Sphynx"))
+    metrics = json.loads((worker_settings.models_root / str(new) / "metrics.json").read_text())
+    # Retrain A cached every view of each kept photo: at most the 6 new ones are computed.
+    cached, computed = metrics["bottlenecks"]["cached"], metrics["bottlenecks"]["computed"]
+    views = (cached + computed) // 18
+    assert views >= 1 and cached >= 12 * views and computed <= 6 * views

@@ -58,6 +58,10 @@ def test_retrain_options_map_to_retrain_py_names() -> None:
     assert options.min_accuracy == 0.85 and options.force and not options.feedback
     feedback = parse_retrain_options(["feedback", "merge=1"])
     assert feedback.feedback and feedback.merge_last and feedback.params == {}
+    merge = parse_retrain_options(["merge", "steps=50"])  # the word and merge=1 say the same
+    assert (
+        merge.merge_last and not merge.feedback and merge.params == {"how_many_training_steps": 50}
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +76,6 @@ def test_retrain_options_map_to_retrain_py_names() -> None:
         (["flip=maybe"], r"flip=maybe: use 1 \(on\) or 0 \(off\)"),
         (["min_acc=1.5"], "min_acc=1.5: use a number from 0 to 1"),
         (["test_pct=50", "val_pct=50"], "add up to 100%"),
-        (["merge=1"], "merge=1 only goes with /retrain feedback"),
     ],
 )
 def test_retrain_options_errors_name_the_problem(words: list[str], problem: str) -> None:
@@ -198,6 +201,33 @@ def test_retrain_reply_reads_like_a_report() -> None:
     assert render.progress_text(comparing, "en") == (
         "⚖️ Comparing it with the active model… · validation accuracy 90%"
     )
+
+
+def test_retrain_reply_says_where_a_merged_datasets_photos_came_from() -> None:
+    """A merge names the kept and uploaded photos and the new classes; a plain upload does not."""
+    dataset = {
+        "photos": 130,
+        "sources": {"kept": 100, "upload": 30, "feedback": 0},
+        "base_version": 1,
+        "new_classes": ["Sphynx"],
+    }
+    merged = contract.RetrainResult(2, True, 0.9, {"n_test": 10, "dataset": dataset})
+    assert render.retrain_text(merged, "en").splitlines()[1:3] == [
+        "Trained on 130 photos: 100 kept from version 1, 30 from your upload.",
+        "1 new class: Sphynx",
+    ]
+    two_new = dataset | {"new_classes": ["Sphynx", "Pug"]}
+    feedback = two_new | {"sources": {"kept": 100, "upload": 0, "feedback": 30}}
+    result = contract.RetrainResult(3, True, 0.9, {"n_test": 10, "dataset": feedback})
+    assert render.retrain_text(result, "pt-BR").splitlines()[1:3] == [
+        "Treinado com 130 fotos: 100 guardadas da versão 1, 30 das correções.",
+        "2 classes novas: Sphynx, Pug",
+    ]
+    plain = {"photos": 30, "sources": {"kept": 0, "upload": 30, "feedback": 0}}
+    alone = contract.RetrainResult(
+        1, True, 0.9, {"n_test": 10, "dataset": plain | {"base_version": None}}
+    )
+    assert "Trained on" not in render.retrain_text(alone, "en")
 
 
 def test_retrain_reply_reports_cross_validation_and_the_auto_choice() -> None:

@@ -23,6 +23,7 @@ from harness.services import Service
 from harness.stack import ADMIN, REDIS_PASSWORD, TOKEN, Stack
 from harness.user import all_events, pet_photos, replies_to, send_retrain
 from harness.waiting import wait_until
+from store.blobs import get_blob, open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -277,11 +278,12 @@ def test_uploads_stored_under_names_the_bot_chose(stack: Stack, chat: Playground
     reply = wait_until(lambda: replies_to(all_events(stack.fake, user), sent), 120)[0]
     right = _buttons(reply)["✅ right"]
     assert _press(stack, chat, user, reply["message_id"], right).startswith("Thanks")
-    feedback = Path(stack.env["VAR_DIR"]) / "feedback"
-    mine = wait_until(lambda: list(feedback.rglob(f"{right.split(':')[1]}.jpg")), 60)
-    assert [p.read_bytes() for p in mine] == [photo]
-    stored = [p for p in feedback.rglob("*") if p.is_file()]
-    assert all(re.fullmatch(r"[0-9a-f]{12}\.jpg", p.name) for p in stored), stored
+    store = open_store(str(Path(stack.env["VAR_DIR"]) / "store"))
+    key = f"feedback/{right.split(':')[1]}.json"
+    wait_until(lambda: store.exists(key), 60, what="the photo filed")
+    assert get_blob(store, json.loads(store.get(key))["sha256"]) == photo
+    stored = [entry.key for entry in store.list("feedback/")]
+    assert all(re.fullmatch(r"feedback/[0-9a-f]{12}\.json", k) for k in stored), stored
     cursor = _last_seq(stack)
     chat.send(
         ADMIN,

@@ -222,7 +222,8 @@ def test_s3_env_points_another_process_at_the_bucket(s3_env: dict[str, str]) -> 
     settings: STORE_URL for the store, boto3's AWS_* for the endpoint and keys."""
     open_store(s3_env["STORE_URL"]).put("feedback/p1.json", b'{"label": "pug"}')
     code = (
-        "from worker.storage import blob_store; s = blob_store(); "
+        "from worker.settings import get_settings; from worker.storage import blob_store; "
+        "s = blob_store(get_settings()); "
         "print(s.url, s.get('feedback/p1.json').decode()); s.put('from-child', b'hi')"
     )
     env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO)}

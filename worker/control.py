@@ -36,13 +36,13 @@ def _refused(exc: RegistryError | StoreError) -> contract.Refused:
 
 def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
     """Every stored version plus version 0, oldest first."""
-    return [_describe(info) for info in storage.registry().list_versions()]
+    return [_describe(info) for info in storage.registry(settings).list_versions()]
 
 
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:
     """Make a version active (every worker serves it within seconds); Refused if there is none,
     or if its files cannot be fetched whole from the store (the active one then stays)."""
-    reg = storage.registry()
+    reg = storage.registry(settings)
     try:
         versions.verify(reg.record(request.version), reg.store)
         previous = reg.promote(request.version, request.requested_by)
@@ -53,7 +53,7 @@ def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contr
 
 def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> contract.SwitchResult:
     """Return to the previously active version; Refused if there is none."""
-    reg = storage.registry()
+    reg = storage.registry(settings)
     previous = reg.active_version()
     try:
         return contract.SwitchResult(reg.rollback(request.requested_by), previous)
@@ -65,4 +65,4 @@ def today(settings: WorkerSettings) -> contract.Stats:
     """Today's classify jobs, their mean latency and the active version."""
     jobs, latency, errors = stats.today(settings.broker_url())
     avg = round(latency, 1) if latency is not None else None
-    return contract.Stats(storage.registry().active_version(), jobs, avg, errors)
+    return contract.Stats(storage.registry(settings).active_version(), jobs, avg, errors)

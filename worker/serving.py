@@ -189,7 +189,7 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
     # Keyed by pid so that a forked child never reuses its parent's TensorFlow objects.
     settings = get_settings()
     holder = ModelHolder(
-        storage.registry(),
+        storage.registry(settings),
         settings.models_root,
         home=settings.breedbot_home,
         interval=settings.reload_interval,

@@ -17,6 +17,7 @@ import contract
 from worker import control, feedback, retraining, serving
 from worker.celery_app import app
 from worker.settings import get_settings
+from worker.storage import blob_store
 
 
 # No STARTED state: nobody polls a classify result for it (the reply task gets the result, and
@@ -91,4 +92,6 @@ def breeds() -> dict[str, Any]:
 def store_feedback(payload: dict[str, Any]) -> str | None:
     """File a corrected photo under its label; the last answer wins."""
     request = contract.StoreFeedback.from_dict(payload)
-    return feedback.store(request, get_settings().feedback_root)
+    settings = get_settings()
+    feedback.import_folder(settings.feedback_root, blob_store(settings))
+    return feedback.store(request, blob_store(settings))

@@ -25,7 +25,7 @@ from model.predict import load_classifier
 from model.runtime.home import default_home
 from store.blobs import StoreError
 from store.registry import ZERO_SHOT
-from worker import fetch, retraining, storage, versions
+from worker import datasets, fetch, retraining, storage, versions
 from worker.settings import WorkerSettings
 
 EVAL_BATCH = 32
@@ -82,7 +82,7 @@ def active_accuracy_on(
     version: int, test: list[data.LabeledImage], settings: WorkerSettings
 ) -> float:
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
-    reg = storage.registry()
+    reg = storage.registry(settings)
     folder = (
         None
         if version == ZERO_SHOT
@@ -164,21 +164,19 @@ def run(
 ) -> contract.RetrainResult:
     """Retrain on the request's dataset and publish it; bad input raises `contract.Refused`."""
     ref = contract.DatasetRef.from_dict(request.dataset)
-    if ref.merge_last:
-        # Uploads are not kept after training, so there is no "last dataset" to merge yet.
-        raise _refused("unsupported", "merging feedback with the last dataset is not supported")
     try:
         hparams = hparams_from(request.params, settings.retrain_architecture)
     except options.OptionError as exc:  # a bot of another release let it through
         raise _refused(exc.code, str(exc), **exc.params) from exc
     report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
-    reg = storage.registry()
+    reg = storage.registry(settings)
     staged: Path | None = None
     with tempfile.TemporaryDirectory(prefix="breedbot-retrain-") as tmp:
         try:
             staged = versions.new_staging_dir(root)
-            source = _dataset_source(ref, Path(tmp), settings)
+            prepared = _dataset_source(ref, Path(tmp), settings, hparams)
+            source = prepared.folder
             result = train.retrain(
                 source,
                 staged,
@@ -197,7 +195,7 @@ def run(
                 staged,
                 {
                     "created_by": request.requested_by,
-                    "dataset": {"name": "feedback" if ref.feedback else ref.name},
+                    "dataset": prepared.record,
                     "params": request.params,
                 },
                 root,
@@ -217,6 +215,8 @@ def run(
             raise _refused(exc.code, str(exc), **exc.params) from exc
         except (fetch.InputError, train.AccuracyGateError) as exc:
             raise _refused(exc.code, str(exc), **exc.params) from exc
+        except datasets.NothingToMerge as exc:
+            raise _refused("merge_nothing_kept", str(exc), version=exc.version) from exc
         except StoreError as exc:
             raise versions.refusal(exc) from exc
         except Exception as exc:
@@ -233,6 +233,9 @@ def run(
         **published.record["metrics"],
         "gate": published.record["gate"],
         "worst_classes": _weakest(result.metrics.get("per_class", {})),
+        # Where the photos came from, with the new classes by display name, for the reply.
+        "dataset": prepared.record
+        | {"new_classes": list(map(data.display_name, prepared.record["new_classes"]))},
     }
     return contract.RetrainResult(
         published.version,
@@ -258,12 +261,14 @@ def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.
     ]
 
 
-def _dataset_source(ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings) -> Path:
-    if ref.feedback:
-        return settings.feedback_root
-    source = tmp / "dataset.zip"
-    source.write_bytes(fetch.dataset_bytes(ref))
-    return source
+def _dataset_source(
+    ref: contract.DatasetRef, tmp: Path, settings: WorkerSettings, hparams: HParams
+) -> datasets.Prepared:
+    """The request's photos, kept and merged as it asks, as a training folder and its record."""
+    reg = storage.registry(settings)
+    version = reg.active_version()
+    active = None if version == ZERO_SHOT else reg.record(version)
+    return datasets.prepare(ref, tmp, settings, reg.store, hparams.min_images_per_class, active)
 
 
 def _home(settings: WorkerSettings) -> Path:

@@ -49,6 +49,10 @@ def parse_retrain_options(words: list[str]) -> RetrainOptions:
         if word.lower() == "feedback":
             feedback = True
             continue
+        if word.lower() == "merge":  # the same as merge=1
+            extra["merge_last"] = True
+            shown["merge_last"] = word
+            continue
         key, sep, raw = word.partition("=")
         option = options.IN_CAPTION.get(key)
         if not sep or option is None:
@@ -66,8 +70,6 @@ def parse_retrain_options(words: list[str]) -> RetrainOptions:
             options.check(params, shown=shown)  # what no single value shows (the split)
         except options.OptionError as error:
             problems += error.problems
-    if extra.get("merge_last") and not feedback:
-        problems.append(("option_merge", {}))
     if problems:
         raise options.OptionError(problems)
     return RetrainOptions(params, feedback=feedback, **extra)
@@ -93,7 +95,8 @@ def _zip_of(message: Message) -> Document | None:
 
 
 async def retrain(update: Update, context: Context) -> None:
-    """Queue a retrain on the attached (or replied-to) zip, or on the collected feedback."""
+    """Queue a retrain on the attached (or replied-to) zip, on it added to the active version's
+    kept photos (`merge`), or on the collected feedback added to them."""
     message = update.effective_message
     assert message is not None and update.effective_user is not None
     language = language_of(update)
@@ -108,7 +111,8 @@ async def retrain(update: Update, context: Context) -> None:
     if caption.feedback:
         dataset = contract.DatasetRef(name="feedback", feedback=True, merge_last=caption.merge_last)
     elif document is None:
-        await message.reply_text(t(language, "retrain_usage"))
+        usage = "retrain_merge_usage" if caption.merge_last else "retrain_usage"
+        await message.reply_text(t(language, usage))
         return
     elif (document.file_size or 0) > contract.MAX_IMAGE_BYTES:
         size = round((document.file_size or 0) / 2**20, 1)
@@ -118,7 +122,9 @@ async def retrain(update: Update, context: Context) -> None:
         # The bot's image is the one that talks to Telegram: the worker gets the bytes.
         data = await (await context.bot.get_file(document.file_id)).download_as_bytearray()
         name = document.file_name or ""
-        dataset = contract.DatasetRef(zip_b64=contract.encode_bytes(bytes(data)), name=name)
+        dataset = contract.DatasetRef(
+            zip_b64=contract.encode_bytes(bytes(data)), name=name, merge_last=caption.merge_last
+        )
     status = await message.reply_text(t(language, "retrain_queued"))
     target = reply_to(message, language, "retrain", status_message_id=status.message_id)
     request = contract.RetrainRequest(
