@@ -345,13 +345,6 @@ class Registry:
                 self.client.set(COUNTER, highest)
 
 
-def referenced(record: dict[str, Any]) -> set[str]:
-    """The blobs a record names directly: its bundle files and its dataset's manifest."""
-    shas = set(record.get("bundle", {}).values())
-    manifest = (record.get("dataset") or {}).get("manifest")
-    return shas | ({manifest} if manifest else set())
-
-
 def sweep(store: Store, keep: set[str], now: datetime | None = None) -> list[str]:
     """Delete every blob not in `keep` and older than SWEEP_GRACE; returns their hashes."""
     cutoff = (now or datetime.now(UTC)) - SWEEP_GRACE

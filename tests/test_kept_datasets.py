@@ -48,12 +48,12 @@ def test_load_of_a_missing_or_damaged_manifest_raises_store_error(
 ) -> None:
     with pytest.raises(StoreError) as missing:
         kept.load(store, "ab" * 32)
-    assert missing.value.code == "missing"
+    assert missing.value.code == "store_missing"
     sha = kept.keep(store, _photos(datasets, "pug", 2))
     store.put(blob_key(sha), b"[]")
     with pytest.raises(StoreError) as damaged:
         kept.load(store, sha)
-    assert damaged.value.code == "damaged"
+    assert damaged.value.code == "store_damaged"
 
 
 def test_merge_new_label_wins_and_counts_each_side() -> None:
@@ -97,4 +97,4 @@ def test_materialize_stops_at_a_damaged_photo(
     store.put(blob_key(manifest[0][0]), b"not the photo")
     with pytest.raises(StoreError) as damaged:
         kept.materialize(store, manifest, tmp_path / "train")
-    assert damaged.value.code == "damaged"
+    assert damaged.value.code == "store_damaged"

@@ -21,15 +21,14 @@ from typing import Any
 import contract
 from model.runtime import litert
 from model.runtime.classifier import METRICS_FILE
-from store import blobs
+from store import blobs, datasets
 from store.blobs import Store, StoreError
-from store.registry import ZERO_SHOT, Published, Registry, referenced, sweep
+from store.registry import ZERO_SHOT, Published, Registry, sweep
+from worker import feedback
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
-# Corrections in the store, one small JSON ({"label", "sha256"}) per photo.
-FEEDBACK = "feedback/"
 # What the file registry (before Redis) kept in MODELS_DIR: a record per version, the pointer.
 LEGACY_RECORD = "record.json"
 LEGACY_POINTER = "active.json"
@@ -152,15 +151,13 @@ def publish(
 
 def in_use(reg: Registry) -> set[str]:
     """Every blob a kept version or a correction needs: bundles, manifests and their photos."""
-    keep: set[str] = set()
+    keep = {sha256 for sha256, _ in feedback.corrections(reg.store)}
     # The store's records too: one a crash left unregistered comes back with a rebuild.
     for record in {**reg.stored_records(), **reg.records()}.values():
-        keep |= referenced(record)
+        keep |= set(record.get("bundle", {}).values())
         manifest = (record.get("dataset") or {}).get("manifest")
         if manifest:
-            keep |= {sha256 for sha256, _ in json.loads(blobs.get_blob(reg.store, manifest))}
-    for entry in reg.store.list(FEEDBACK):
-        keep.add(json.loads(reg.store.get(entry.key))["sha256"])
+            keep |= datasets.blobs_of(reg.store, manifest)
     return keep
 
 
