@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,16 @@ def test_a_merged_retrain_computes_only_the_new_photos_bottlenecks(
     assert merged["bottlenecks"] == {"computed": 5, "cached": 10}
     assert merged["dataset"]["sources"] == {"kept": 10, "upload": 5, "feedback": 0}
     assert len(merged["labels"]) == 3
+
+
+def test_an_uploads_skipped_files_are_listed_in_the_record(
+    tmp_path: Path, settings: WorkerSettings, store: LocalStore
+) -> None:
+    """Training reads only the usable photos, so what the upload skipped is named here."""
+    buffer = io.BytesIO(breeds_zip({"pug": 3, "Bengal": 3}))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("pug/notes.jpg", b"not a photo at all")
+    prepared = datasets.prepare(_ref(buffer.getvalue()), tmp_path, settings, store, 3, None)
+    assert prepared.record["photos"] == 6 and prepared.record["n_skipped"] == 1
+    [(name, reason)] = prepared.record["skipped"]
+    assert name == "pug/notes.jpg" and reason

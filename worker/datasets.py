@@ -48,10 +48,15 @@ def _base(active: dict[str, Any] | None) -> tuple[int | None, str | None]:
     return int(active["version"]), (active.get("dataset") or {}).get("manifest")
 
 
+# Files of an upload that were skipped (not an image, unreadable, ...), listed in the record.
+SKIPPED_LISTED = 20
+
+
 def _upload(
     ref: contract.DatasetRef, tmp: Path, store: Store, min_images: int
-) -> tuple[kept.Manifest, dict[str, Path]]:
-    """The uploaded zip unpacked, checked, hashed and kept: its manifest and its local files."""
+) -> tuple[kept.Manifest, dict[str, Path], list[list[str]]]:
+    """The uploaded zip unpacked, checked, hashed and kept: its manifest, its local files and
+    the files it skipped (with why)."""
     archive = tmp / "upload.zip"
     archive.write_bytes(fetch.dataset_bytes(ref))
     # Added to a kept dataset, one class (or a few photos of one) is enough: the merged folder
@@ -65,7 +70,8 @@ def _upload(
     )
     kept.keep(store, [(image.path, image.label) for image in dataset.images])
     manifest = kept.manifest_of((image.sha256, image.label) for image in dataset.images)
-    return manifest, {image.sha256: image.path for image in dataset.images}
+    local = {image.sha256: image.path for image in dataset.images}
+    return manifest, local, [list(skip) for skip in dataset.skipped]
 
 
 def prepare(
@@ -81,6 +87,7 @@ def prepare(
 
     Raises DatasetError, StoreError or NothingToMerge."""
     local: dict[str, Path] = {}
+    skipped: list[list[str]] = []
     tmp.mkdir(parents=True, exist_ok=True)
     if ref.feedback:
         feedback.import_folder(settings.feedback_root, store)
@@ -88,7 +95,7 @@ def prepare(
         if not new:
             raise data.DatasetError("no_images", folder="feedback")
     else:
-        (new, local), source = _upload(ref, tmp, store, min_images), "upload"
+        (new, local, skipped), source = _upload(ref, tmp, store, min_images), "upload"
     version, base_sha = _base(active) if ref.feedback or ref.merge_last else (None, None)
     if ref.merge_last and not ref.feedback and base_sha is None:
         raise NothingToMerge(version or ZERO_SHOT)
@@ -105,5 +112,8 @@ def prepare(
         # What the reply names: the version built on and the classes it did not know.
         "base_version": version if base_sha else None,
         "new_classes": sorted(set(classes) - set(kept.classes(base))) if base_sha else [],
+        # Training reads the folder below, which holds only the usable photos.
+        "skipped": skipped[:SKIPPED_LISTED],
+        "n_skipped": len(skipped),
     }
     return Prepared(kept.materialize(store, merged.manifest, tmp / "train", local), record)
