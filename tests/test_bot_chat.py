@@ -22,6 +22,7 @@ from fakegram.api import PlaygroundClient
 from harness.stack import Stack
 from harness.waiting import wait_until
 from ops.redis_server import RedisServer
+from store.registry import Registry
 from worker import tf_jobs
 from worker.settings import WorkerSettings
 
@@ -93,14 +94,18 @@ def test_option_errors_are_worded_for_people(chat: PlaygroundClient) -> None:
     ]
 
 
-def test_one_class_feedback_retrain_says_to_collect_more(tmp_path: Path, datasets: Path) -> None:
+def test_one_class_feedback_retrain_says_to_collect_more(
+    tmp_path: Path, datasets: Path, reg: Registry, registry_server: RedisServer
+) -> None:
     """Corrections of one breed only: the admin is told to collect more, not to make folders."""
     feedback = tmp_path / "feedback" / "pug"
     feedback.mkdir(parents=True)
     # An old FEEDBACK_DIR (<label>/<photo id>.jpg): the retrain imports it into the store.
     for i, photo in enumerate(sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[:4]):
         (feedback / f"{i:012x}.jpg").write_bytes(photo.read_bytes())
-    settings = WorkerSettings(_env_file=None, var_dir=tmp_path)
+    # An empty registry (`reg` flushed it): version 0 is active, with no kept dataset.
+    redis_url = registry_server.url
+    settings = WorkerSettings(_env_file=None, var_dir=tmp_path, redis_url=redis_url)
     dataset = contract.DatasetRef(name="feedback", feedback=True).to_dict()
     request = contract.RetrainRequest(dataset=dataset, params={}, requested_by=ADMIN)
     with pytest.raises(contract.Refused) as one_class:
@@ -113,7 +118,9 @@ def test_one_class_feedback_retrain_says_to_collect_more(tmp_path: Path, dataset
     assert "pelo menos 2: toque em ✅ ou ❌" in portuguese
     with pytest.raises(contract.Refused) as empty:
         tf_jobs.run(
-            request, WorkerSettings(_env_file=None, var_dir=tmp_path / "none"), lambda _: None
+            request,
+            WorkerSettings(_env_file=None, var_dir=tmp_path / "none", redis_url=redis_url),
+            lambda _: None,
         )
     refusal = empty.value
     reason = problem_text("en", refusal.problem, refusal.params, refusal.message)
