@@ -52,6 +52,7 @@ LOCK = PREFIX + "lock"
 LOCK_SECONDS = 30
 STORE_RECORDS = "registry/versions/"
 STORE_POINTER = "registry/active.json"
+STORE_NUMBERS = "registry/numbers/"  # an empty key per number given out
 HISTORY = 50
 # A blob younger than this is never swept: a retrain on another host may be uploading it.
 SWEEP_GRACE = timedelta(hours=1)
@@ -206,8 +207,13 @@ class Registry:
             pipe.execute()
 
     def next_version(self) -> int:
-        """A new version number, never given out twice (even to a retrain that later fails)."""
-        return int(self.client.incr(COUNTER))
+        """A new version number, never given out twice (even to a retrain that later fails).
+
+        Each number is also marked in the store, so a rebuilt counter goes on after the numbers
+        retrains still in flight hold."""
+        version = int(self.client.incr(COUNTER))
+        self.store.put(f"{STORE_NUMBERS}{version}", b"")
+        return version
 
     def publish(
         self,
@@ -301,6 +307,10 @@ class Registry:
                 self.store.delete(f"{STORE_RECORDS}{version}.json")
                 self.client.hdel(RECORDS, version)
                 self.client.sadd(PRUNED, version)
+            # Of the numbers given out, a rebuild needs only the highest.
+            given = sorted(int(e.key.rsplit("/", 1)[-1]) for e in self.store.list(STORE_NUMBERS))
+            for number in given[:-1]:
+                self.store.delete(f"{STORE_NUMBERS}{number}")
             return doomed
 
     def pruned(self) -> set[int]:
@@ -322,8 +332,9 @@ class Registry:
                 pointer = None
             if pointer and (int(pointer["version"]) in records or pointer["version"] == ZERO_SHOT):
                 self.client.set(POINTER, json.dumps(pointer))
-            # Numbers stay unique: counted on from the highest ever stored.
-            self.client.set(COUNTER, max(records, default=ZERO_SHOT))
+            # Numbers stay unique: counted on from the highest ever given out.
+            given = [int(e.key.rsplit("/", 1)[-1]) for e in self.store.list(STORE_NUMBERS)]
+            self.client.set(COUNTER, max([ZERO_SHOT, *records, *given]))
             if records:
                 log.warning(
                     "registry rebuilt from %s: %d versions, active %s",

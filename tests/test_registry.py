@@ -169,6 +169,15 @@ def test_an_emptied_redis_is_rebuilt_from_the_store(reg):
     assert _publish(reg, 0.9).version == 4  # numbers stay unique
 
 
+def test_a_rebuilt_counter_goes_on_after_a_number_a_retrain_still_holds(reg):
+    _publish(reg, 0.9)
+    in_flight = reg.next_version()  # a retrain still training when Redis is lost
+    reg.client.flushall()
+    reg.rebuild()
+    assert sorted(reg.records()) == [1]
+    assert reg.next_version() == in_flight + 1
+
+
 def test_adopt_takes_over_older_versions(reg):
     records = {1: {"version": 1, "bundle": {}}, 3: {"version": 3, "bundle": {}}}
     reg.adopt(records, {"version": 3, "history": [0, 1]})
