@@ -12,7 +12,10 @@ sooner through bot/outbox.py), which is what this transport leaves them to.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from kombu.transport import redis
 
@@ -67,6 +70,24 @@ class Channel(redis.Channel):
     # base64): a third more bytes through Redis, encoded and decoded once per message. Our bodies
     # are JSON text; a consumer reads each message's own `body_encoding`, so old ones still work.
     body_encoding = None
+    _shared_client: Any = None
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """`client`, or one shared client of this channel's pool (kombu builds a new one each time).
+
+        Building a redis-py client fills its response-callback tables: a third of what a worker
+        thread spent acking a message and publishing its events. A client is thread-safe (each
+        command takes a connection from the pool), and a new pool (after a fork or a lost
+        connection) gets a new one.
+        """
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
 
 
 class Transport(redis.Transport):
