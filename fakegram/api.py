@@ -325,7 +325,15 @@ class FakeTelegram:
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         if offset > 0:
+            confirmed = [u for u in self.pending if u["update_id"] < offset]
             self.pending = [u for u in self.pending if u["update_id"] >= offset]
+            # Telegram forgets an update once the bot asks past it: the bot handled it (for
+            # ours, queued its job). Tests wait for this before killing a process.
+            for update in confirmed:
+                message = update.get("message") or update["callback_query"]["message"]
+                self._event("confirmed", message["chat"]["id"], update_id=update["update_id"])
+            if confirmed:
+                await self._notify()
         limit = int(params.get("limit") or 100)
         timeout = 0 if self.ignore_poll_timeout else float(params.get("timeout") or 0)
         async with self.changed:
