@@ -3,7 +3,8 @@ reply sender and worker.
 
 Reports p50/p95 from the user's update to the bot's reply and photos/s for each number of users,
 the CPU each process spent per photo (bot, reply sender, worker, Redis, the emulator's thread)
-beside the model's own (decode and forward pass, measured here first), and the worker-only
+beside the model's own (decode and forward pass, measured here first), the Redis commands per
+photo by name (INFO commandstats: round trips, or parts of pipelines), and the worker-only
 figure of the same run (the same photos sent straight to the classify task). Telegram's send
 limits are lifted, as the per-user flood guard is: the bench measures what the stack can carry
 (with them, a chat gets about 1 reply a second and the bot 30).
@@ -17,11 +18,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 from celery import Celery
+from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,10 +67,22 @@ def _cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
     return seconds
 
 
+def _redis_calls(redis: Redis) -> Counter[str]:
+    """Commands Redis has run so far, by name (each one a round trip, or part of a pipeline's)."""
+    stats = redis.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
 def _phase(
-    client: PlaygroundClient, photos: list[bytes], users: int, processes: dict[str, int]
+    client: PlaygroundClient,
+    photos: list[bytes],
+    users: int,
+    processes: dict[str, int],
+    redis: Redis,
 ) -> dict:
-    """Every user sends its share one photo at a time; latency, rate and CPU per photo."""
+    """Every user sends its share one photo at a time; latency, rate, CPU and Redis calls, per
+    photo."""
+    calls = _redis_calls(redis)
     before = _cpu_seconds(processes)
     started = time.perf_counter()
     shares = [photos[u::users] for u in range(users)]
@@ -78,11 +93,15 @@ def _phase(
     wall = time.perf_counter() - started
     after = _cpu_seconds(processes)
     cpu = {k: round((after[k] - before[k]) * 1000 / len(latencies), 2) for k in after}
+    # INFO itself and the harness's own calls are a few in a whole phase: noise below 0.05.
+    calls = _redis_calls(redis) - calls
+    per_photo = {k: round(n / len(latencies), 2) for k, n in calls.most_common() if n >= 5}
     return {
         "users": users,
         "update_to_reply": percentiles(latencies),
         "throughput_photos_per_s": round(len(latencies) / wall, 2),
         "cpu_ms_per_photo": {**cpu, "total": round(sum(cpu.values()), 2)},
+        "redis_calls_per_photo": {**per_photo, "total": round(calls.total() / len(latencies), 2)},
     }
 
 
@@ -118,14 +137,15 @@ def main() -> None:
         assert stack.redis_server is not None and stack.replier is not None
         processes = {"bot": bot.process.pid, "replier": stack.replier.process.pid}
         processes |= {"worker": worker.process.pid, "redis": stack.redis_server.process.pid}
-        client = stack.client()
+        client, redis = stack.client(), stack.redis()
         try:
             _user(client, 10_000, photos[:4])  # warm-up: model load, first connections
-            phases = [_phase(client, photos[: args.single], 1, processes)]
-            phases += [_phase(client, photos, users, processes) for users in args.users]
+            phases = [_phase(client, photos[: args.single], 1, processes, redis)]
+            phases += [_phase(client, photos, users, processes, redis) for users in args.users]
             worker_latencies = _worker_only(stack.redis_url(), photos[: args.single])
         finally:
             client.close()
+            redis.close()
     result = {
         "machine": machine(),
         "model_cpu_ms_per_photo": model_ms,
@@ -144,6 +164,10 @@ def _markdown(result: dict) -> str:
             f"| {phase['users']} | {p['n']} | {phase['throughput_photos_per_s']} | {p['p50_ms']} "
             f"| {p['p95_ms']} | " + " | ".join(str(cpu[n]) for n in names) + " |"
         )
+    calls = "; ".join(
+        f"{phase['users']} user(s): {phase['redis_calls_per_photo']['total']}"
+        for phase in result["phases"]
+    )
     worker_p = result["worker_only_classify_roundtrip"]
     return (
         "## Bot: update to reply through the emulator\n\n"
@@ -155,7 +179,8 @@ def _markdown(result: dict) -> str:
         + "\n".join(rows)
         + f"\n\nThe model itself (JPEG decode and LiteRT forward pass, batches of 8): "
         f"{result['model_cpu_ms_per_photo']} ms of CPU per photo. Worker only (classify task "
-        f"round trip, sequential): p50 {worker_p['p50_ms']} ms, p95 {worker_p['p95_ms']} ms."
+        f"round trip, sequential): p50 {worker_p['p50_ms']} ms, p95 {worker_p['p95_ms']} ms. "
+        f"Redis commands per photo, all processes ({calls}); by command in the JSON."
     )
 
 
