@@ -92,7 +92,11 @@ async def _classify(context: Context, messages: list[Message], language: str) ->
     target = reply_to(first, language, "album" if len(messages) > 1 else "photo")
     low = settings_of(context).low_confidence
     for index, message in enumerate(messages):
+        # The reply task gets the result through the chain and nothing reads it from the result
+        # backend (a failure is still stored, for the errback): storing it cost the worker a SET
+        # and a PUBLISH per photo.
         job = task(context, contract.CLASSIFY, await _request(context, message))
+        job.set(ignore_result=True)
         if len(messages) == 1:
             photo_id = await _remember(context, message)
             await submit(
