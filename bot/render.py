@@ -122,11 +122,17 @@ def _text(
     image.paste(fill, (round(xy[0]) + left, round(xy[1]) + top), mask)
 
 
+@functools.lru_cache(maxsize=4096)
+def _length(text: str, font: ImageFont.FreeTypeFont) -> float:
+    """`font.getlength(text)`, measured once per text: the same names are wrapped every time."""
+    return font.getlength(text)
+
+
 def _fit(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
     """`text` cut to `width` pixels, with "…" when it did not fit."""
-    if font.getlength(text) <= width:
+    if _length(text, font) <= width:
         return text
-    while text and font.getlength(text + "…") > width:
+    while text and _length(text + "…", font) > width:
         text = text[:-1]
     return text.rstrip() + "…"
 
@@ -136,9 +142,9 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float, lines: int = 2)
     words, out = text.split(), []
     while words and len(out) < lines - 1:
         line = words.pop(0)
-        while words and font.getlength(f"{line} {words[0]}") <= width:
+        while words and _length(f"{line} {words[0]}", font) <= width:
             line = f"{line} {words.pop(0)}"
-        if font.getlength(line) > width:  # one word longer than the line
+        if _length(line, font) > width:  # one word longer than the line
             words.insert(0, line)
             break
         out.append(line)
@@ -156,7 +162,7 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
         _font(NAME_SIZE, "Semibold" if rank == 0 else "Regular") for rank in range(len(guesses))
     ]
     inner = CHART_WIDTH - 2 * MARGIN
-    name_width = inner - fonts[0].getlength("100 %") - 16
+    name_width = inner - _length("100 %", fonts[0]) - 16
     rows = [_wrap(g.display_name, f, name_width) for g, f in zip(guesses, fonts, strict=True)]
     line_height = NAME_SIZE + 4
     title = t(language, "chart_title", n=len(guesses), version=result.model_version)
