@@ -14,6 +14,7 @@ Run: .venv/bin/python bench/bot_bench.py [--photos 200 --single 40 --users 20 50
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -126,6 +127,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[20, 50])
     args = parser.parse_args()
     photos = pet_photos(args.photos)
+    # Figures move with what else runs on the machine: the 1-minute load average, before and after.
+    load_before = round(os.getloadavg()[0], 2)
     model_ms = _model_cpu_ms(photos[:64])
     with (
         tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp,
@@ -148,6 +151,7 @@ def main() -> None:
             redis.close()
     result = {
         "machine": machine(),
+        "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "model_cpu_ms_per_photo": model_ms,
         "phases": phases,
         "worker_only_classify_roundtrip": percentiles(worker_latencies),
@@ -169,11 +173,13 @@ def _markdown(result: dict) -> str:
         for phase in result["phases"]
     )
     worker_p = result["worker_only_classify_roundtrip"]
+    load = result["load_average"]
     return (
         "## Bot: update to reply through the emulator\n\n"
         "Each user sends its next photo when the previous one is answered; real PTB bot, reply "
         "sender, threads worker (8), embedded Redis, emulator in the bench process; Telegram's "
-        f"send limits lifted; {result['machine']}. CPU is per photo, in ms, per process.\n\n"
+        f"send limits lifted; {result['machine']}, load average {load['before']} before and "
+        f"{load['after']} after. CPU is per photo, in ms, per process.\n\n"
         "| users | photos | photos/s | p50 ms | p95 ms | bot | reply sender | worker | Redis "
         "| emulator | all |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
