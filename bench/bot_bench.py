@@ -179,6 +179,9 @@ def _markdown(result: dict) -> str:
         f"{phase['users']} user(s): {phase['redis_calls_per_photo']['total']}"
         for phase in result["phases"]
     )
+    users_cpu = "; ".join(
+        f"{phase['users']} user(s): {phase['users_cpu_ms_per_photo']}" for phase in result["phases"]
+    )
     worker_p = result["worker_only_classify_roundtrip"]
     load = result["load_average"]
     return (
@@ -193,7 +196,9 @@ def _markdown(result: dict) -> str:
         + f"\n\nThe model itself (JPEG decode and LiteRT forward pass, batches of 8): "
         f"{result['model_cpu_ms_per_photo']} ms of CPU per photo. Worker only (classify task "
         f"round trip, sequential): p50 {worker_p['p50_ms']} ms, p95 {worker_p['p95_ms']} ms. "
-        f"Redis commands per photo, all processes ({calls}); by command in the JSON."
+        f"Redis commands per photo, all processes ({calls}); by command in the JSON. The "
+        f"simulated users' HTTP clients, in the bench process and on the same cores, not in "
+        f"the table: {users_cpu} ms of CPU per photo."
     )
 
 
