@@ -3,7 +3,8 @@ reply sender and worker.
 
 Reports p50/p95 from the user's update to the bot's reply and photos/s for each number of users,
 the CPU each process spent per photo (bot, reply sender, worker, Redis, the emulator's thread)
-beside the model's own (decode and forward pass, measured here first), and the worker-only
+beside the model's own (decode and forward pass, measured here first), the Redis commands per
+photo by name (INFO commandstats: round trips, or parts of pipelines), and the worker-only
 figure of the same run (the same photos sent straight to the classify task). Telegram's send
 limits are lifted, as the per-user flood guard is: the bench measures what the stack can carry
 (with them, a chat gets about 1 reply a second and the bot 30).
@@ -13,15 +14,18 @@ Run: .venv/bin/python bench/bot_bench.py [--photos 200 --single 40 --users 20 50
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 from celery import Celery
+from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,11 +68,24 @@ def _cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
     return seconds
 
 
+def _redis_calls(redis: Redis) -> Counter[str]:
+    """Commands Redis has run so far, by name (each one a round trip, or part of a pipeline's)."""
+    stats = redis.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
 def _phase(
-    client: PlaygroundClient, photos: list[bytes], users: int, processes: dict[str, int]
+    client: PlaygroundClient,
+    photos: list[bytes],
+    users: int,
+    processes: dict[str, int],
+    redis: Redis,
 ) -> dict:
-    """Every user sends its share one photo at a time; latency, rate and CPU per photo."""
+    """Every user sends its share one photo at a time; latency, rate, CPU and Redis calls, per
+    photo."""
+    calls = _redis_calls(redis)
     before = _cpu_seconds(processes)
+    bench_before = sum(psutil.Process().cpu_times()[:2])
     started = time.perf_counter()
     shares = [photos[u::users] for u in range(users)]
     first = users * 1000  # fresh chats for each phase
@@ -77,12 +94,22 @@ def _phase(
         latencies = [x for run in runs for x in run]
     wall = time.perf_counter() - started
     after = _cpu_seconds(processes)
+    bench_cpu = sum(psutil.Process().cpu_times()[:2]) - bench_before
     cpu = {k: round((after[k] - before[k]) * 1000 / len(latencies), 2) for k in after}
+    # INFO itself and the harness's own calls are a few in a whole phase: noise below 0.05.
+    calls = _redis_calls(redis) - calls
+    per_photo = {k: round(n / len(latencies), 2) for k, n in calls.most_common() if n >= 5}
     return {
         "users": users,
         "update_to_reply": percentiles(latencies),
         "throughput_photos_per_s": round(len(latencies) / wall, 2),
         "cpu_ms_per_photo": {**cpu, "total": round(sum(cpu.values()), 2)},
+        # Not in the total: this process's other threads, the simulated users' HTTP clients
+        # (Telegram's apps, in real life), which take their share of the same two cores.
+        "users_cpu_ms_per_photo": round(
+            (bench_cpu - (after["emulator"] - before["emulator"])) * 1000 / len(latencies), 2
+        ),
+        "redis_calls_per_photo": {**per_photo, "total": round(calls.total() / len(latencies), 2)},
     }
 
 
@@ -107,6 +134,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[20, 50])
     args = parser.parse_args()
     photos = pet_photos(args.photos)
+    # Figures move with what else runs on the machine: the 1-minute load average, before and after.
+    load_before = round(os.getloadavg()[0], 2)
     model_ms = _model_cpu_ms(photos[:64])
     with (
         tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp,
@@ -118,16 +147,18 @@ def main() -> None:
         assert stack.redis_server is not None and stack.replier is not None
         processes = {"bot": bot.process.pid, "replier": stack.replier.process.pid}
         processes |= {"worker": worker.process.pid, "redis": stack.redis_server.process.pid}
-        client = stack.client()
+        client, redis = stack.client(), stack.redis()
         try:
             _user(client, 10_000, photos[:4])  # warm-up: model load, first connections
-            phases = [_phase(client, photos[: args.single], 1, processes)]
-            phases += [_phase(client, photos, users, processes) for users in args.users]
+            phases = [_phase(client, photos[: args.single], 1, processes, redis)]
+            phases += [_phase(client, photos, users, processes, redis) for users in args.users]
             worker_latencies = _worker_only(stack.redis_url(), photos[: args.single])
         finally:
             client.close()
+            redis.close()
     result = {
         "machine": machine(),
+        "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "model_cpu_ms_per_photo": model_ms,
         "phases": phases,
         "worker_only_classify_roundtrip": percentiles(worker_latencies),
@@ -144,18 +175,30 @@ def _markdown(result: dict) -> str:
             f"| {phase['users']} | {p['n']} | {phase['throughput_photos_per_s']} | {p['p50_ms']} "
             f"| {p['p95_ms']} | " + " | ".join(str(cpu[n]) for n in names) + " |"
         )
+    calls = "; ".join(
+        f"{phase['users']} user(s): {phase['redis_calls_per_photo']['total']}"
+        for phase in result["phases"]
+    )
+    users_cpu = "; ".join(
+        f"{phase['users']} user(s): {phase['users_cpu_ms_per_photo']}" for phase in result["phases"]
+    )
     worker_p = result["worker_only_classify_roundtrip"]
+    load = result["load_average"]
     return (
         "## Bot: update to reply through the emulator\n\n"
         "Each user sends its next photo when the previous one is answered; real PTB bot, reply "
         "sender, threads worker (8), embedded Redis, emulator in the bench process; Telegram's "
-        f"send limits lifted; {result['machine']}. CPU is per photo, in ms, per process.\n\n"
+        f"send limits lifted; {result['machine']}, load average {load['before']} before and "
+        f"{load['after']} after. CPU is per photo, in ms, per process.\n\n"
         "| users | photos | photos/s | p50 ms | p95 ms | bot | reply sender | worker | Redis "
         "| emulator | all |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
         + f"\n\nThe model itself (JPEG decode and LiteRT forward pass, batches of 8): "
         f"{result['model_cpu_ms_per_photo']} ms of CPU per photo. Worker only (classify task "
-        f"round trip, sequential): p50 {worker_p['p50_ms']} ms, p95 {worker_p['p95_ms']} ms."
+        f"round trip, sequential): p50 {worker_p['p50_ms']} ms, p95 {worker_p['p95_ms']} ms. "
+        f"Redis commands per photo, all processes ({calls}); by command in the JSON. The "
+        f"simulated users' HTTP clients, in the bench process and on the same cores, not in "
+        f"the table: {users_cpu} ms of CPU per photo."
     )
 
 

@@ -27,7 +27,8 @@ LOCK_KEY = "breedbot:outbox:lock"
 def done(client: redis.Redis, outbox_id: str | None) -> None:
     """Forget an entry: its reply task has run."""
     if outbox_id:
-        client.pipeline().zrem(contract.OUTBOX_DUE, outbox_id).hdel(
+        # No MULTI/EXEC: `sweep` skips (and cleans up) a due id whose job is already gone.
+        client.pipeline(transaction=False).zrem(contract.OUTBOX_DUE, outbox_id).hdel(
             contract.OUTBOX_JOBS, outbox_id
         ).execute()
 

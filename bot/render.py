@@ -96,11 +96,44 @@ def _font(size: int, weight: str = "Regular") -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size, layout_engine=ImageFont.Layout.BASIC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _glyphs(text: str, font: ImageFont.FreeTypeFont, anchor: str) -> tuple[Image.Image, int, int]:
+    """`text` rendered once as a 1-bit mask, and its offset from the anchor point."""
+    left, top, right, bottom = font.getbbox(text, anchor=anchor, mode="1")
+    mask = Image.new("1", (max(right - left, 1), max(bottom - top, 1)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=1, anchor=anchor)
+    return mask, left, top
+
+
+def _text(
+    image: Image.Image,
+    xy: tuple[float, float],
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    fill: int,
+    anchor: str = "la",
+) -> None:
+    """`ImageDraw.text` on the palette picture, pixel for pixel, from a cache of rendered texts.
+
+    Rendering glyphs was a third of the chart's CPU; breed names, titles, axis labels and
+    percentages repeat from one answer to the next. (Pillow draws text on a palette image
+    without antialiasing, which a 1-bit mask reproduces exactly.)
+    """
+    mask, left, top = _glyphs(text, font, anchor)
+    image.paste(fill, (round(xy[0]) + left, round(xy[1]) + top), mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _length(text: str, font: ImageFont.FreeTypeFont) -> float:
+    """`font.getlength(text)`, measured once per text: the same names are wrapped every time."""
+    return font.getlength(text)
+
+
 def _fit(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
     """`text` cut to `width` pixels, with "…" when it did not fit."""
-    if font.getlength(text) <= width:
+    if _length(text, font) <= width:
         return text
-    while text and font.getlength(text + "…") > width:
+    while text and _length(text + "…", font) > width:
         text = text[:-1]
     return text.rstrip() + "…"
 
@@ -110,9 +143,9 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float, lines: int = 2)
     words, out = text.split(), []
     while words and len(out) < lines - 1:
         line = words.pop(0)
-        while words and font.getlength(f"{line} {words[0]}") <= width:
+        while words and _length(f"{line} {words[0]}", font) <= width:
             line = f"{line} {words.pop(0)}"
-        if font.getlength(line) > width:  # one word longer than the line
+        if _length(line, font) > width:  # one word longer than the line
             words.insert(0, line)
             break
         out.append(line)
@@ -130,7 +163,7 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
         _font(NAME_SIZE, "Semibold" if rank == 0 else "Regular") for rank in range(len(guesses))
     ]
     inner = CHART_WIDTH - 2 * MARGIN
-    name_width = inner - fonts[0].getlength("100 %") - 16
+    name_width = inner - _length("100 %", fonts[0]) - 16
     rows = [_wrap(g.display_name, f, name_width) for g, f in zip(guesses, fonts, strict=True)]
     line_height = NAME_SIZE + 4
     title = t(language, "chart_title", n=len(guesses), version=result.model_version)
@@ -140,17 +173,18 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
     image = Image.new("P", (CHART_WIDTH, height), PAPER)
     image.putpalette(PALETTE)
     draw = ImageDraw.Draw(image)
-    draw.text((MARGIN, MARGIN), _fit(title, title_font, inner), font=title_font, fill=TEXT)
+    _text(image, (MARGIN, MARGIN), _fit(title, title_font, inner), title_font, TEXT)
     y = MARGIN + TITLE_SIZE + ROW_GAP
     for rank, (guess, lines, font) in enumerate(zip(guesses, rows, fonts, strict=True)):
         for line in lines:
-            draw.text((MARGIN, y), line, font=font, fill=TEXT)
+            _text(image, (MARGIN, y), line, font, TEXT)
             y += line_height
-        draw.text(
+        _text(
+            image,
             (CHART_WIDTH - MARGIN, y - line_height),
             percent(guess.probability, language),
-            font=font,
-            fill=TEXT,
+            font,
+            TEXT,
             anchor="ra",
         )
         y += NAME_GAP
@@ -162,15 +196,9 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
     # The axis: the track spans 0 to 100 %, named in the user's language.
     for share, anchor in ((0.0, "la"), (0.5, "ma"), (1.0, "ra")):
         x = MARGIN + inner * share
-        draw.text(
-            (x, y - ROW_GAP + 4),
-            percent(share, language),
-            font=axis_font,
-            fill=MUTED,
-            anchor=anchor,
-        )
+        _text(image, (x, y - ROW_GAP + 4), percent(share, language), axis_font, MUTED, anchor)
     axis = t(language, "chart_axis")
-    draw.text((CHART_WIDTH / 2, y + AXIS_SIZE), axis, font=axis_font, fill=MUTED, anchor="ma")
+    _text(image, (CHART_WIDTH / 2, y + AXIS_SIZE), axis, axis_font, MUTED, anchor="ma")
     buffer = io.BytesIO()
     image.save(buffer, format="png", compress_level=3)
     return buffer.getvalue()

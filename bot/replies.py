@@ -68,7 +68,7 @@ def redis_client() -> redis.Redis:
 def once(key: str) -> Iterator[bool]:
     """Yield True for the first claimant of `key` (False after); a failure releases the claim."""
     client = redis_client()
-    name = f"breedbot:reply:{key}"
+    name = contract.reply_key(key)
     if not client.set(name, "sending", nx=True, ex=SENDING_TTL):
         if client.get(name) == "sending":
             raise ReplyPending(key)

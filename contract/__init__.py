@@ -66,6 +66,11 @@ def photo_key(photo_id: str) -> str:
     return f"breedbot:photo:{photo_id}"
 
 
+def reply_key(key: str) -> str:
+    """Redis key claiming one reply (`ReplyTo.key`): "sending", then "sent" (bot/replies.py)."""
+    return f"breedbot:reply:{key}"
+
+
 def labels_key(version: int) -> str:
     """Redis key of a model version's [label, display name] pairs (JSON), written by a worker when
     it loads the version, so the bot can match a breed typed after ❌ (a photo's "version")."""

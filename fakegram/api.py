@@ -325,7 +325,15 @@ class FakeTelegram:
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         if offset > 0:
+            confirmed = [u for u in self.pending if u["update_id"] < offset]
             self.pending = [u for u in self.pending if u["update_id"] >= offset]
+            # Telegram forgets an update once the bot asks past it: the bot handled it (for
+            # ours, queued its job). Tests wait for this before killing a process.
+            for update in confirmed:
+                message = update.get("message") or update["callback_query"]["message"]
+                self._event("confirmed", message["chat"]["id"], update_id=update["update_id"])
+            if confirmed:
+                await self._notify()
         limit = int(params.get("limit") or 100)
         timeout = 0 if self.ignore_poll_timeout else float(params.get("timeout") or 0)
         async with self.changed:
@@ -416,14 +424,17 @@ class FakeTelegram:
         self.pending.append(self.updates[update_id])
         await self._notify()
 
-    async def wait_events(self, chat_id: int, after: int, timeout: float) -> list[dict[str, Any]]:
-        """Events of a chat after `after`, waiting up to `timeout` s for the first one."""
+    async def wait_events(
+        self, chat_id: int, after: int, timeout: float, kinds: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        """Events of a chat after `after` (only of `kinds`, if given), waiting up to `timeout` s
+        for the first one."""
 
         def fresh() -> list[dict[str, Any]]:
             events = self.chat_events.get(chat_id, [])
             if not events or events[-1]["seq"] <= after:
                 return []
-            return [e for e in events if e["seq"] > after]
+            return [e for e in events if e["seq"] > after and (not kinds or e["type"] in kinds)]
 
         async with self.changed:
             with suppress(TimeoutError):
@@ -495,8 +506,9 @@ class FakeTelegram:
 
     async def _test_events(self, request: web.Request) -> web.Response:
         query = request.query
+        kinds = frozenset(filter(None, query.get("types", "").split(",")))
         events = await self.wait_events(
-            int(query["chat_id"]), int(query.get("after", 0)), float(query.get("timeout", 0))
+            int(query["chat_id"]), int(query.get("after", 0)), float(query.get("timeout", 0)), kinds
         )
         return web.json_response({"events": events, "last": len(self.events)})
 
@@ -622,9 +634,12 @@ class PlaygroundClient:
         response.raise_for_status()
         return response.json()["held"]
 
-    def events(self, chat_id: int, after: int = 0, timeout: float = 0) -> list[dict[str, Any]]:
-        """The chat's events after sequence number `after` (long-polls up to `timeout` s)."""
-        query = {"chat_id": chat_id, "after": after, "timeout": timeout}
+    def events(
+        self, chat_id: int, after: int = 0, timeout: float = 0, types: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """The chat's events after sequence number `after` (only of `types`, if given;
+        long-polls up to `timeout` s)."""
+        query = {"chat_id": chat_id, "after": after, "timeout": timeout, "types": ",".join(types)}
         response = self.http.get("/test/events", params=query, timeout=timeout + 30)
         response.raise_for_status()
         return response.json()["events"]
@@ -635,8 +650,10 @@ class PlaygroundClient:
         done: Callable[[list[dict[str, Any]]], bool],
         timeout: float = 120,
         after: int = 0,
+        types: tuple[str, ...] = (),
     ) -> list[dict[str, Any]]:
-        """Long-poll the chat's events after `after` until `done(events)`; fail after `timeout`."""
+        """Long-poll the chat's events after `after` (only of `types`, if given) until
+        `done(events)`; fail after `timeout`."""
         deadline = time.monotonic() + timeout
         seen: list[dict[str, Any]] = []
         cursor = after
@@ -644,7 +661,7 @@ class PlaygroundClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"chat {chat_id}: condition not met; events: {seen}")
-            fresh = self.events(chat_id, cursor, timeout=min(left, 10))
+            fresh = self.events(chat_id, cursor, timeout=min(left, 10), types=types)
             if fresh:
                 seen += fresh
                 cursor = fresh[-1]["seq"]

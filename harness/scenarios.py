@@ -115,11 +115,11 @@ def bot_restarted(stack: Stack, n_photos: int, users: int) -> dict:
 
 
 def _accepted(stack: Stack, sent: list[Sent]) -> bool:
-    """True once the bot queued every photo (it shows "typing" right after publishing the job)."""
+    """True once the bot queued every photo (it confirms an update once its job is published)."""
     assert stack.fake is not None
-    actions = Counter(e["chat_id"] for e in list(stack.fake.events) if e["type"] == "action")
+    handled = Counter(e["chat_id"] for e in list(stack.fake.events) if e["type"] == "confirmed")
     wanted = Counter(s.chat_id for s in sent)
-    return all(actions[chat] >= n for chat, n in wanted.items())
+    return all(handled[chat] >= n for chat, n in wanted.items())
 
 
 def redis_restarted(stack: Stack, n_photos: int, users: int, down_seconds: float = 3.0) -> dict:

@@ -205,7 +205,7 @@ def test_bot_restart_mid_job_still_answers_once(
     """Kill the bot right after it queued a photo: the worker answers; the restarted bot
     neither loses nor repeats it, even when Telegram redelivers the update."""
     first = chat.send(109, file=_photo(datasets, "pets-dev/pug", 2))
-    chat.wait_for(109, lambda ev: any(e["type"] == "action" for e in ev))
+    chat.wait_for(109, lambda ev: any(e["type"] == "confirmed" for e in ev))
     stack.bot.kill()
     chat.wait_for(109, _replies())
     _start_bot(stack)

@@ -458,3 +458,45 @@ def test_v0s_limits_are_explained_where_a_newcomer_looks() -> None:
         assert classes in t(language, "start", name="Ana") and classes in t(language, "help")
         assert "/retrain" in t(language, "help_admin") and classes in t(language, "help_admin")
     assert f"ImageNet's {classes} cat and dog classes" in (REPO / "README.md").read_text()
+
+
+def test_aiohttp_requests_reach_the_bot_api_and_fail_as_ptb_errors(emulator_url: str) -> None:
+    """PTB's calls through bot.aiohttp_request: a real getMe and upload against the emulator; a
+    refused connection is a NetworkError and a slow answer a TimedOut, which polling backs off
+    on."""
+    from aiohttp import web
+    from telegram import Bot
+    from telegram.error import NetworkError, TimedOut
+
+    from bot.aiohttp_request import AiohttpRequest
+    from fakegram.api import serve_in_thread
+    from ops.redis_server import free_port
+
+    async def calls() -> None:
+        bot = Bot(PLAYGROUND_TOKEN, base_url=f"{emulator_url}/bot", request=AiohttpRequest())
+        async with bot:
+            assert (await bot.get_me()).is_bot
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8), "white").save(png, "PNG")
+            sent = await bot.send_photo(4321, photo=png.getvalue(), caption="chart")
+            assert sent.caption == "chart" and sent.photo
+        nowhere = f"http://127.0.0.1:{free_port()}/bot"
+        with pytest.raises(NetworkError, match="aiohttp"):
+            async with Bot("1:x", base_url=nowhere, request=AiohttpRequest()):
+                pass
+        slow = AiohttpRequest(read_timeout=0.2)
+        await slow.initialize()
+        try:
+            with pytest.raises(TimedOut):
+                await slow.do_request(f"{slow_url}/slow", "GET")
+        finally:
+            await slow.shutdown()
+
+    async def stall(_: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    slow_app = web.Application()
+    slow_app.router.add_get("/slow", stall)
+    with serve_in_thread(slow_app) as slow_url:
+        asyncio.run(calls())

@@ -30,7 +30,7 @@ def _key(now: datetime | None = None) -> str:
 def record_classify(url: str, latency_ms: float, failed: bool) -> None:
     """Count one answered classify job and its worker-side latency."""
     key = _key()
-    pipe = client(url).pipeline()
+    pipe = client(url).pipeline(transaction=False)  # counters: no MULTI/EXEC needed
     pipe.hincrby(key, "jobs", 1)
     pipe.hincrbyfloat(key, "latency_ms", latency_ms)
     if failed:

@@ -21,8 +21,10 @@ from worker.storage import blob_store
 
 
 # No STARTED state: nobody polls a classify result for it (the reply task gets the result, and
-# Flower has the task-started event), and storing it costs two Redis round trips per photo.
-@app.task(name=contract.CLASSIFY, track_started=False)
+# Flower has the task-started event), and storing it costs two Redis round trips per photo. The
+# bot's jobs ignore their result too (the chain carries it), but a failure is stored even then:
+# the reply_failed errback reads it.
+@app.task(name=contract.CLASSIFY, track_started=False, store_errors_even_if_ignored=True)
 def classify(payload: dict[str, Any]) -> dict[str, Any]:
     """Classify one photo with the active model version."""
     request = contract.ClassifyRequest.from_dict(payload)
