@@ -49,13 +49,9 @@ def consumer_config(settings: BrokerSettings, concurrency: int) -> dict[str, Any
         },
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "result_expires": 24 * 3600,
-        # Task events (Flower's view of the tasks) are off until a monitor asks for them: each
-        # one is a message and a PUBLISH, seven per photo (received, started, succeeded in the
-        # worker and in the reply sender, task-sent for the reply), the largest share of either
-        # process's Python CPU. Flower switches them on with `enable_events` when it starts and
-        # every 5 s after (broker/flower.py), so they cost only while someone watches.
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Events for Flower (the same as `celery worker -E`).
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "worker_pool": "threads",
         "worker_concurrency": concurrency,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

@@ -12,16 +12,12 @@ credentials, unless PUBLIC_METRICS opens it.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from broker.config import client_config
 from broker.settings import BrokerSettings
-
-log = logging.getLogger(__name__)
 
 
 class FlowerSettings(BrokerSettings):
@@ -67,20 +63,10 @@ def protect_metrics() -> None:
             urls.handlers[index] = (entry[0], _authenticated_metrics(), *entry[2:])
 
 
-def enable_events() -> None:
-    """Ask every worker to send task events now (Flower repeats it every 5 s, the first time
-    5 s after it starts); workers send none until a monitor asks (broker/config.py)."""
-    try:
-        app.control.enable_events()
-    except OperationalError as error:  # the broker is down: Flower's own timer asks again
-        log.warning("could not ask the workers for task events: %s", error)
-
-
 def run(argv: list[str]) -> None:
     """Run Flower in this process (Flower's own command line in `argv`)."""
     if not FlowerSettings().public_metrics:
         protect_metrics()
-    enable_events()
     app.start(["flower", *argv])
 
 

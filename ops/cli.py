@@ -35,8 +35,8 @@ def _app() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run one Celery worker (threads pool; task events once Flower asks) in the foreground."""
-    argv = ["worker", "-Q", args.queues, "-P", args.pool, "-l", args.loglevel]
+    """Run one Celery worker (threads pool, events on) in the foreground."""
+    argv = ["worker", "-Q", args.queues, "-E", "-P", args.pool, "-l", args.loglevel]
     argv += ["-n", args.hostname, "-c", str(args.concurrency or get_settings().worker_concurrency)]
     _app().worker_main(argv)
     return 0
@@ -46,7 +46,7 @@ def cmd_replier(args: argparse.Namespace) -> int:
     """Run the reply sender: the bot's image's Celery worker on the `reply` queue."""
     from bot.reply_app import app
 
-    argv = ["worker", "-Q", contract.QUEUE_REPLY, "-P", "threads", "-l", args.loglevel]
+    argv = ["worker", "-Q", contract.QUEUE_REPLY, "-E", "-P", "threads", "-l", args.loglevel]
     app.worker_main([*argv, "-n", args.hostname])
     return 0
 
