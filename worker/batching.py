@@ -39,7 +39,7 @@ class _Job:
 class Batcher:
     """The gather loop of one worker process; `submit` is safe from any thread."""
 
-    def __init__(self, max_size: int = 32, wait_s: float = 0.002) -> None:
+    def __init__(self, max_size: int = 32, wait_s: float = 0.0) -> None:
         self.max_size = max_size
         self.wait_s = wait_s
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
