@@ -211,6 +211,8 @@ class Registry:
 
         Each number is also marked in the store, so a rebuilt counter goes on after the numbers
         retrains still in flight hold."""
+        if self.is_empty():  # INCR would start a new count over an emptied Redis
+            self.rebuild()
         version = int(self.client.incr(COUNTER))
         self.store.put(f"{STORE_NUMBERS}{version}", b"")
         return version

@@ -169,6 +169,13 @@ def test_an_emptied_redis_is_rebuilt_from_the_store(reg):
     assert _publish(reg, 0.9).version == 4  # numbers stay unique
 
 
+def test_a_number_asked_of_an_emptied_redis_rebuilds_it_first(reg):
+    _publish(reg, 0.9)
+    reg.client.flushall()
+    assert reg.next_version() == 2
+    assert sorted(reg.records()) == [1] and reg.active_version() == 1
+
+
 def test_a_rebuilt_counter_goes_on_after_a_number_a_retrain_still_holds(reg):
     _publish(reg, 0.9)
     in_flight = reg.next_version()  # a retrain still training when Redis is lost
