@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import contract
 from bench.common import emit, machine
 from harness.s3_server import S3Server
-from harness.services import Service
+from harness.services import Service, served_version
 from harness.stack import Stack
 from harness.user import csv_sample_zip
 from harness.waiting import wait_until
@@ -35,11 +34,6 @@ from worker.celery_app import create_app
 from worker.settings import WorkerSettings
 
 RELOAD_INTERVAL = 1.0  # the default, as deployed
-
-
-def _serving(worker: Service) -> int | None:
-    found = re.findall(r"serving model version (\d+) through", worker.log_text())
-    return int(found[-1]) if found else None
 
 
 def _switch(app, workers: dict[str, Service], version: int) -> dict[str, float]:
@@ -51,7 +45,7 @@ def _switch(app, workers: dict[str, Service], version: int) -> dict[str, float]:
 
     def done() -> bool:
         for host, worker in workers.items():
-            if host not in seconds and _serving(worker) == version:
+            if host not in seconds and served_version(worker) == version:
                 seconds[host] = round(time.monotonic() - answered, 3)
         return len(seconds) == len(workers)
 
@@ -90,7 +84,7 @@ def measure(home: Path, tmp: Path, rounds: int, s3: bool) -> dict:
             result = app.send_task(contract.RETRAIN, args=[request.to_dict()]).get(timeout=1800)
             retrain_s = round(time.monotonic() - started, 1)
             retrained = contract.RetrainResult.from_dict(result).version
-            wait_until(lambda: all(_serving(w) == retrained for w in workers.values()), 60)
+            wait_until(lambda: all(served_version(w) == retrained for w in workers.values()), 60)
             reg = stack.registry()
             record = reg.record(retrained)
             sizes = {e.key: e.size for e in blobs.blob_hashes(reg.store)}

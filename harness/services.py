@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +73,12 @@ class Service:
     def stop(self, timeout: float = 10) -> bool:
         """SIGTERM the group, SIGKILL after `timeout`; True if it stopped cleanly."""
         return stop_group(self.process, timeout)
+
+
+def served_version(worker: Service) -> int | None:
+    """The model version a worker last said it serves (its log), None before the first."""
+    found = re.findall(r"serving model version (\d+) through", worker.log_text())
+    return int(found[-1]) if found else None
 
 
 def job_processes(pid: int) -> list[psutil.Process]:

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import tensorflow as tf
 
 from model import backbones
 from model.features import ORIGINAL, Extraction, decode_all, extract
+from model.runtime.home import place
 from model.runtime.images import preprocessing_version, to_float
 from model.runtime.litert import (
     BACKBONE,
@@ -231,16 +231,6 @@ def prune_int8(home: Path, backbone_identity: str, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _place(source: Path, target: Path) -> Path:
-    """Put a BREEDBOT_HOME file into a version folder: a hard link, or a copy across devices."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-    return target
-
-
 @dataclass
 class Photos:
     """Encoded photos of a split, their SHA-256 and their float backbone features."""
@@ -288,8 +278,7 @@ def export_version(
     )
     shared.update({(part, INT8): path for part, path in int8.items()})
     files = {
-        (part, p): _place(path, directory / part_file(part, p))
-        for (part, p), path in shared.items()
+        (part, p): place(path, directory / part_file(part, p)) for (part, p), path in shared.items()
     }
     head = dense_graph(kernel, bias, "logits")
     for p, inputs in ((FLOAT, None), (INT8, calibration.features)):
@@ -380,7 +369,7 @@ def prepare_zero_shot(backbone_name: str, home: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     files = {BACKBONE: features_file(backbone, home), GATE: gate}
     for path in files.values():
-        _place(path, folder / path.name)
+        place(path, folder / path.name)
     index = {part: path.name for part, path in files.items()}
     write_atomically(folder / ZERO_SHOT_FILE, json.dumps(index).encode())
     return folder

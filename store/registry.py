@@ -206,6 +206,10 @@ class Registry:
                 pipe.set(POINTER, pointer_text)
             pipe.execute()
 
+    def _numbers_given(self) -> list[int]:
+        """The version numbers marked in the store as given out."""
+        return [int(e.key.rsplit("/", 1)[-1]) for e in self.store.list(STORE_NUMBERS)]
+
     def next_version(self) -> int:
         """A new version number, never given out twice (even to a retrain that later fails).
 
@@ -310,8 +314,7 @@ class Registry:
                 self.client.hdel(RECORDS, version)
                 self.client.sadd(PRUNED, version)
             # Of the numbers given out, a rebuild needs only the highest.
-            given = sorted(int(e.key.rsplit("/", 1)[-1]) for e in self.store.list(STORE_NUMBERS))
-            for number in given[:-1]:
+            for number in sorted(self._numbers_given())[:-1]:
                 self.store.delete(f"{STORE_NUMBERS}{number}")
             return doomed
 
@@ -335,8 +338,7 @@ class Registry:
             if pointer and (int(pointer["version"]) in records or pointer["version"] == ZERO_SHOT):
                 self.client.set(POINTER, json.dumps(pointer))
             # Numbers stay unique: counted on from the highest ever given out.
-            given = [int(e.key.rsplit("/", 1)[-1]) for e in self.store.list(STORE_NUMBERS)]
-            self.client.set(COUNTER, max([ZERO_SHOT, *records, *given]))
+            self.client.set(COUNTER, max([ZERO_SHOT, *records, *self._numbers_given()]))
             if records:
                 log.warning(
                     "registry rebuilt from %s: %d versions, active %s",

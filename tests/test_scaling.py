@@ -8,7 +8,6 @@ measured by bench/switch_bench.py, not asserted here.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from celery import Celery
 
 import contract
 from harness.s3_server import S3Server
-from harness.services import Service
+from harness.services import Service, served_version
 from harness.stack import Stack
 from harness.user import csv_sample_zip
 from harness.waiting import wait_until
@@ -47,8 +46,7 @@ class Hosts:
 
     def serving(self, host: str) -> int | None:
         """The version a host's worker last said it serves."""
-        found = re.findall(r"serving model version (\d+) through", self.workers[host].log_text())
-        return int(found[-1]) if found else None
+        return served_version(self.workers[host])
 
     def wait_both_serve(self, version: int) -> None:
         """Until both hosts serve `version`."""

@@ -76,17 +76,10 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
 
-    def folder(self, version: int) -> Path | None:
-        """Version's folder in this host's cache (fetched if needed); None for version 0."""
-        if version == ZERO_SHOT:
-            return None
-        record = self.registry.record(version)
-        return versions.fetch(record, self.registry.store, self.root, self.home, _convert)
-
     def _load(self, version: int) -> Served:
         started = time.perf_counter()
         classifier = load_classifier(
-            self.folder(version),
+            versions.folder(self.registry, version, self.root, self.home, _convert),
             home=self.home,
             engine=self.engine,
             num_threads=self.num_threads,

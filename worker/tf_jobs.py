@@ -83,15 +83,8 @@ def active_accuracy_on(
 ) -> float:
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
     reg = storage.registry(settings)
-    folder = (
-        None
-        if version == ZERO_SHOT
-        else versions.fetch(
-            reg.record(version), reg.store, settings.models_root, _home(settings), _convert
-        )
-    )
     classifier = load_classifier(
-        folder,
+        versions.folder(reg, version, settings.models_root, _home(settings), _convert),
         home=settings.breedbot_home,
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,

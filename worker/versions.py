@@ -21,6 +21,7 @@ from typing import Any
 import contract
 from model.runtime import litert
 from model.runtime.classifier import METRICS_FILE
+from model.runtime.home import place
 from store import blobs, datasets
 from store.blobs import Store, StoreError
 from store.registry import ZERO_SHOT, Published, Registry, sweep
@@ -90,6 +91,13 @@ def verify(record: dict[str, Any], store: Store) -> None:
         blobs.get_blob(store, sha256)
 
 
+def folder(reg: Registry, version: int, root: Path, home: Path, convert: ConvertFn) -> Path | None:
+    """Version's folder in this host's cache (fetched if needed); None for version 0."""
+    if version == ZERO_SHOT:
+        return None
+    return fetch(reg.record(version), reg.store, root, home, convert)
+
+
 def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert: ConvertFn) -> Path:
     """Version `record`'s folder in this host's cache, fetched from the store if it is not there.
 
@@ -112,7 +120,7 @@ def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert:
             if not all((where / name).is_file() for name in shared.values()):
                 convert(backbone["handle"], home)
             for rel, name in shared.items():
-                _link(where / name, work / rel)
+                place(where / name, work / rel)
         os.rename(work, target)
     except OSError:
         if not target.is_dir():  # another thread of this host fetched it first: use that
@@ -120,13 +128,6 @@ def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-def _link(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def publish(
