@@ -32,6 +32,7 @@ from bot.errors import on_error
 from bot.handlers import admin, commands, feedback, guards, photos
 from bot.jobs import make_celery
 from bot.polling import run
+from bot.redact import install as hide_token
 from bot.settings import BotSettings
 from bot.webhook import receive
 
@@ -131,6 +132,7 @@ def main() -> None:
         # A bad deploy stops here, in words (e.g. WEBHOOK_URL without WEBHOOK_SECRET).
         log.error("bad settings: %s", error)
         sys.exit(2)
+    hide_token(settings.telegram_bot_token, logging.getLogger().handlers)
     application = build_app(settings)
     try:
         asyncio.run(run(application, receive) if settings.webhook_url else run(application))

@@ -28,6 +28,8 @@ from PIL import Image, UnidentifiedImageError
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # Telegram's getFile cap for bots
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_TEXT = 4096  # Telegram's limits on a message's text and a caption
+MAX_CAPTION = 1024
 BOT_USER = {
     "id": 999000,
     "is_bot": True,
@@ -143,6 +145,9 @@ class FakeTelegram:
         # and a getUpdates that answers at once, ignoring `timeout`, as some proxies do.
         self.faults: dict[str, list[int]] = {}
         self.ignore_poll_timeout = False
+        # Methods answered with a redirect to themselves (a misconfigured proxy): the client
+        # gives up with an error quoting the URL, token and all.
+        self.redirect_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
         # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
         # to that chat are answered 429, as Telegram does when a bot sends too fast.
@@ -340,9 +345,13 @@ class FakeTelegram:
         text = params.get("text") or ""
         if not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")
+        if len(text) > MAX_TEXT:
+            raise ApiError(400, "Bad Request: message is too long")
         return self._bot_message(params, text=text)
 
     def _send_media(self, params: dict[str, Any], kind: str) -> dict[str, Any]:
+        if len(params.get("caption") or "") > MAX_CAPTION:
+            raise ApiError(400, "Bad Request: message caption is too long")
         if kind == "photo":
             stored = self._file_param(params.get("photo"), "photos", ".jpg")
             width, height = _image_size(stored.data)
@@ -373,6 +382,8 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: message to edit not found")
         if field == "text" and "text" not in message:
             raise ApiError(400, "Bad Request: there is no text in the message to edit")
+        if len(params.get(field or "") or "") > (MAX_TEXT if field == "text" else MAX_CAPTION):
+            raise ApiError(400, f"Bad Request: message {field} is too long")
         changed = dict(message)
         if field is not None:
             changed[field] = params.get(field) or ""
@@ -537,6 +548,8 @@ class FakeTelegram:
             self._check_token(request.match_info["token"])
             method = request.match_info["method"]
             self.calls[method] += 1
+            if method in self.redirect_methods:
+                raise web.HTTPFound(request.url)
             if self.faults.get(method):
                 code = self.faults[method].pop(0)
                 raise ApiError(code, FAULTS.get(code, HTTPStatus(code).phrase))

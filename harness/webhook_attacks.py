@@ -34,9 +34,9 @@ def webhook_env(port: int, secret: str | None = SECRET) -> dict[str, str]:
     return env | ({"WEBHOOK_SECRET": secret} if secret else {})
 
 
-def start_webhook_bot(stack: Stack, port: int) -> Service:
-    """The real bot in webhook mode, once it listens and has registered its webhook."""
-    bot = stack.start_bot(**webhook_env(port))
+def start_webhook_bot(stack: Stack, port: int, **env: str) -> Service:
+    """The real bot in webhook mode (plus `env`), once it listens and has set its webhook."""
+    bot = stack.start_bot(**webhook_env(port), **env)
     wait_until(lambda: "webhook: listening" in bot.log_text(), 60, "the webhook to listen")
     return bot
 

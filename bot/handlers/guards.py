@@ -82,8 +82,10 @@ async def mark_handled(application: Application, updates: list[Update]) -> None:
 
 
 async def rate_limit(update: Update, context: Context) -> None:
-    """Stop a user's messages beyond the configured rate, answering politely once per window."""
-    if update.effective_message is None or update.callback_query or update.effective_user is None:
+    """Stop a user's messages and button presses beyond the configured rate, answering politely
+    once per window (a press cost Redis lookups and an edit, so presses count too)."""
+    query = update.callback_query
+    if (update.effective_message is None and query is None) or update.effective_user is None:
         return
     settings = settings_of(context)
     now = time.monotonic()
@@ -98,13 +100,16 @@ async def rate_limit(update: Update, context: Context) -> None:
     if not context.user_data.get("warned"):
         context.user_data["warned"] = True
         language = pick_language(update.effective_user.language_code)
-        await update.effective_message.reply_text(
-            t(
-                language,
-                "rate_limited",
-                count=settings.rate_limit_count,
-                seconds=round(settings.rate_limit_seconds),
-            )
+        text = t(
+            language,
+            "rate_limited",
+            count=settings.rate_limit_count,
+            seconds=round(settings.rate_limit_seconds),
         )
+        if query is not None:
+            await query.answer(text, show_alert=True)
+        else:
+            assert update.effective_message is not None
+            await update.effective_message.reply_text(text)
     log.info("rate limited user %s", update.effective_user.id)
     raise ApplicationHandlerStop
