@@ -37,8 +37,18 @@ def webhook_env(port: int, secret: str | None = SECRET) -> dict[str, str]:
 def start_webhook_bot(stack: Stack, port: int, **env: str) -> Service:
     """The real bot in webhook mode (plus `env`), once it listens and has set its webhook."""
     bot = stack.start_bot(**webhook_env(port), **env)
-    wait_until(lambda: "webhook: listening" in bot.log_text(), 60, "the webhook to listen")
+    assert stack.fake is not None
+    fake = stack.fake
+    wait_until(lambda: fake.webhook and _listening(port), 60, "the webhook to listen")
     return bot
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def bot_killed_mid_update(stack: Stack, n_photos: int, users: int) -> dict[str, Any]:
