@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import textwrap
 
 from telegram import InlineKeyboardMarkup, Update
 
@@ -126,7 +125,9 @@ async def on_text(update: Update, context: Context) -> None:
         return
     found = match_breed(message.text, json.loads(stored))
     if found is None:
-        typed = textwrap.shorten(message.text, ECHO_CHARS, placeholder="…")
+        typed = message.text.strip()
+        if len(typed) > ECHO_CHARS:
+            typed = typed[: ECHO_CHARS - 1] + "…"
         await message.reply_text(t(language, "breed_unknown", typed=typed))
         return
     label, display = found
