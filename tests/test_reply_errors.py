@@ -45,10 +45,15 @@ def store(errors_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="module")
-def sender(spawn_replier: Callable[..., Service], errors_url: str, store: redis.Redis) -> Service:
-    """The reply sender; groups at 30 a minute with no burst, so their pace shows in seconds."""
+def sender(
+    spawn_replier: Callable[..., Service], errors_url: str, store: redis.Redis
+) -> Iterator[Service]:
+    """The reply sender; groups at 30 a minute with no burst, so their pace shows in seconds.
+    Stopped after the module, so that no later bot takes it for the session's sender."""
     env = {"REPLY_GROUP_PER_MINUTE": "30", "REPLY_GROUP_BURST": "1"}
-    return spawn_replier("errors", REDIS_URL=errors_url, **env)
+    service = spawn_replier("errors", REDIS_URL=errors_url, **env)
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")
