@@ -234,7 +234,12 @@ class FakeTelegram:
         message = {
             "message_id": next(self._ids),
             "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private", "first_name": sender["first_name"]},
+            # Telegram's group ids are negative; any other chat is a user's private one here.
+            "chat": {
+                "id": chat_id,
+                "type": "group" if chat_id < 0 else "private",
+                "first_name": sender["first_name"],
+            },
             "from": sender,
             **{k: v for k, v in fields.items() if v is not None},
         }

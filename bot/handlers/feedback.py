@@ -8,6 +8,7 @@ import json
 import logging
 
 from telegram import InlineKeyboardMarkup, Update
+from telegram.constants import ChatType
 
 import contract
 from bot.context import Context, redis_of
@@ -61,7 +62,7 @@ async def on_button(update: Update, context: Context) -> None:
         log.warning("refused feedback %r from user %s", query.data, query.from_user.id)
         await query.answer(t(language, "feedback_gone"))
         return
-    if sender is not None and sender != str(query.from_user.id):
+    if chat.type != ChatType.PRIVATE and sender not in (None, str(query.from_user.id)):
         # In a group, the photo's answer is its sender's to correct, nobody else's.
         await query.answer(t(language, "feedback_not_yours"))
         return
