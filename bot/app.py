@@ -132,7 +132,8 @@ def main() -> None:
         # A bad deploy stops here, in words (e.g. WEBHOOK_URL without WEBHOOK_SECRET).
         log.error("bad settings: %s", error)
         sys.exit(2)
-    hide_token(settings.telegram_bot_token, logging.getLogger().handlers)
+    for secret in (settings.telegram_bot_token, settings.webhook_secret):
+        hide_token(secret, logging.getLogger().handlers)
     application = build_app(settings)
     try:
         asyncio.run(run(application, receive) if settings.webhook_url else run(application))
