@@ -142,3 +142,9 @@ class SentinelGroup:
             stop_group(process, 5)
         for server in self.servers:
             server.stop()
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

