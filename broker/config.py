@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 import contract
 from broker.redis_client import SENTINEL_SEPARATOR, is_sentinel, parse_sentinel_url
@@ -20,8 +21,9 @@ def sentinel_url(url: str) -> str:
     password and database from that part alone.
     """
     parsed = parse_sentinel_url(url)
-    user = parsed.username or ""
-    auth = f"{user}:{parsed.password}@" if parsed.password else (f"{user}@" if user else "")
+    user = quote(parsed.username or "", safe="")
+    password = quote(parsed.password or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     return SENTINEL_SEPARATOR.join(
         f"sentinel://{auth}{host}:{port}/{parsed.db}" for host, port in parsed.sentinels
     )
