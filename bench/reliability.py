@@ -140,7 +140,7 @@ def redis_failover() -> list[Row]:
     left = c["left"]
     seen = (
         f"{c['answered']}/{c['sent']} replied ({c['errors']} 'please try again'), "
-        f"{c['missing']} lost, {c['answered_twice']} twice; new master after "
+        f"{c['missing']} lost, {c['answered_twice']} twice {c['twice_kinds']}; new master after "
         f"{c['failover_seconds']} s; left in Redis: {left}; alive: {c['alive']}"
     )
     ok = c["answered"] == c["sent"] and not any(left.values()) and all(c["alive"].values())

@@ -23,6 +23,7 @@ from harness.user import (
     TRAINING,
     Sent,
     all_events,
+    answers,
     csv_sample_zip,
     finals,
     pet_photos,
@@ -171,6 +172,17 @@ def _left_on(group: SentinelGroup, timeout: float) -> dict[str, int]:
         client.close()
 
 
+def _twice_kinds(stack: Stack, sent: list[Sent]) -> dict[str, int]:
+    """Photos replied more than once: with the same answer again, or "try again" and an answer."""
+    kinds: Counter[str] = Counter()
+    for replies in answers(stack, sent).values():
+        if len(replies) > 1:
+            texts_ = [m.get("caption") or m.get("text") or "" for m in replies]
+            errors = sum(t.startswith(("Sorry", "Desculpe")) for t in texts_)
+            kinds["error_then_answer" if 0 < errors < len(texts_) else "same_reply"] += 1
+    return dict(kinds)
+
+
 def redis_failover(stack: Stack, group: SentinelGroup, n_photos: int, users: int) -> dict:
     """Photos flowing through the real bot, reply sender and worker, all on a Sentinel URL, while
     the Redis master is SIGKILLed (Sentinel promotes the replica); answered, lost, twice."""
@@ -185,6 +197,7 @@ def redis_failover(stack: Stack, group: SentinelGroup, n_photos: int, users: int
         failover_seconds = group.wait_failover(old)
         sent = sending()
         counts = wait_answered(stack, sent, timeout=120 + n_photos)
+        counts["twice_kinds"] = _twice_kinds(stack, sent)
         counts["left"] = _left_on(group, 60)
     counts["failover_seconds"] = round(failover_seconds, 1)
     counts["alive"] = {s.name: s.alive() for s in (worker, bot, stack.replier) if s is not None}
