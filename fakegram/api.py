@@ -157,9 +157,7 @@ class FakeTelegram:
         # and a getUpdates that answers at once, ignoring `timeout`, as some proxies do.
         self.faults: dict[str, list[int]] = {}
         self.ignore_poll_timeout = False
-        # Methods answered with a redirect to themselves (a misconfigured proxy): the client
-        # gives up with an error quoting the URL, token and all.
-        self.redirect_methods: set[str] = set()
+        self.redirect_methods: set[str] = set()  # answered by a redirect loop (a bad proxy)
         self.calls: Counter[str] = Counter()
         # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
         # to that chat are answered 429, as Telegram does when a bot sends too fast.
