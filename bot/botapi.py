@@ -96,6 +96,15 @@ def send_picture(reply_to: contract.ReplyTo, png: bytes, caption: str, **extra: 
     return call("sendPhoto", params, files={"photo": ("chart.png", png, "image/png")})
 
 
+def send_document(
+    reply_to: contract.ReplyTo, name: str, data: bytes, caption: str | None = None
+) -> Any:
+    """Send a file as a document, as a reply to the user's message."""
+    params = {**_reply_params(reply_to), **({"caption": caption} if caption else {})}
+    files = {"document": (name, data, "application/octet-stream")}
+    return call("sendDocument", params, files=files)
+
+
 def edit_status(reply_to: contract.ReplyTo, text: str) -> None:
     """Replace the text of the job's status message (an unchanged text is not an error)."""
     try:

@@ -42,6 +42,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "promote_usage": (
             "Which version? Write its number, for example /promote 3 (/models lists them)."
         ),
+        "export_usage": "Which version? /export for the active one, or /export 3 (/models).",
+        "export_sent": (
+            "Version {version}: the model, its labels and README.txt (input, outputs, how to "
+            "run it with ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} is {size:.1f} MB, over the 50 MB a bot may send. Get it with the CLI: "
+            "breedbot export --graph <version {version} folder> --onnx"
+        ),
         "cmd_start": "Start",
         "cmd_help": "How to use the bot",
         "cmd_breeds": "Breeds the model knows",
@@ -150,6 +159,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
         "promote_usage": (
             "Qual versão? Escreva o número, por exemplo /promote 3 (/models lista as versões)."
+        ),
+        "export_usage": "Qual versão? /export para a ativa, ou /export 3 (/models).",
+        "export_sent": (
+            "Versão {version}: o modelo, seus rótulos e README.txt (entrada, saídas, como "
+            "rodá-lo com ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} tem {size:.1f} MB, acima dos 50 MB que um bot pode enviar. Obtenha-o pela "
+            "linha de comando: breedbot export --graph <pasta da versão {version}> --onnx"
         ),
         "cmd_start": "Começar",
         "cmd_help": "Como usar o bot",
