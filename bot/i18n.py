@@ -116,6 +116,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Weakest breeds:",
         "worst_class": "• {name}: {right} of {n} right ({pct})",
         "confusion_matrix": "v{version}: confusion matrix (rows: true breed, columns: answer)",
+        # Doubled braces: t() leaves the worker a template it fills per photo.
+        "mistake_caption": "is {{label}}, answered {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: photos answered wrongly in cross-validation",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
         "built_in": "built in",
@@ -236,6 +239,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Raças mais fracas:",
         "worst_class": "• {name}: {right} de {n} certas ({pct})",
         "confusion_matrix": "v{version}: matriz de confusão (linhas: raça real, colunas: resposta)",
+        "mistake_caption": "é {{label}}, respondi {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: fotos que errei na validação cruzada",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
         "built_in": "embutido",

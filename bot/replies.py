@@ -209,6 +209,10 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         png = contract.decode_bytes(outcome.confusion_png_b64)
         caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
         botapi.send_picture(reply_to, png, caption)
+    if outcome.mistakes_jpeg_b64:
+        sheet = contract.decode_bytes(outcome.mistakes_jpeg_b64)
+        caption = t(reply_to.language, "mistakes_sheet", version=outcome.version)
+        botapi.send_picture(reply_to, sheet, caption, jpeg=True)
 
 
 def _send_export(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:

@@ -196,6 +196,8 @@ class RetrainRequest(_Payload):
     force: bool = False
     requested_by: int | None = None
     reply_to: dict[str, Any] | None = None
+    # Each mistake's caption on the contact sheet, in the user's language (None: English).
+    mistake_caption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,8 @@ class RetrainResult(_Payload):
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
+    # Its out-of-fold mistakes as one captioned contact sheet; None when there are none.
+    mistakes_jpeg_b64: str | None = None
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a model folder on another labeled image set."""
     from model.evaluate import evaluate
 
-    report = evaluate(args.graph, args.image_dir, labels_csv=args.labels_csv, home=home_dir())
+    report = evaluate(
+        args.graph, args.image_dir, labels_csv=args.labels_csv, home=home_dir(), html=args.html
+    )
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
@@ -247,6 +249,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image_dir", type=Path, required=True)
     p.add_argument("--labels_csv", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--html", type=Path, help="also write this page, the mistakes as pictures")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a model folder")

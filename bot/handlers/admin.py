@@ -135,6 +135,7 @@ async def retrain(update: Update, context: Context) -> None:
         force=caption.force,
         requested_by=update.effective_user.id,
         reply_to=target.to_dict(),
+        mistake_caption=t(language, "mistake_caption"),
     )
     await submit(
         context,
