@@ -95,11 +95,11 @@ def _markdown(result: dict) -> str:
         "## Portable exports: ONNX and LiteRT against breedbot (`bench/export_bench.py`)",
         "",
         f"Machine: {result['machine']}. A version per backbone trained 100 steps on "
-        f"{TRAIN} photos of each of {', '.join(CLASSES)}; answered on the next {CHECK} of each "
-        f"(unseen). Latency: median of {RUNS} single-photo calls on pixels already decoded "
-        "(uint8 in, probabilities out), default threads. Agreement: top-1 against breedbot's "
-        "own LiteRT answers in the same precision (int8: breedbot serves full int8, the export "
-        "is dynamic-range int8).",
+        f"{TRAIN} photos of each of {', '.join(CLASSES)}; answered on up to {CHECK} more of each "
+        f"({result['photos']} unseen photos). Latency: median of {RUNS} single-photo calls on "
+        "pixels already decoded (uint8 in, probabilities out), default threads. Agreement: "
+        "top-1 against breedbot's own LiteRT answers in the same precision (int8: breedbot "
+        "serves full int8, the export is dynamic-range int8).",
         "",
         "| backbone | file | MB | latency ms | top-1 agreement | max abs diff |",
         "|---|---|---:|---:|---:|---:|",
@@ -125,6 +125,7 @@ def main() -> None:
             "machine": machine(),
             "backbones": {h: _measure(h, home, Path(tmp) / h) for h in args.handles},
         }
+        result["photos"] = next(iter(result["backbones"].values()))["photos"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     emit("export_bench", result, _markdown(result))

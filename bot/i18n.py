@@ -35,7 +35,8 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (with a .zip; merge=1 says the same) – add its photos and new breeds "
             "to the ones the active model learned\n"
             "/retrain feedback – add the ✅/❌ corrections to them\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – the model as a .tflite file, with its labels and how to run it"
         ),
         "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
         "unknown_command": "I do not know {command}. /help lists what I can do.",
@@ -156,7 +157,8 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (com um .zip; merge=1 diz o mesmo) – juntar as fotos e raças novas "
             "às que o modelo ativo aprendeu\n"
             "/retrain feedback – juntar a elas as correções ✅/❌\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – o modelo como arquivo .tflite, com os rótulos e como rodá-lo"
         ),
         "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
         "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
