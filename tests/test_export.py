@@ -82,17 +82,21 @@ def _breedbot(version: Path, home: Path, photos: list[Path], precision: str) -> 
     )
 
 
+@pytest.fixture(scope="module")
+def exported(version: Path, breedbot_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`breedbot export --onnx` of the version: the folder it wrote."""
+    out = tmp_path_factory.mktemp("exported")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BREEDBOT_HOME", str(breedbot_home))
+        printed = _cli("export", "--graph", str(version), "--onnx", "--out", str(out))
+    assert "model.onnx" in printed and "labels.txt" in printed
+    return out
+
+
 def test_onnx_matches_breedbot_float(
-    version: Path,
-    breedbot_home: Path,
-    check_photos: list[Path],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    version: Path, exported: Path, breedbot_home: Path, check_photos: list[Path]
 ) -> None:
-    monkeypatch.setenv("BREEDBOT_HOME", str(breedbot_home))
-    printed = _cli("export", "--graph", str(version), "--onnx", "--out", str(tmp_path))
-    assert "model.onnx" in printed
-    onnx = PortableModel(tmp_path / "model.onnx")
+    onnx = PortableModel(exported / "model.onnx")
     expected = _breedbot(version, breedbot_home, check_photos, "float")
     got = np.array([onnx.answer_bytes(p.read_bytes()).probabilities for p in check_photos])
     assert onnx.labels == (version / "retrained_labels.txt").read_text().splitlines()
@@ -134,16 +138,15 @@ def test_readme_snippet_answers_as_breedbot(
 
 def test_label_image_model_prints_label_images_lines(
     version: Path,
+    exported: Path,
     breedbot_home: Path,
     check_photos: list[Path],
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("BREEDBOT_HOME", str(breedbot_home))
-    _cli("export", "--graph", str(version), "--onnx", "--out", str(tmp_path))
     photo = str(check_photos[0])
     theirs = _cli("label-image", "--graph", str(version), "--image", photo).splitlines()
-    for model in [tmp_path / "model.onnx", *tmp_path.glob("*.tflite")]:
+    for model in [exported / "model.onnx", *exported.glob("*.tflite")]:
         ours = _cli("label-image", "--model", str(model), "--image", photo).splitlines()
         assert ours[0].split(" (score")[0] == theirs[0].split(" (score")[0]
         assert len(ours) == len(theirs)

@@ -23,7 +23,7 @@ from model.mistakes import PHOTO_LIMIT_BYTES
 from model.runtime.images import decode_image
 
 # The module starts with the zero-shot model live (version 0), as a new deployment does.
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot", "stack")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("zero_shot")]
 
 ADMIN = 4343
 SOMEONE = 777
@@ -33,19 +33,12 @@ MISLABELED = 2  # of them, photos of the other species
 
 
 @pytest.fixture(scope="module")
-def stack(worker: Service, session_stack: Stack) -> Iterator[Stack]:
-    """The session's worker and emulator, and one bot with this module's admin."""
-    session_stack.start_bot(ADMIN_IDS=str(ADMIN))
-    yield session_stack
-    assert session_stack.bot is not None
-    session_stack.bot.kill()
-
-
-@pytest.fixture(scope="module")
-def chat(emulator_url: str) -> Iterator[PlaygroundClient]:
-    """The user's side of the emulator."""
+def chat(worker: Service, session_stack: Stack, emulator_url: str) -> Iterator[PlaygroundClient]:
+    """The user's side of the emulator, talking to a bot started for this module's admin."""
+    bot = session_stack.start_bot(ADMIN_IDS=str(ADMIN))
     with contextlib.closing(PlaygroundClient(emulator_url)) as client:
         yield client
+    bot.kill()
 
 
 def _ask(
