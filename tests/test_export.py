@@ -94,12 +94,15 @@ def exported(version: Path, breedbot_home: Path, tmp_path_factory: pytest.TempPa
 
 
 def test_onnx_matches_breedbot_float(
-    version: Path, exported: Path, breedbot_home: Path, check_photos: list[Path]
+    version: Path, exported: Path, breedbot_home: Path, check_photos: list[Path], tmp_path: Path
 ) -> None:
     onnx = PortableModel(exported / "model.onnx")
     expected = _breedbot(version, breedbot_home, check_photos, "float")
     got = np.array([onnx.answer_bytes(p.read_bytes()).probabilities for p in check_photos])
     assert onnx.labels == (version / "retrained_labels.txt").read_text().splitlines()
+    alone = tmp_path / "model.onnx"  # no labels.txt beside it: the embedded ones
+    alone.write_bytes((exported / "model.onnx").read_bytes())
+    assert PortableModel(alone).labels == onnx.labels
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() < 1e-3
     # Any size, resized inside the graph: the same answers, up to the resize's filter.

@@ -144,3 +144,17 @@ def test_retrain_sends_its_mistakes_then_exports(
     unseen = [sorted((datasets / "pets-dev" / b).glob("*.jpg")) for b in ("Abyssinian", "beagle")]
     photos = [p for breed in unseen for p in breed[TRAIN : TRAIN + 5]]
     _check_export(chat, celery_client, photos, new)
+
+
+def test_forged_export_payloads_are_refused(celery_client: Celery, datasets: Path) -> None:
+    """Payloads no bot sends: the export task refuses each, and the worker keeps serving."""
+    for version in ("../../etc/passwd", -1, 10**12):
+        forged = celery_client.send_task(contract.EXPORT, args=[{"version": version}])
+        with pytest.raises(contract.Refused) as refused:
+            forged.get(timeout=120)
+        assert refused.value.problem == "no_such_version"
+    extra = celery_client.send_task(contract.EXPORT, args=[{"version": 0, "path": "/etc"}])
+    with pytest.raises(ValueError, match="unknown fields"):
+        extra.get(timeout=120)
+    photo = sorted((datasets / "pets-dev").glob("*/*.jpg"))[0].read_bytes()
+    assert _worker_top1(celery_client, photo)
