@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,25 @@ def test_zero_shot_export(breedbot_home: Path, check_photos: list[Path], tmp_pat
         assert tflite.labels[int(answer.probabilities.argmax())] == pred.top_k[0].label
         assert abs(answer.probabilities.max() - pred.top_k[0].probability) < 1e-3
         assert answer.pet_probability == pytest.approx(pred.pet_probability, abs=1e-3)
+
+
+def test_eval_html_shows_the_mistakes_offline(
+    version: Path,
+    breedbot_home: Path,
+    datasets: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`eval --html`: one page, images inline, the sheet exactly when there are mistakes."""
+    monkeypatch.setenv("BREEDBOT_HOME", str(breedbot_home))
+    for path in _photos(datasets, TRAIN_PER_CLASS, CHECK_PER_CLASS + 2):
+        (tmp_path / "photos" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / path.parent.name / path.name).symlink_to(path)
+    page = tmp_path / "report.html"
+    printed = _cli("eval", "--graph", str(version), "--image_dir", str(tmp_path / "photos"),
+                   "--json", "--html", str(page))  # fmt: skip
+    report = json.loads(printed)
+    html = page.read_text()
+    assert "Per-class accuracy" in html and "Confusion matrix" in html
+    assert ("data:image/jpeg;base64," in html) == bool(report["misclassified"])
+    assert 'src="http' not in html and "<script" not in html
