@@ -43,6 +43,9 @@ class BotSettings(BrokerSettings):
     # jobs of a killed worker long before the (retrain-sized) visibility timeout would.
     outbox_rescue_seconds: float = Field(default=60, gt=0)
     outbox_max_attempts: int = Field(default=3, ge=0)
+    # New photos are refused (politely) while this many jobs wait in the infer queue: nothing
+    # else caps the backlog Redis holds (about 15 s of a worker's 32 photos a second).
+    max_infer_queue: int = Field(default=500, ge=1)
 
     # Webhook mode (deployments); unset = long polling.
     webhook_url: str | None = None

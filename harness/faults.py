@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import stat
 import struct
 import zipfile
@@ -68,6 +69,44 @@ def bad_images() -> dict[str, tuple[bytes, bool]]:
         "EXIF-rotated photo": (
             _encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif),
             True,
+        ),
+    }
+
+
+# 49 MP: just under the 50 MP pixel limit, which alone let these through (issue 20).
+COSTLY_SIDE = 7000
+
+
+def costly_images() -> dict[str, bytes]:
+    """Cheap files that were costly to decode: under the pixel limit, a few KB each, they took
+    seconds and up to a GB each (16-bit grey PNG 97 KB, palette PNG with transparency 6 KB,
+    lossless WebP 1.9 KB)."""
+    from PIL import Image
+
+    side = COSTLY_SIDE
+    return {
+        "16-bit grey PNG": _encode(Image.new("I;16", (side, side)), "PNG"),
+        "RGBA PNG": _encode(Image.new("RGBA", (side, side), (10, 20, 30, 128)), "PNG"),
+        "palette PNG with transparency": _encode(
+            Image.new("P", (side, side)), "PNG", transparency=0
+        ),
+        "lossless WebP": _encode(Image.new("RGB", (side, side), (1, 2, 3)), "WEBP", lossless=True),
+    }
+
+
+def budget_images(budget: int) -> dict[str, bytes]:
+    """The costliest files a decode budget of `budget` bytes still accepts, one per kind."""
+    from PIL import Image
+
+    wide = math.isqrt(budget // 4)  # RGBA and WebP hold 4 bytes a pixel
+    grey = math.isqrt(budget // 2)
+    return {
+        "16-bit grey PNG at the budget": _encode(Image.new("I;16", (grey, grey)), "PNG"),
+        "RGBA PNG at the budget": _encode(
+            Image.new("RGBA", (wide, wide), (10, 20, 30, 128)), "PNG"
+        ),
+        "lossless WebP at the budget": _encode(
+            Image.new("RGB", (wide, wide), (1, 2, 3)), "WEBP", lossless=True
         ),
     }
 

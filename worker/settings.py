@@ -35,6 +35,9 @@ class WorkerSettings(BrokerSettings):
     # lone photo should not wait (bot_bench, idle: 1-user p50 43-48 -> 41 ms, 50 users 28-33 ->
     # 33-35 photos/s).
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # Decodes over the light limit (model.runtime.images.LIGHT_DECODE_BYTES, a 4 MP RGBA PNG) at
+    # once per process: each holds up to 2 x 48 MiB, so a flood of costly files stays bounded.
+    heavy_decodes: int = Field(default=1, ge=1, le=32)
     # Inference and bottleneck extraction: "auto" is TensorFlow on a GPU, else LiteRT (XNNPACK);
     # LITERT_THREADS sizes each interpreter (None: every core the process may use).
     inference_engine: Literal["auto", "tf", "litert"] = "auto"
