@@ -251,6 +251,7 @@ class FeedbackRequest(_Payload):
     """File photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
 
     photo_id: str
+    language: str = "en"  # of a refusal (a full quota)
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,7 @@ class StoreFeedback(_Payload):
     photo_id: str
     label: str
     image_b64: str | None = None
+    owner: int | None = None  # the chat that sent the photo, for its quota
 
 
 @dataclass(frozen=True)

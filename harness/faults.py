@@ -111,6 +111,32 @@ def budget_images(budget: int) -> dict[str, bytes]:
     }
 
 
+# Class names that cannot name a folder or disguise themselves (issue 20): each was "Retrain
+# failed: ValueError/OSError" and left the upload's photos in the blob store.
+HOSTILE_CLASS_NAMES = {
+    "a slash": ("a/b", "class_name_path"),
+    "dot-dot": ("..", "class_name_path"),
+    "300 characters": ("x" * 300, "class_name_too_long"),
+    "right-to-left override": ("cat\u202egpj.exe", "class_name_bidi"),
+}
+
+
+def hostile_class_zip(label: str) -> bytes:
+    """A labels.csv upload: 3 photos of "cat" and 3 of `label` (a name no folder can carry)."""
+    photos = pet_photos(6)
+    labels = ["cat"] * 3 + [label] * 3
+    rows = "".join(f"p{i},{lbl}\n" for i, lbl in enumerate(labels))
+    members = {f"train/p{i}.jpg": photo for i, photo in enumerate(photos)}
+    return _zip({**members, "labels.csv": ("id,breed\n" + rows).encode()})
+
+
+def folder_entries_zip(folders: int) -> bytes:
+    """Two classes of 3 photos plus `folders` empty folder entries (60,000 fit in 5.4 MB)."""
+    members = _classes(["cat", "dog"])
+    members |= {f"empty{i}/": b"" for i in range(folders)}
+    return _zip(members)
+
+
 def _zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -49,8 +49,9 @@ class Batcher:
     def __init__(self, max_size: int = 32, wait_s: float = 0.0, heavy_decodes: int = 1) -> None:
         self.max_size = max_size
         self.wait_s = wait_s
-        # At most this many decodes over imagelib.LIGHT_DECODE_BYTES at once in this process.
-        self._heavy = threading.BoundedSemaphore(heavy_decodes)
+        # At most this many decodes over imagelib.LIGHT_DECODE_BYTES at once in this process
+        # (public: a test holds it to stand for a heavy decode under way).
+        self.heavy = threading.BoundedSemaphore(heavy_decodes)
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -64,7 +65,7 @@ class Batcher:
         started = time.perf_counter()
         pixels: np.ndarray | imagelib.ImageError
         try:
-            pixels = imagelib.decode_image(image, classifier.image_size, self._heavy)
+            pixels = imagelib.decode_image(image, classifier.image_size, self.heavy)
         except imagelib.ImageError as error:
             pixels = error
         job = _Job(classifier, pixels, top_k, (time.perf_counter() - started) * 1e3)

@@ -53,6 +53,12 @@ class WorkerSettings(BrokerSettings):
     control_time_limit: float = Field(default=180, gt=0)
     retrain_soft_time_limit: float = Field(default=3 * 3600, gt=0)
 
+    # Feedback photos kept in the blob store, each re-encoded to at most FEEDBACK_SIDE px: at most
+    # FEEDBACK_PER_CHAT per chat (a user, or a group) and FEEDBACK_TOTAL in all.
+    feedback_side: int = Field(default=512, ge=64, le=2048)
+    feedback_per_chat: int = Field(default=500, ge=1)
+    feedback_total: int = Field(default=50_000, ge=1)
+
     # Model versions.
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     keep_versions: int = Field(default=10, ge=1)

@@ -201,17 +201,40 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _pixels(img: Image.Image, size: int) -> np.ndarray:
-    """Load an opened image, shrink it in its own mode, then convert and resize it."""
+def _upright_rgb(img: Image.Image, size: int) -> Image.Image:
+    """Load an opened image, shrink it in its own mode to about 2 x `size`, then convert it."""
     try:
         img.load()  # first frame only for animations; raises on truncated data
         upright = ImageOps.exif_transpose(_shrink(img, size))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _damaged(exc) from exc
-    rgb = _to_rgb(upright)
-    # Squash rather than crop, as TF Hub image modules and retrain.py expect.
-    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+    return _to_rgb(upright)
+
+
+def _opened(data: bytes, size: int) -> Image.Image:
+    """Open untrusted bytes, drafting a JPEG towards 2 x `size`, within the decode budget."""
+    img = _open(io.BytesIO(data))
+    if img.format == "JPEG":
+        # Let libjpeg decode at 1/2..1/8 scale: big photos load several times faster.
+        img.draft("RGB", (2 * size, 2 * size))
+    try:
+        _check_cost(img)
+    except ImageError:
+        img.close()
+        raise
+    return img
+
+
+def bounded_jpeg(data: bytes, side: int = 512, quality: int = 85) -> bytes:
+    """Untrusted image bytes re-encoded as an upright RGB JPEG at most `side` px a side: what
+    is kept of a photo is bounded whatever was sent (a JPEG padded with megabytes still
+    decodes). Raises ImageError."""
+    with _opened(data, side // 2) as img:
+        rgb = _upright_rgb(img, side // 2)
+    rgb.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def decode_image(
@@ -221,14 +244,13 @@ def decode_image(
 
     A decode costing over LIGHT_DECODE_BYTES runs inside `heavy` (e.g. a semaphore), if given.
     """
-    with _open(io.BytesIO(data)) as img:
-        if img.format == "JPEG":
-            # Let libjpeg decode at 1/2..1/8 scale: big photos load several times faster.
-            img.draft("RGB", (2 * size, 2 * size))
-        _check_cost(img)
+    with _opened(data, size) as img:
         costly = heavy is not None and decode_cost(img) > LIGHT_DECODE_BYTES
         with heavy if costly and heavy is not None else nullcontext():
-            return _pixels(img, size)
+            rgb = _upright_rgb(img, size)
+    # Squash rather than crop, as TF Hub image modules and retrain.py expect.
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def preprocessing_version(size: int) -> str:
