@@ -271,6 +271,10 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "class_control_characters": (
             "O nome de classe {label!r} contém caracteres de controle; renomeie-o."
         ),
+        "feedback_quota_chat": (
+            "este chat já enviou {limit} correções, o máximo que guardo por chat; obrigado"
+        ),
+        "feedback_quota_total": "já guardo o máximo de {limit} correções; obrigado",
         "class_name_path": (
             "O nome de classe {label!r} não pode nomear uma pasta (uma barra, ou um ponto no "
             "início); renomeie-o."

@@ -62,7 +62,8 @@ def _check_quota(store: Store, request: contract.StoreFeedback, quota: Quota) ->
         held = sum(1 for _ in store.list(f"{OWNERS}{request.owner}/"))
         if held >= quota.per_chat:
             raise contract.Refused(
-                f"this chat has filed {held} corrections, the most one chat may keep; thank you",
+                f"this chat has filed {quota.per_chat} corrections, the most one chat may keep; "
+                "thank you",
                 "feedback_quota_chat",
                 {"limit": quota.per_chat},
             )
