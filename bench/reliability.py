@@ -322,7 +322,7 @@ def inputs() -> list[Row]:
     rows = []
     for title, what, tests in INPUT_ATTACKS:
         passed = [name for name in tests if held.get(name)]
-        seen = f"{len(passed)}/{len(tests)} held" + (
+        seen = f"{len(passed)}/{len(tests)} tests held" + (
             f"; not: {sorted(set(tests) - set(passed))}" if len(passed) < len(tests) else ""
         )
         expected = "each answered or refused in words; nothing kept beyond its bound; worker alive"
