@@ -3,7 +3,7 @@
 Flower is only a client of the broker. Its app includes no task module, so it loads neither a
 model nor the bot. The other processes use a patched Redis transport (broker/transport.py), whose
 URL reads `broker.transport:Transport://...`; Flower's Broker tab and queue API know only URL
-schemes such as `redis`, so Flower gets kombu's plain transport. Flower also serves /metrics
+schemes such as `redis`, so Flower's URL keeps its scheme. Flower also serves /metrics
 (task names, worker host names) to anyone, even with basic auth on: here it asks for the same
 credentials, unless PUBLIC_METRICS opens it.
 
@@ -13,6 +13,8 @@ credentials, unless PUBLIC_METRICS opens it.
 from __future__ import annotations
 
 import sys
+from functools import partial
+from typing import Any
 
 from celery import Celery
 
@@ -29,9 +31,11 @@ class FlowerSettings(BrokerSettings):
 
 
 def _config() -> dict:
-    url = FlowerSettings().broker_url()
-    # Flower only reads: kombu's plain Redis transport, whose redis:// URL Flower understands.
-    return {**client_config(url), "broker_transport": None, "result_backend": url}
+    settings = FlowerSettings()
+    config = client_config(settings.broker_url(), settings)
+    # No `broker_transport`: the URL keeps its scheme, which Flower's Broker tab understands
+    # (kombu resolves the scheme to the same patched transport, see broker/transport.py).
+    return {**config, "broker_transport": None, "result_backend": config["broker_url"]}
 
 
 app = Celery("breedbot", set_as_current=False)
@@ -63,10 +67,39 @@ def protect_metrics() -> None:
             urls.handlers[index] = (entry[0], _authenticated_metrics(), *entry[2:])
 
 
+# How often Flower looks for workers it has events from but has not inspected yet (seconds).
+INSPECT_NEW_WORKERS_EVERY = 5.0
+
+
+def _inspect_uninspected(flower: Any) -> None:
+    """Ask each live worker Flower has no queues for yet for its stats and queues."""
+    for name, worker in list(flower.events.state.workers.items()):
+        if worker.alive and "active_queues" not in flower.inspector.workers.get(name, {}):
+            flower.update_workers(workername=name)
+
+
+def inspect_new_workers() -> None:
+    """Make Flower inspect workers that come up after it, not only those up at its start."""
+    from flower.app import Flower
+    from tornado.ioloop import PeriodicCallback
+
+    start = Flower.start
+
+    # Flower inspects once, when it starts; a worker that starts a second later showed no
+    # queues (Broker tab, /api/workers) until someone opened its page.
+    def start_and_watch(self: Flower) -> None:
+        every_ms = INSPECT_NEW_WORKERS_EVERY * 1000
+        PeriodicCallback(partial(_inspect_uninspected, self), every_ms).start()
+        start(self)
+
+    Flower.start = start_and_watch
+
+
 def run(argv: list[str]) -> None:
     """Run Flower in this process (Flower's own command line in `argv`)."""
     if not FlowerSettings().public_metrics:
         protect_metrics()
+    inspect_new_workers()
     app.start(["flower", *argv])
 
 
