@@ -140,6 +140,8 @@ def cmd_label_image(args: argparse.Namespace) -> int:
     from model.predict import load_classifier
 
     clf = load_classifier(args.graph, home=home_dir(), backbone=args.tfhub_module)
+    if args.json:
+        return _print_answers(clf, args.image)
     preds = clf.predict([Path(p).read_bytes() for p in args.image], top_k=args.top_k)
     for path, pred in zip(args.image, preds, strict=True):
         if len(args.image) > 1:
@@ -154,6 +156,36 @@ def cmd_label_image(args: argparse.Namespace) -> int:
             print(f"# cat or dog: {gate} (p = {pred.pet_probability:.3f}); ", end="")
             print(f"ImageNet: {pred.imagenet_label} ({pred.imagenet_probability:.3f})")
     return 1 if any(p.error for p in preds) else 0
+
+
+def answer_json(image: str, prediction: Any) -> dict[str, Any]:
+    """One `label-image --json` line: the same decision the bot's reply words."""
+    if prediction.error:
+        return {"image": image, "error": prediction.error}
+    a = prediction.answer
+    return {
+        "image": image,
+        "species": a.species,
+        "breed": a.label,
+        "trained": a.trained,
+        "score": round(a.score, 6),
+    }
+
+
+def _print_answers(clf: Any, images: list[Path]) -> int:
+    """One JSON object per image, in order; an unreadable file gets an error code, not a raise."""
+    failed = False
+    for path in images:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            print(json.dumps({"image": str(path), "error": "unreadable"}), flush=True)
+            failed = True
+            continue
+        (prediction,) = clf.predict([data], top_k=1)
+        failed |= prediction.error is not None
+        print(json.dumps(answer_json(str(path), prediction), ensure_ascii=False), flush=True)
+    return 1 if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -199,6 +231,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, nargs="+", required=True)
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tfhub_module", "--architecture", default=DEFAULT_BACKBONE)
+    p.add_argument("--json", action="store_true", help="one JSON answer per image, in order")
     p.set_defaults(func=cmd_label_image)
 
     p = sub.add_parser("eval", help="accuracy of a model on a labeled image set")
