@@ -167,7 +167,10 @@ def _count(
         "n_untrained": len(out),
         "before": {
             "species_errors": round(float(before_wrong_species.mean()), 4),
-            "untrained_claimed": 1.0,
+            # Every photo the gate passed got a trained breed.
+            "untrained_claimed": round(
+                float(np.mean([a.species is not None for a in answers_out])), 4
+            ),
             "in_set_accuracy": round(float(cv.accuracy), 4),
             "ece": report["ece_before"],
         },
@@ -230,7 +233,7 @@ def _markdown(report: dict) -> str:
         rows.append(
             f"| {name} | {len(r['trained'])} "
             f"| {b['species_errors']:.1%} → {a['species_errors']:.1%} "
-            f"| {b['untrained_claimed']:.0%} → {a['untrained_claimed']:.1%} "
+            f"| {b['untrained_claimed']:.1%} → {a['untrained_claimed']:.1%} "
             f"| {a['untrained_claimed_same_species']:.1%} "
             f"| {b['in_set_accuracy']:.1%} → {a['in_set_accuracy']:.1%} "
             f"| {b['ece']:.1%} → {a['ece']:.1%} | {a['imagenet_breed_named_right']:.1%} |"
@@ -258,6 +261,13 @@ def _markdown(report: dict) -> str:
             f"({g['gate_passed_flowers']:.1%} if the layer were always sure; goal ≤ 1 % each "
             "way); species rule alone on all "
             f"599 pets: {g['species_errors_all_pets']:.1%} wrong.",
+            "",
+            "ECE stays above its goal: the retrain's cross-validation already picks the steps "
+            "and L2 with the lowest out-of-fold cross-entropy, so the fitted temperature stays "
+            "near 1 and moves ECE little; with 117 to 315 photos per scenario, 15-bin ECE is "
+            "mostly sampling noise (a temperature fit on the other folds gives about the same). "
+            "Same species = held-out breeds of a species the version was trained on: within "
+            "cats, unseen breeds sit as close to the trained ones as those do to each other.",
             "",
             "```json",
             json.dumps({"mean": m, "gate": g, "goals": GOALS}, indent=2),
