@@ -89,7 +89,9 @@ def _answer(
 ) -> openset.Answer:
     """The product's decision for one photo, gate included."""
     sure, maybe = _gate(inet, float(probs.max()))
-    ev = openset.Evidence(probs, inet, x, sure or maybe, maybe, float(inet[151:300].sum()))
+    ev = openset.Evidence(
+        probs, inet, x, sure or maybe, maybe, float(inet[list(imagenet.CARNIVORE_CLASS_IDS)].sum())
+    )
     return openset.decide(ev, model, names, names)[0]
 
 

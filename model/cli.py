@@ -12,10 +12,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract import options
 from model.hparams import DEFAULT_BACKBONE, HParams
+
+if TYPE_CHECKING:
+    from model.runtime.classifier import Classifier, Prediction
 
 DEFAULT_MODEL = "default (zero-shot ImageNet cats and dogs)"
 
@@ -158,7 +161,7 @@ def cmd_label_image(args: argparse.Namespace) -> int:
     return 1 if any(p.error for p in preds) else 0
 
 
-def answer_json(image: str, prediction: Any) -> dict[str, Any]:
+def answer_json(image: str, prediction: Prediction) -> dict[str, Any]:
     """One `label-image --json` line: the same decision the bot's reply words."""
     if prediction.error:
         return {"image": image, "error": prediction.error}
@@ -172,7 +175,7 @@ def answer_json(image: str, prediction: Any) -> dict[str, Any]:
     }
 
 
-def _print_answers(clf: Any, images: list[Path]) -> int:
+def _print_answers(clf: Classifier, images: list[Path]) -> int:
     """One JSON object per image, in order; an unreadable file gets an error code, not a raise."""
     failed = False
     for path in images:
