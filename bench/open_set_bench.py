@@ -143,6 +143,11 @@ def run_scenario(photos: Photos, trained: list[str], hp: HParams) -> dict:
     )
 
 
+def _share(flags: list[bool] | np.ndarray) -> float:
+    """The share of true flags, rounded for the report (0 for none)."""
+    return round(float(np.mean(flags)) if len(flags) else 0.0, 4)
+
+
 def _count(
     photos, trained, rows, out, y, cv, answers_in, answers_out, answers_fl, report, before
 ) -> dict:
@@ -151,57 +156,42 @@ def _count(
     truth = np.concatenate([photos.species[rows], photos.species[out]])
     said = np.array([a.species for a in pets_answered], dtype=object)
     refused = np.array([a.species is None for a in pets_answered])
-    wrong_species = (~refused) & (said != truth)
-    right_in = np.array(
-        [a.trained and a.label == trained[c] for a, c in zip(answers_in, y, strict=True)]
-    )
+    right_in = [a.trained and a.label == trained[c] for a, c in zip(answers_in, y, strict=True)]
     known = [imagenet.OXFORD_TO_IMAGENET.get(lb) for lb in photos.labels[out]]
-    outside = [
-        (a, k) for a, k in zip(answers_out, known, strict=True) if not a.trained and k is not None
+    named = [
+        a.label == imagenet.class_names()[k]
+        for a, k in zip(answers_out, known, strict=True)
+        if not a.trained and k is not None
     ]
     trained_species = {"cat" if c in CATS else "dog" for c in trained}
+    same = [
+        a.trained
+        for a, s in zip(answers_out, photos.species[out], strict=True)
+        if s in trained_species
+    ]
     # Before: the species of the top trained class, whatever the photo.
     before_species = np.array(["cat" if trained[c] in CATS else "dog" for c in before])
-    before_wrong_species = before_species != truth
     return {
         "trained": trained,
         "n_in": len(rows),
         "n_untrained": len(out),
         "before": {
-            "species_errors": round(float(before_wrong_species.mean()), 4),
+            "species_errors": _share(before_species != truth),
             # Every photo the gate passed got a trained breed.
-            "untrained_claimed": round(
-                float(np.mean([a.species is not None for a in answers_out])), 4
-            ),
+            "untrained_claimed": _share([a.species is not None for a in answers_out]),
             "in_set_accuracy": round(float(cv.accuracy), 4),
             "ece": report["ece_before"],
         },
         "after": {
-            "species_errors": round(float(wrong_species.mean()), 4),
-            "gate_refused_pets": round(float(refused.mean()), 4),
-            "untrained_claimed": round(float(np.mean([a.trained for a in answers_out])), 4),
-            "untrained_claimed_same_species": round(
-                float(
-                    np.mean(
-                        [
-                            a.trained
-                            for a, s in zip(answers_out, photos.species[out], strict=True)
-                            if s in trained_species
-                        ]
-                        or [0]
-                    )
-                ),
-                4,
-            ),
-            "in_set_accuracy": round(float(right_in.mean()), 4),
+            "species_errors": _share((~refused) & (said != truth)),
+            "gate_refused_pets": _share(refused),
+            "untrained_claimed": _share([a.trained for a in answers_out]),
+            "untrained_claimed_same_species": _share(same),
+            "in_set_accuracy": _share(right_in),
             "ece": report["ece_after"],
-            "flowers_claimed": round(float(np.mean([a.trained for a in answers_fl])), 4),
-            "flowers_passed_gate": round(
-                float(np.mean([a.species is not None for a in answers_fl])), 4
-            ),
-            "imagenet_breed_named_right": round(
-                float(np.mean([a.label == imagenet.class_names()[k] for a, k in outside] or [0])), 4
-            ),
+            "flowers_claimed": _share([a.trained for a in answers_fl]),
+            "flowers_passed_gate": _share([a.species is not None for a in answers_fl]),
+            "imagenet_breed_named_right": _share(named),
         },
         "open_set": report,
     }
