@@ -137,8 +137,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "retrain_open_set": (
             "Held-out check: {claimed} of photos of breeds left out of training were still "
             "answered as one of these; {refused} of right answers become “not one of my "
-            "breeds”. /retrain open_set=0 answers every cat or dog photo with one of these "
-            "breeds instead."
+            "breeds”. /retrain open_set=0 answers every photo of their species with one of "
+            "these breeds instead."
         ),
         "retrain_calibration": "Confidence calibrated on the cross-validated answers: "
         "calibration error {before} → {after}.",
@@ -269,7 +269,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "retrain_open_set": (
             "Teste com raças deixadas de fora: {claimed} das fotos delas ainda receberam uma "
             "destas raças; {refused} das respostas certas viram “nenhuma das minhas raças”. "
-            "/retrain open_set=0 responde toda foto de gato ou cachorro com uma destas raças."
+            "/retrain open_set=0 responde toda foto da espécie delas com uma destas raças."
         ),
         "retrain_calibration": "Confiança calibrada nas respostas da validação cruzada: "
         "erro de calibração {before} → {after}.",

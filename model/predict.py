@@ -71,7 +71,7 @@ def _tf_version(model_dir: Path, home: Path) -> Classifier:
     labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
     size = int(spec.shape[1])
-    open_set = openset.OpenSet.load(model_dir, len(labels))
+    open_set = openset.OpenSet.load(model_dir, labels)
     return Classifier(
         _tf_classify(module),
         labels,

@@ -4,6 +4,7 @@ breeds", calibration, the `label-image --json` contract and the reply texts in b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +91,15 @@ def test_temperature_and_calibration_error() -> None:
 
 
 def test_old_versions_load_without_open_set(tmp_path: Path) -> None:
-    """A version folder from before issue 19: species unknown, every photo gets a class."""
-    (tmp_path / "metrics.json").write_text(json.dumps({"labels": ["a", "b"]}))
-    old = openset.OpenSet.load(tmp_path, 2)
-    assert old.species == [None, None] and old.threshold == 0.0
-    answer, _ = openset.decide(_evidence([0.6, 0.4], {PUG: 0.9}), old, ["a", "b"], ["A", "B"])
-    assert answer.trained and answer.label == "a" and answer.species == "dog"
+    """A version folder from before issue 19: every photo gets a class (no threshold); species
+    inferred from Oxford or ImageNet names, so a dog still never gets a known cat breed."""
+    labels = ["Birman", "Siamese", "my_cat"]
+    (tmp_path / "metrics.json").write_text(json.dumps({"labels": labels}))
+    old = openset.OpenSet.load(tmp_path, labels)
+    assert old.species == [None, "cat", None] and old.threshold == 0.0
+    answer, guesses = openset.decide(_evidence([0.1, 0.6, 0.3], {PUG: 0.9}), old, labels, labels)
+    assert answer.trained and answer.label == "my_cat" and answer.species == "dog"
+    assert "Siamese" not in [g[0] for g in guesses]
 
 
 def _result(answer: contract.Answer, top: list[tuple[str, float]]) -> contract.ClassifyResult:
@@ -147,15 +151,28 @@ def test_reply_texts_through_the_emulator(
     assert caption == render.classification_text(result, language, 0.5)
 
 
-def test_retrain_reply_says_what_the_version_knows() -> None:
-    """The retrain reply: how many breeds, how other photos are answered, ECE before/after."""
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [("en", "This version knows 3 breeds."), ("pt-BR", "Esta versão conhece 3 raças.")],
+)
+def test_retrain_reply_says_what_the_version_knows(
+    fake: FakeTelegram,  # noqa: F811
+    user: PlaygroundClient,  # noqa: F811
+    language: str,
+    words: str,
+) -> None:
+    """The retrain reply in the chat: how many breeds, how other photos are answered, what keeps
+    every photo on a trained breed, and ECE before and after."""
     report = {"species": ["cat"] * 3, "left_out_claimed": 0.2, "right_refused": 0.01,
               "ece_before": 0.08, "ece_after": 0.02}  # fmt: skip
     result = contract.RetrainResult(5, True, 0.95, {"open_set": report})
-    for language, words in (("en", "This version knows 3 breeds."), ("pt-BR", "conhece 3 raças")):
-        text = render.retrain_text(result, language)
-        assert words in text and "open_set=0" in text
-        assert f"{percent(0.08, language)} → {percent(0.02, language)}" in text
+    chat_id = 9400 + len(language)
+    target = _target(user, chat_id, language=language)
+    replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="retrain")
+    text = _bot_events(fake, chat_id)[-1]["message"]["text"]
+    assert text == render.retrain_text(result, language)
+    assert words in text and "/retrain open_set=0" in text
+    assert f"{percent(0.08, language)} → {percent(0.02, language)}" in text
 
 
 @pytest.mark.slow
@@ -169,9 +186,10 @@ def test_label_image_json_on_real_photos(
     images.mkdir()
     for breed in ("Birman", "Bombay", "Persian"):
         (images / breed).symlink_to(pets / breed)
-    env = {"BREEDBOT_HOME": str(breedbot_home), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "BREEDBOT_HOME": str(breedbot_home)}
     cli = [sys.executable, "-m", "model.cli"]
     graph = tmp_path / "v"
+    # Lite0 pinned: the backbone choice is beside the point here, and auto would cost 3 of them.
     subprocess.run([*cli, "retrain", "--image_dir", str(images), "--output_graph", str(graph),
                     "--tfhub_module", "efficientnet_lite0", "--how_many_training_steps", "300"],
                    check=True, env=env, capture_output=True)  # fmt: skip

@@ -199,7 +199,7 @@ def version_classifier(
         model_dir,
         engine=engine,
         image_size=size,
-        open_set=openset.OpenSet.load(model_dir, len(labels)),
+        open_set=openset.OpenSet.load(model_dir, labels),
     )
 
 

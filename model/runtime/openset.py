@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ def imagenet_species(class_id: int) -> str | None:
     return DOG if class_id in imagenet.DOG_CLASS_IDS else None
 
 
+def species_by_name(label: str) -> str | None:
+    """The species of a class named like an Oxford pet breed or an ImageNet class, else None."""
+    if label in imagenet.OXFORD_TO_IMAGENET:
+        return imagenet_species(imagenet.OXFORD_TO_IMAGENET[label])
+    found = _imagenet_ids().get(label.replace("_", " ").lower())
+    return None if found is None else imagenet_species(found)
+
+
+@cache
+def _imagenet_ids() -> dict[str, int]:
+    return {name.lower(): i for i, name in enumerate(imagenet.class_names())}
+
+
 def pet_profile(imagenet_probabilities: np.ndarray) -> np.ndarray:
     """ImageNet's probabilities on its 123 cat and dog classes, renormalised: [N, 123]."""
     q = np.asarray(imagenet_probabilities, np.float64)[:, _PET_IDS]
@@ -98,16 +112,17 @@ class OpenSet:
         np.savez(Path(folder) / OPEN_SET_FILE, **kept)
 
     @classmethod
-    def load(cls, folder: Path, n_classes: int) -> OpenSet:
-        """A version folder's open-set data; versions older than it answer as before (species
-        of each class unknown, no threshold)."""
+    def load(cls, folder: Path, labels: list[str]) -> OpenSet:
+        """A version folder's open-set data. Versions older than it keep answering with a
+        class, with no threshold; the species of a class is inferred from its name where it
+        is an Oxford pet breed or an ImageNet cat or dog class, else unknown."""
         folder = Path(folder)
         try:
             report = json.loads((folder / "metrics.json").read_text("utf-8")).get(METRICS_KEY)
         except FileNotFoundError:
             report = None
         if not report:
-            return cls([None] * n_classes)
+            return cls([species_by_name(label) for label in labels])
         arrays = np.load(folder / OPEN_SET_FILE) if (folder / OPEN_SET_FILE).is_file() else {}
         return cls(
             list(report["species"]),
