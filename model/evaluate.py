@@ -43,9 +43,8 @@ def evaluate(
                     skipped.append((str(im.path.relative_to(dataset.root)), pred.error_message))
                     continue
                 row = np.zeros(len(clf.labels))
-                for g in pred.top_k:  # not one of its breeds: ImageNet's guesses, no class
-                    if g.label in index:
-                        row[index[g.label]] = g.probability
+                for g in pred.top_k:
+                    row[index[g.label]] = g.probability
                 probs.append(row)
                 truth.append(index[im.label])
                 names.append(str(im.path.relative_to(dataset.root)))

@@ -262,7 +262,8 @@ def classify(
         result = contract.ClassifyResult(
             model_version=served.version,
             top_k=[
-                contract.Guess(g.label, g.display_name, g.probability).to_dict() for g in p.top_k
+                contract.Guess(g.label, g.display_name, g.probability).to_dict()
+                for g in p.guesses[:top_k]
             ],
             is_pet=p.is_pet,
             pet_unsure=p.pet_unsure,

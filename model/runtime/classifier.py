@@ -57,7 +57,11 @@ class Prediction:
     error: str | None = None
     error_message: str | None = None
     pet_unsure: bool = False  # passed the gate only as "not sure, maybe X"
-    answer: openset.Answer | None = None  # the decision; top_k are the guesses behind it
+    answer: openset.Answer | None = None  # the decision (model/runtime/openset.py)
+    # The guesses behind the answer, calibrated: the trained classes of the photo's species, or
+    # ImageNet's breeds of it when the answer is "not one of my breeds". `top_k` stays the
+    # layer's own ranking of every trained class (what accuracy is measured on).
+    guesses: list[Guess] = field(default_factory=list)
 
 
 @dataclass
@@ -143,15 +147,20 @@ class Classifier:
             pet_probability=max(pet, 0.0),
         )
         answer, ranked = openset.decide(evidence, self.open_set, self.labels, self.display_names)
-        guesses = [Guess(label, name, round(p, 6)) for label, name, p in ranked[: max(1, top_k)]]
+        # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
+        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
         return Prediction(
-            top_k=guesses,
+            top_k=[
+                Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6))
+                for j in order
+            ],
             is_pet=evidence.is_pet,
             pet_probability=evidence.pet_probability,
             imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
             imagenet_probability=float(out["imagenet_probability"][r]),
             pet_unsure=maybe,
             answer=answer,
+            guesses=[Guess(label, name, round(p, 6)) for label, name, p in ranked[: max(1, top_k)]],
         )
 
     def warm_up(self) -> None:
