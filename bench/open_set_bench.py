@@ -42,11 +42,6 @@ CATS = {"Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egypti
 CATS |= {"Maine_Coon", "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx"}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _scenarios(classes: list[str], seed: int) -> dict[str, list[str]]:
     """Trained breeds per scenario: half the cats, half the dogs, half of all (seeded)."""
     rng = np.random.default_rng(seed)
@@ -72,9 +67,9 @@ class Photos:
         vp = train.bottlenecks(backbone, self.pets.images, [views] * len(self.pets.images), cache)
         vf = train.bottlenecks(backbone, flowers.images, [views[:1]] * len(flowers.images), cache)
         self.x, self.flip = vp.vectors["original"], vp.vectors["flip"]
-        self.inet = _softmax(self.x @ kernel + bias)
+        self.inet = crossval.softmax(self.x @ kernel + bias)
         self.flowers_x = vf.vectors["original"]
-        self.flowers_inet = _softmax(self.flowers_x @ kernel + bias)
+        self.flowers_inet = crossval.softmax(self.flowers_x @ kernel + bias)
         self.labels = np.array([im.label for im in self.pets.images])
         self.species = np.array(["cat" if lb in CATS else "dog" for lb in self.labels])
 

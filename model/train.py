@@ -389,17 +389,12 @@ def _open_set(
     """The version's species per class, temperature and open-set threshold (see openset_fit)."""
     views = [ex.vectors[v.key()][fit.rows] for v in train_views]
     weights = backbones.imagenet_head(backbone.module)
-    inet = None if weights is None else _softmax(views[0] @ weights[0] + weights[1])
+    inet = None if weights is None else crossval.softmax(views[0] @ weights[0] + weights[1])
     config = replace(
         head_config(hp), steps=fit.cv.best_step, l2=fit.cv.best_l2, early_stopping_patience=None
     )
     inputs = openset_fit.Inputs(views, y_all[fit.rows], inet, fit.cv, labels, config)
     return openset_fit.fit(inputs, hp.open_set_threshold)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _held_out(
