@@ -155,6 +155,8 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_calibration": "Confidence calibrated on the cross-validated answers: "
         "calibration error {before} → {after}.",
+        "text_cut": "✂️ … and {n} more characters (Telegram's limit is 4,096).",
+        "feedback_not_yours": "Only the person who sent this photo can answer for it.",
     },
     "pt-BR": {
         "start": (
@@ -298,6 +300,8 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_calibration": "Confiança calibrada nas respostas da validação cruzada: "
         "erro de calibração {before} → {after}.",
+        "text_cut": "✂️ … e mais {n} caracteres (o limite do Telegram é 4.096).",
+        "feedback_not_yours": "Só quem enviou esta foto pode responder sobre ela.",
     },
 }
 
