@@ -308,6 +308,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "o modelo embutido ou foi treinada antes de os conjuntos serem guardados); mande "
             "/retrain com o zip completo"
         ),
+        "bad_record": "o registro da versão não pode ser usado ({why}); a versão ativa não mudou",
         "store_missing": "{key} não está no armazenamento de blobs; a versão ativa não mudou",
         "store_damaged": (
             "{key} está danificado no armazenamento de blobs (o conteúdo não confere com o "
@@ -329,6 +330,10 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "option_int": "{option}={raw}: use um número inteiro de {low} a {high}",
         "option_float": "{option}={raw}: use um número de {low} a {high}",
         "option_flag": "{option}={raw}: use 1 (ligado) ou 0 (desligado)",
+        "option_backbone": (
+            "{raw}: um retreino pela fila aceita {known}; um handle do TF Hub é só para a "
+            "linha de comando"
+        ),
         "option_split": (
             "as partes de teste e de validação somam {total}%; juntas, devem ficar abaixo de 100%"
         ),

@@ -28,8 +28,8 @@ def _describe(info: VersionInfo) -> contract.ModelVersion:
     )
 
 
-def _refused(exc: RegistryError | StoreError) -> contract.Refused:
-    if isinstance(exc, StoreError):
+def _refused(exc: RegistryError | StoreError | versions.BadRecord) -> contract.Refused:
+    if isinstance(exc, StoreError | versions.BadRecord):
         return versions.refusal(exc)
     return contract.Refused(str(exc), exc.code, exc.params)
 
@@ -46,19 +46,23 @@ def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contr
     try:
         versions.verify(reg.record(request.version), reg.store)
         previous = reg.promote(request.version, request.requested_by)
-    except (RegistryError, StoreError) as exc:
+    except (RegistryError, StoreError, versions.BadRecord) as exc:
         raise _refused(exc) from exc
     return contract.SwitchResult(request.version, previous)
 
 
 def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> contract.SwitchResult:
-    """Return to the previously active version; Refused if there is none."""
+    """Return to the previously active version; Refused if there is none, or if its files cannot
+    be fetched whole from the store (the active one then stays)."""
     reg = storage.registry(settings)
     previous = reg.active_version()
     try:
-        return contract.SwitchResult(reg.rollback(request.requested_by), previous)
-    except RegistryError as exc:
+        back = reg.rollback(
+            request.requested_by, check=lambda v: versions.verify(reg.record(v), reg.store)
+        )
+    except (RegistryError, StoreError, versions.BadRecord) as exc:
         raise _refused(exc) from exc
+    return contract.SwitchResult(back, previous)
 
 
 def today(settings: WorkerSettings) -> contract.Stats:

@@ -152,9 +152,9 @@ class ModelHolder:
 
 
 def _convert(handle: str, home: Path) -> None:
-    """Make a backbone's float LiteRT files in this host's home, in a child (TensorFlow)."""
+    """Make a named backbone's float LiteRT files in this host's home, in a child (TensorFlow)."""
     log.info("converting backbone %s into %s (once per host)", handle, home)
-    child.run("worker.tf_jobs:convert_backbone", (handle, home), lambda _: None)
+    child.run("worker.tf_jobs:convert_zero_shot", (handle, home), lambda _: None)
 
 
 def prepare_zero_shot(home: Path | None, engine: str) -> None:
