@@ -5,11 +5,11 @@ from __future__ import annotations
 import contract
 from store.blobs import StoreError
 from store.registry import ZERO_SHOT, RegistryError, VersionInfo
-from worker import stats, storage, versions
+from worker import hosts, stats, storage, versions
 from worker.settings import WorkerSettings
 
 
-def _describe(info: VersionInfo) -> contract.ModelVersion:
+def _describe(info: VersionInfo, serving: list[contract.HostStatus]) -> contract.ModelVersion:
     record = info.record
     metrics = record.get("metrics", {})
     return contract.ModelVersion(
@@ -25,6 +25,7 @@ def _describe(info: VersionInfo) -> contract.ModelVersion:
         note=("passed the gate" if record["gate"]["passed"] else "failed the gate")
         if "gate" in record
         else "",
+        hosts=[status.to_dict() for status in serving if status.version == info.version],
     )
 
 
@@ -35,8 +36,10 @@ def _refused(exc: RegistryError | StoreError | versions.BadRecord) -> contract.R
 
 
 def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
-    """Every stored version plus version 0, oldest first."""
-    return [_describe(info) for info in storage.registry(settings).list_versions()]
+    """Every stored version plus version 0, oldest first, each with the hosts serving it."""
+    reg = storage.registry(settings)
+    serving = hosts.read_all(reg.client)
+    return [_describe(info, serving) for info in reg.list_versions()]
 
 
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:

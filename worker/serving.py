@@ -18,10 +18,12 @@ import functools
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import contract
@@ -31,7 +33,7 @@ from model.runtime import litert
 from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
 from store.registry import ZERO_SHOT, Registry
-from worker import child, fetch, stats, storage, versions
+from worker import child, fetch, hosts, stats, storage, versions
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -44,6 +46,17 @@ class Served:
 
     version: int
     classifier: Classifier
+    since: str = ""  # ISO time it was loaded
+
+
+# The Celery node name ("name@host") this worker's status goes under: two workers may share a
+# machine. Set when the worker starts (worker/celery_app.py), before the model loads.
+_node = {"name": socket.gethostname()}
+
+
+def name_node(name: str) -> None:
+    """Publish this process's status under the Celery node `name`."""
+    _node["name"] = name
 
 
 # A version that failed to fetch or load is tried again after this many seconds.
@@ -73,6 +86,8 @@ class ModelHolder:
         self.num_threads = num_threads
         self._served: Served | None = None
         self._failed: dict[int, float] = {}  # version -> when it last failed to load
+        self._active = ZERO_SHOT  # what the pointer said when this host last looked
+        self._error: str | None = None  # why the active version could not be loaded
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
 
@@ -92,7 +107,7 @@ class ModelHolder:
             classifier.engine,
             seconds,
         )
-        served = Served(version, classifier)
+        served = Served(version, classifier, datetime.now(UTC).isoformat(timespec="seconds"))
         self.on_load(served)
         return served
 
@@ -101,12 +116,12 @@ class ModelHolder:
         if self._served is None:
             with self._lock:
                 if self._served is None:
-                    version = self.registry.active_version()
+                    version = self._active = self.registry.active_version()
                     try:
                         self._served = self._load(version)
-                    except Exception:
+                    except Exception as exc:
                         log.exception("cannot load active version %s; serving 0", version)
-                        self._failed[version] = time.monotonic()
+                        self._failed_to_load(version, exc)
                         self._served = self._load(ZERO_SHOT)
         return self._served
 
@@ -114,8 +129,9 @@ class ModelHolder:
         """Reload if the active pointer moved (one Redis GET when it did not); True if swapped."""
         if self.registry.is_empty():  # Redis came back without the registry (FLUSHALL)
             self.registry.rebuild()
-        version = self.registry.active_version()
+        version = self._active = self.registry.active_version()
         if self._served is not None and self._served.version == version:
+            self._error = None
             return False
         failed = self._failed.get(version)
         if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
@@ -123,21 +139,43 @@ class ModelHolder:
         with self._lock:
             try:
                 self._served = self._load(version)
-            except Exception:
+            except Exception as exc:
                 # A version that cannot be fetched or loaded must not take the worker down:
                 # keep serving the old one.
                 log.exception("could not load model version %s; keeping the current one", version)
-                self._failed[version] = time.monotonic()
+                self._failed_to_load(version, exc)
                 return False
             self._failed.pop(version, None)
+            self._error = None
         versions.drop_pruned(self.root, self.registry.pruned())
         return True
+
+    def _failed_to_load(self, version: int, exc: Exception) -> None:
+        self._failed[version] = time.monotonic()
+        self._error = f"cannot load version {version}: {type(exc).__name__}: {exc}"[:500]
+
+    def status(self, host: str) -> contract.HostStatus:
+        """What this process serves, as `host`, and why it could not load the active version."""
+        served = self.current()
+        return contract.HostStatus(
+            host,
+            served.version,
+            served.classifier.engine,
+            served.since,
+            self._active,
+            self._error,
+        )
+
+    def report(self) -> None:
+        """Publish `status` in Redis (worker/hosts.py), under this worker's node name."""
+        hosts.publish(self.registry.client, self.status(_node["name"]))
 
     def start(self) -> None:
         """Load and warm up now, before the first job, then watch the pointer."""
         prepare_zero_shot(self.home, self.engine)
         versions.ensure_registry(self.registry, self.root)
         self.current()
+        self.report()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
@@ -147,6 +185,7 @@ class ModelHolder:
             time.sleep(self.interval)
             try:
                 self.check()
+                self.report()
             except Exception:
                 log.exception("model watcher check failed")
 
