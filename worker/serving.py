@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import contract
-from model.hparams import DEFAULT_BACKBONE
+from model.hparams import AUTO, AUTO_CANDIDATES, BACKBONE_NAMES, DEFAULT_BACKBONE
 from model.predict import load_classifier
 from model.runtime import litert
 from model.runtime.classifier import Classifier
@@ -76,6 +76,7 @@ class ModelHolder:
         engine: str = "auto",
         num_threads: int | None = None,
         on_load: Callable[[Served], None] = lambda _: None,
+        backbones: tuple[str, ...] = (),
     ) -> None:
         self.registry = reg
         self.on_load = on_load
@@ -84,6 +85,9 @@ class ModelHolder:
         self.interval = interval
         self.engine = engine
         self.num_threads = num_threads
+        # Converted in the background after the start, so that a version another host trains on
+        # one of them is served here without a conversion first (a minute for Lite2 on 2 cores).
+        self.backbones = backbones
         self._served: Served | None = None
         self._failed: dict[int, float] = {}  # version -> when it last failed to load
         self._active = ZERO_SHOT  # what the pointer said when this host last looked
@@ -179,6 +183,14 @@ class ModelHolder:
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
+            threading.Thread(target=self._warm_up_backbones, name="backbones", daemon=True).start()
+
+    def _warm_up_backbones(self) -> None:
+        for backbone in self.backbones:
+            try:
+                prepare_zero_shot(self.home, self.engine, backbone)
+            except Exception:  # the watcher converts it when a version needs it
+                log.exception("could not convert backbone %s ahead of time", backbone)
 
     def _watch(self) -> None:
         while True:
@@ -190,21 +202,33 @@ class ModelHolder:
                 log.exception("model watcher check failed")
 
 
+# One conversion at a time in a process: the watcher waits for the one warming its backbone up
+# instead of converting the same backbone beside it.
+_converting = threading.Lock()
+
+
 def _convert(handle: str, home: Path) -> None:
-    """Make a named backbone's float LiteRT files in this host's home, in a child (TensorFlow)."""
-    log.info("converting backbone %s into %s (once per host)", handle, home)
-    child.run("worker.tf_jobs:convert_zero_shot", (handle, home), lambda _: None)
+    """Make a named backbone's float LiteRT files (its zero-shot folder) in this host's home,
+    once, in a child process: it takes TensorFlow, which this process never imports when it
+    serves through LiteRT."""
+    with _converting:
+        if not litert.zero_shot_ready(home, handle):
+            log.info("converting backbone %s into %s (once per host)", handle, home)
+            child.run("worker.tf_jobs:convert_zero_shot", (handle, home), lambda _: None)
 
 
-def prepare_zero_shot(home: Path | None, engine: str) -> None:
-    """Convert the LiteRT zero-shot model once per BREEDBOT_HOME, in a child process: it takes
-    TensorFlow, which this process never imports when it serves through LiteRT."""
-    home = Path(home) if home else default_home()
-    if litert.resolve_engine(engine) == "litert" and not litert.zero_shot_ready(
-        home, DEFAULT_BACKBONE
-    ):
-        log.info("converting the zero-shot model into %s (once)", home)
-        child.run("worker.tf_jobs:convert_zero_shot", (DEFAULT_BACKBONE, home), lambda _: None)
+def prepare_zero_shot(home: Path | None, engine: str, backbone: str = DEFAULT_BACKBONE) -> None:
+    """Convert a named backbone (the zero-shot model's by default) once per BREEDBOT_HOME, when
+    this host serves through LiteRT."""
+    if litert.resolve_engine(engine) == "litert":
+        _convert(backbone, Path(home) if home else default_home())
+
+
+def trained_backbones(architecture: str) -> tuple[str, ...]:
+    """The named backbones versions retrained with `architecture` may use."""
+    if architecture == AUTO:
+        return AUTO_CANDIDATES
+    return (architecture,) if architecture in BACKBONE_NAMES else ()
 
 
 def publish_labels(url: str, served: Served) -> None:
@@ -228,6 +252,7 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,
         on_load=lambda served: publish_labels(settings.broker_url(), served),
+        backbones=trained_backbones(settings.retrain_architecture),
     )
     return holder, Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3)
 

@@ -91,7 +91,9 @@ def active_accuracy_on(
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
     reg = storage.registry(settings)
     classifier = load_classifier(
-        versions.folder(reg, version, settings.models_root, _home(settings), _convert),
+        versions.folder(
+            reg, version, settings.models_root, _home(settings), litert.prepare_zero_shot
+        ),
         home=settings.breedbot_home,
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,
@@ -273,11 +275,6 @@ def _dataset_source(
 
 def _home(settings: WorkerSettings) -> Path:
     return settings.breedbot_home or default_home()
-
-
-def _convert(handle: str, home: Path) -> None:
-    """A named backbone's float LiteRT files in BREEDBOT_HOME (made once per host)."""
-    litert.prepare_zero_shot(handle, home)
 
 
 def convert_zero_shot(backbone: str, home: Path, emit: retraining.ProgressSink) -> None:

@@ -39,7 +39,7 @@ LEGACY_POINTER = "active.json"
 # Rebuilt on each host, never stored: the SavedModel (from the layer) and the training logs.
 NOT_KEPT = ("saved_model/", "logs/", ".", LEGACY_RECORD)
 # (named backbone, home) -> make its float LiteRT files (zero-shot folder) in that BREEDBOT_HOME.
-ConvertFn = Callable[[str, Path], None]
+ConvertFn = Callable[[str, Path], object]
 
 
 class BadRecord(Problem, ValueError):
