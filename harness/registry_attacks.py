@@ -8,6 +8,8 @@ which a forged `store_feedback` job fills).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -62,9 +64,24 @@ class _Target:
         found = hosts.read_all(self.stack.registry().client)
         return found[0] if found else None
 
+    def health(self) -> subprocess.CompletedProcess[str]:
+        """`breedbot health`, as an admin or a probe runs it."""
+        argv = [sys.executable, "-m", "ops.cli", "health"]
+        return subprocess.run(argv, env=self.stack.env, capture_output=True, text=True, timeout=60)
+
+    def promote_refused(self, version: int) -> bool:
+        """True if an admin's promote of `version` is refused as an unusable record."""
+        request = contract.PromoteRequest(version).to_dict()
+        try:
+            self.app.send_task(contract.PROMOTE, args=[request]).get(timeout=60)
+        except contract.Refused as refused:
+            return refused.problem == "bad_record"
+        return False
+
     def forged(self, bundle: dict[str, str], metrics: dict[str, Any]) -> tuple[bool, str]:
-        """Write a record with `bundle` (plus a metrics.json of `metrics`) and point at it, as an
-        attacker with Redis access would; (held, what the worker said). Put back after."""
+        """Write a record with `bundle` (plus a metrics.json of `metrics`): promote must refuse
+        it; then point at it, as an attacker with Redis access would: the worker must keep
+        serving and fail its health check saying why. (held, what it said). Put back after."""
         reg = self.stack.registry()
         self.number += 1
         version = self.number
@@ -72,18 +89,22 @@ class _Target:
         record = {"version": version, "bundle": {"metrics.json": metrics_sha, **bundle}}
         before = reg.client.get(registry.POINTER)
         reg.client.hset(registry.RECORDS, version, json.dumps(record))
+        refused = self.promote_refused(version)
         reg.client.set(registry.POINTER, json.dumps({"version": version, "history": [self.good]}))
         try:
             said = wait_until(
                 lambda: (s := self.status()) and s.active == version and s.error, SWITCH_SECONDS
             )
             kept = set(answered_versions(self.app, ANSWERS)) == {self.good}
+            failing = self.health()
         finally:
             reg.client.set(registry.POINTER, before)
             reg.client.hdel(registry.RECORDS, version)
         back = self.wait_serving(self.good)
-        healthy = wait_until(lambda: (s := self.status()) and s.healthy, SWITCH_SECONDS)
-        return bool(said and kept and back and healthy and self.worker.alive()), str(said or "")
+        healthy = wait_until(lambda: self.health().returncode == 0, SWITCH_SECONDS)
+        told = failing.returncode == 1 and "UNHEALTHY" in failing.stdout
+        held = refused and said and kept and told and back and healthy and self.worker.alive()
+        return bool(held), str(said or "")
 
     def close(self) -> None:
         """Close the client app."""

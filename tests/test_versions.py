@@ -135,8 +135,12 @@ def test_a_record_naming_another_backbone_is_refused_and_nothing_is_converted(
     metrics["backbone"] = {"handle": handle, "identity": "elsewhere"}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     record = {"version": 4, "bundle": versions.pack(store, folder)}
-    with pytest.raises(versions.BadRecord, match="backbone"):
-        versions.fetch(record, store, tmp_path / "b", tmp_path / "home", _no_conversion)
+    for check in (
+        lambda: versions.verify(record, store),  # what promote and rollback run first
+        lambda: versions.fetch(record, store, tmp_path / "b", tmp_path / "home", _no_conversion),
+    ):
+        with pytest.raises(versions.BadRecord, match="backbone"):
+            check()
     assert not (tmp_path / "b" / "4").exists()
     assert not list((tmp_path / "b" / versions.STAGING_DIR).iterdir())
 

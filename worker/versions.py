@@ -98,7 +98,9 @@ def verify(record: dict[str, Any], store: Store) -> None:
     (StoreError), so a switch never points every host at a version none of them can load."""
     for rel, sha256 in dict(record.get("bundle", {})).items():
         _entry_parts(rel, sha256)
-        blobs.get_blob(store, sha256)
+        data = blobs.get_blob(store, sha256)
+        if rel == METRICS_FILE and _shared_files(metrics := _metrics(data)):
+            _named_backbone(metrics)
 
 
 def folder(reg: Registry, version: int, root: Path, home: Path, convert: ConvertFn) -> Path | None:
@@ -128,22 +130,38 @@ def _bundle_path(work: Path, parts: list[str]) -> Path:
     return path
 
 
+def _metrics(data: bytes) -> dict[str, Any]:
+    """A bundle's metrics.json; BadRecord if it is not a JSON object."""
+    try:
+        metrics = json.loads(data)
+    except ValueError:
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise BadRecord("bad_record", why="its metrics.json is not a JSON object")
+    return metrics
+
+
+def _named_backbone(metrics: dict[str, Any]) -> str:
+    """The version's backbone, if it is one breedbot builds itself; BadRecord otherwise (a TF
+    Hub URL or path, a CLI-only option: its graph would run whatever it holds)."""
+    handle = (metrics.get("backbone") or {}).get("handle")
+    if handle not in BACKBONE_NAMES:
+        why = f"backbone {handle!r} is not one of {', '.join(BACKBONE_NAMES)}"
+        raise BadRecord("bad_record", why=why)
+    return handle
+
+
 def _backbone_home(metrics: dict[str, Any], home: Path, convert: ConvertFn) -> Path:
     """This host's folder of float backbone and gate files for a version's backbone.
 
     The files this host made for the same export serve as they are. Otherwise (the export was
     made on another host, whose graph hashes differently) a named backbone's float files are
-    converted once here, in the child that owns TensorFlow; any other handle (a TF Hub URL or
-    path, a CLI-only option) is refused: its graph would run whatever it holds.
+    converted once here, in the child that owns TensorFlow; any other handle is refused.
     """
-    backbone = metrics.get("backbone") or {}
-    mine = litert.home_dir(home, str(backbone.get("identity", "")))
+    mine = litert.home_dir(home, str((metrics.get("backbone") or {}).get("identity", "")))
     if all((mine / name).is_file() for name in (litert.FEATURES_FILE, litert.GATE_FILE)):
         return mine
-    handle = backbone.get("handle")
-    if handle not in BACKBONE_NAMES:
-        why = f"backbone {handle!r} is not one of {', '.join(BACKBONE_NAMES)}"
-        raise BadRecord("bad_record", why=why)
+    handle = _named_backbone(metrics)
     if not litert.zero_shot_ready(home, handle):
         convert(handle, home)
     return litert.zero_shot_dir(home, handle)
@@ -164,7 +182,7 @@ def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert:
             path = _bundle_path(work, _entry_parts(rel, sha256))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blobs.get_blob(store, sha256))
-        metrics = json.loads((work / METRICS_FILE).read_text("utf-8"))
+        metrics = _metrics((work / METRICS_FILE).read_bytes())
         shared = _shared_files(metrics)
         if shared:
             where = _backbone_home(metrics, home, convert)
