@@ -80,6 +80,7 @@ def labels_key(version: int) -> str:
 # What each worker host serves, as it last said: one key per host, refreshed every few seconds
 # and expiring, so a host that died drops out (worker/hosts.py writes them, HostStatus JSON).
 SERVED_PREFIX = "breedbot:served:"
+SERVED_HOSTS = "breedbot:served-hosts"  # sorted set: host -> when it last said (Unix time)
 SERVED_TTL_SECONDS = 30
 
 

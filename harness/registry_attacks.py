@@ -102,18 +102,26 @@ class _Target:
             reg.client.hdel(registry.RECORDS, version)
         back = self.wait_serving(self.good)
         healthy = wait_until(lambda: self.health().returncode == 0, SWITCH_SECONDS)
-        told = failing.returncode == 1 and "UNHEALTHY" in failing.stdout
-        held = refused and said and kept and told and back and healthy and self.worker.alive()
-        return bool(held), str(said or "")
+        checks = {
+            "promote refused": refused,
+            "kept serving": kept,
+            "health said why": failing.returncode == 1 and "UNHEALTHY" in failing.stdout,
+            "back": back,
+            "healthy again": healthy,
+            "alive": self.worker.alive(),
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        return bool(said) and not failed, f"{said or 'nothing said'}; failed: {failed}"
 
     def close(self) -> None:
         """Close the client app."""
         self.app.close()
 
 
-def _outside(tag: str, roots: list[Path]) -> list[Path]:
-    """Files named after `tag` anywhere under `roots`."""
-    return [p for root in roots if root.is_dir() for p in root.rglob(f"*{tag}*")]
+def _written(tag: str, root: Path) -> list[Path]:
+    """Files named after `tag` anywhere under the stack's `root`, or in /tmp (not recursive:
+    the absolute attack writes /tmp/<tag>/)."""
+    return [*root.rglob(f"*{tag}*"), *Path("/tmp").glob(f"*{tag}*")]
 
 
 def _bundle_paths(target: _Target) -> dict[str, Any]:
@@ -121,13 +129,13 @@ def _bundle_paths(target: _Target) -> dict[str, Any]:
     tag = uuid.uuid4().hex
     reg = target.stack.registry()
     payload = blobs.put_blob(reg.store, f"#!/bin/sh\necho {tag}\n".encode())
-    escapes = {"../../../": "dotdot", f"/tmp/{tag}/": "absolute", "litert/../../": "nested"}
     held, seen = 0, []
-    for prefix in escapes:
+    for prefix in ("../../../", f"/tmp/{tag}/", "litert/../../"):
         ok, said = target.forged({f"{prefix}{tag}.sh": payload}, {"backbone": {}})
-        written = _outside(tag, [target.stack.root, Path("/tmp")])
+        written = _written(tag, target.stack.root)
         held += ok and not written and "bundle path" in said
-        seen.append(f"{prefix!r}: {'refused' if not written else f'WROTE {written}'}")
+        seen.append(f"{prefix!r}: " + (f"WROTE {written}" if written else "refused"))
+        seen[-1] += "" if ok else f" ({said})"
     return _row("forged record: bundle path outside the version folder", 3, held, "; ".join(seen))
 
 
@@ -142,7 +150,8 @@ def _backbone_handles(target: _Target) -> dict[str, Any]:
         ok, said = target.forged({"litert/head_float.tflite": head}, metrics)
         converted = f"converting backbone {handle}" in target.worker.log_text()
         held += ok and not converted and "is not one of" in said
-        seen.append(f"{handle}: {'never converted' if not converted else 'CONVERTED'}")
+        seen.append(f"{handle}: " + ("CONVERTED" if converted else "never converted"))
+        seen[-1] += "" if ok else f" ({said})"
     return _row("forged record: metrics.json backbone handle", 2, held, "; ".join(seen))
 
 

@@ -30,7 +30,10 @@ def _status(host: str, error: str | None = None) -> contract.HostStatus:
 def test_each_host_says_what_it_serves_until_it_stops_saying_it(client: redis.Redis) -> None:
     hosts.publish(client, _status("b@x", "cannot load version 2: BadRecord: ..."))
     hosts.publish(client, _status("a@x"))
+    hosts.publish(client, _status("c@x"))
     client.set(contract.served_key("c@x"), b"{not json")  # written by something else
+    hosts.publish(client, _status("d@x"))
+    client.delete(contract.served_key("d@x"))  # expired: d@x died
     assert hosts.read_all(client) == [
         _status("a@x"),
         _status("b@x", "cannot load version 2: BadRecord: ..."),

@@ -9,7 +9,9 @@ child), and every pool thread shares it through the gather loop. A watcher threa
 active pointer in Redis once per interval (one GET); when it moves, the version is fetched from
 the blob store into this host's cache (worker/versions.py), loaded and warmed up beside the old
 one, then swapped in, so jobs already holding the old classifier finish on it. A version that
-cannot be fetched or loaded is retried after a while; the old one keeps serving meanwhile.
+cannot be fetched or loaded is retried after a while; the old one keeps serving meanwhile. At
+every poll the worker also says in Redis what it serves and why it could not load the active
+version (worker/hosts.py), for `/models` and `breedbot health`.
 """
 
 from __future__ import annotations

@@ -151,15 +151,18 @@ def _named_backbone(metrics: dict[str, Any]) -> str:
     return handle
 
 
-def _backbone_home(metrics: dict[str, Any], home: Path, convert: ConvertFn) -> Path:
-    """This host's folder of float backbone and gate files for a version's backbone.
+def _backbone_home(
+    metrics: dict[str, Any], names: list[str], home: Path, convert: ConvertFn
+) -> Path:
+    """This host's folder holding a version's backbone files `names` (its float backbone and
+    gate).
 
     The files this host made for the same export serve as they are. Otherwise (the export was
     made on another host, whose graph hashes differently) a named backbone's float files are
     converted once here, in the child that owns TensorFlow; any other handle is refused.
     """
     mine = litert.home_dir(home, str((metrics.get("backbone") or {}).get("identity", "")))
-    if all((mine / name).is_file() for name in (litert.FEATURES_FILE, litert.GATE_FILE)):
+    if all((mine / name).is_file() for name in names):
         return mine
     handle = _named_backbone(metrics)
     if not litert.zero_shot_ready(home, handle):
@@ -185,7 +188,7 @@ def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert:
         metrics = _metrics((work / METRICS_FILE).read_bytes())
         shared = _shared_files(metrics)
         if shared:
-            where = _backbone_home(metrics, home, convert)
+            where = _backbone_home(metrics, list(shared.values()), home, convert)
             for rel, name in shared.items():
                 place(where / name, work / rel)
         os.rename(work, target)
