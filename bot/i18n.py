@@ -303,6 +303,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "no_such_version": "não existe a versão {version} do modelo",
         "nothing_to_roll_back_to": "não há versão ativa anterior para onde voltar",
+        "malformed_record": "o registro da versão {version} do modelo no Redis está malformado",
         "storage": (
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
             "não mudou"
