@@ -13,6 +13,8 @@ credentials, unless PUBLIC_METRICS opens it.
 from __future__ import annotations
 
 import sys
+from functools import partial
+from typing import Any
 
 from celery import Celery
 
@@ -63,10 +65,39 @@ def protect_metrics() -> None:
             urls.handlers[index] = (entry[0], _authenticated_metrics(), *entry[2:])
 
 
+# How often Flower looks for workers it has events from but has not inspected yet (seconds).
+INSPECT_NEW_WORKERS_EVERY = 5.0
+
+
+def _inspect_uninspected(flower: Any) -> None:
+    """Ask each live worker Flower has no queues for yet for its stats and queues."""
+    for name, worker in list(flower.events.state.workers.items()):
+        if worker.alive and "active_queues" not in flower.inspector.workers.get(name, {}):
+            flower.update_workers(workername=name)
+
+
+def inspect_new_workers() -> None:
+    """Make Flower inspect workers that come up after it, not only those up at its start."""
+    from flower.app import Flower
+    from tornado.ioloop import PeriodicCallback
+
+    start = Flower.start
+
+    # Flower inspects once, when it starts; a worker that starts a second later showed no
+    # queues (Broker tab, /api/workers) until someone opened its page.
+    def start_and_watch(self: Flower) -> None:
+        every_ms = INSPECT_NEW_WORKERS_EVERY * 1000
+        PeriodicCallback(partial(_inspect_uninspected, self), every_ms).start()
+        start(self)
+
+    Flower.start = start_and_watch
+
+
 def run(argv: list[str]) -> None:
     """Run Flower in this process (Flower's own command line in `argv`)."""
     if not FlowerSettings().public_metrics:
         protect_metrics()
+    inspect_new_workers()
     app.start(["flower", *argv])
 
 
