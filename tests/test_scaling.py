@@ -81,7 +81,9 @@ def hosts(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path
 ) -> Iterator[Hosts]:
     """Host a (the session's BREEDBOT_HOME) and host b (an empty one of its own), sharing a
-    store folder, or a bucket of a real S3 API (moto's server)."""
+    store folder, or a bucket of a real S3 API (moto's server). Their retrains keep the suite's
+    Lite0 pin (tests/conftest.py): numbering, switching and the store are beside the backbone;
+    `auto_hosts` runs the default."""
     root = tmp_path_factory.mktemp("hosts")
     env: dict[str, str] = {}
     if request.param == "s3":
@@ -137,6 +139,12 @@ def auto_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
             app.close()
 
 
+def _breedbot(hosts: Hosts, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`breedbot ARGV` as an admin runs it, with the stack's settings."""
+    command = [sys.executable, "-m", "ops.cli", *argv]
+    return subprocess.run(command, env=hosts.stack.env, capture_output=True, text=True, timeout=120)
+
+
 def test_an_auto_retrain_is_served_by_every_host_and_a_rollback_leaves_it(
     auto_hosts: Hosts,
 ) -> None:
@@ -154,13 +162,12 @@ def test_an_auto_retrain_is_served_by_every_host_and_a_rollback_leaves_it(
     statuses = host_status.read_all(auto_hosts.stack.registry().client)
     assert sorted(s.host.split("@")[0] for s in statuses) == ["a", "b"]
     assert all(s.version == new and s.healthy for s in statuses), statuses
-    rollback = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "rollback"],
-        env=auto_hosts.stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # What an admin sees: each host under the version it serves, and a passing health check.
+    listed = _breedbot(auto_hosts, "models").stdout
+    for status in statuses:
+        assert f"{status.host}: serves version {new} through" in listed, listed
+    assert _breedbot(auto_hosts, "health").returncode == 0
+    rollback = _breedbot(auto_hosts, "rollback")
     assert rollback.returncode == 0 and "active version: 0" in rollback.stdout, rollback
     wait_until(
         lambda: new not in answered_versions(auto_hosts.app, ANSWERS),
