@@ -4,6 +4,7 @@ bad-input corpus, the security and fuzz tests, and the load bench. Prints JSON a
 results table in docs/RELIABILITY.md; exits 1 if any row fails.
 Run: .venv/bin/python bench/reliability.py [--only worker bot redis failover training storage
 bad security load registry]
+bad security inputs load]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -295,6 +297,69 @@ def security() -> list[Row]:
     ]
 
 
+# Issue 20's attacks on the inputs: (row, what was sent, the tests of tests/test_inputs_attacks.py).
+INPUT_ATTACKS = (
+    (
+        "Costly images",
+        "49 MP 16-bit grey, RGBA, palette+transparency PNGs and a lossless WebP, and the "
+        "costliest files the 48 MiB decode budget accepts: decoded in-process (Pillow's block "
+        "count, tracemalloc) and all at once through the real worker",
+        (
+            "test_costly_images_are_refused_or_decoded_within_the_budget",
+            "test_a_heavy_decode_holds_no_batch",
+            "test_the_worker_answers_or_refuses_costly_files_and_survives",
+        ),
+    ),
+    (
+        "Backlog in Redis",
+        "a document queued with no worker, then photos past MAX_INFER_QUEUE (en, pt-BR)",
+        ("test_a_queued_photo_is_kept_once_and_a_deep_queue_refuses_politely",),
+    ),
+    (
+        "Feedback filling the store",
+        "3 MB padded photos filed past FEEDBACK_PER_CHAT through a real worker",
+        ("test_feedback_is_kept_small_and_a_chat_over_its_quota_is_refused",),
+    ),
+    (
+        "Zip folder entries",
+        "6 photos and 20,000 empty folders as a /retrain upload",
+        ("test_zip_folder_entries_count_toward_max_files",),
+    ),
+    (
+        "Hostile class names",
+        "a/b, .., 300 characters and U+202E as labels.csv classes of a /retrain upload",
+        ("test_hostile_class_names_are_refused_in_words_and_leave_no_blobs",),
+    ),
+    (
+        "File modes",
+        "a blob store write and the embedded redis-server's AOF",
+        ("test_store_files_are_private", "test_the_embedded_redis_keeps_its_aof_private"),
+    ),
+)
+
+
+def inputs() -> list[Row]:
+    """Issue 20's input attacks: tests/test_inputs_attacks.py run once, a row per attack."""
+    with tempfile.TemporaryDirectory(prefix="inputs-") as tmp:
+        report = Path(tmp) / "report.xml"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/test_inputs_attacks.py", "-q",
+             "-p", "no:cacheprovider", "-W", "ignore", f"--junitxml={report}"],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+        cases = ElementTree.parse(report).getroot().iter("testcase") if report.exists() else []
+        held = {case.get("name"): not list(case) for case in cases}
+    rows = []
+    for title, what, tests in INPUT_ATTACKS:
+        passed = [name for name in tests if held.get(name)]
+        seen = f"{len(passed)}/{len(tests)} tests held" + (
+            f"; not: {sorted(set(tests) - set(passed))}" if len(passed) < len(tests) else ""
+        )
+        expected = "each answered or refused in words; nothing kept beyond its bound; worker alive"
+        rows.append(_row(title, what, expected, seen, len(passed) == len(tests), held))
+    return rows
+
+
 def load() -> list[Row]:
     """The load bench: 1,000 photos from 50 users."""
     r = load_bench.run()
@@ -333,6 +398,128 @@ def forged_registry() -> list[Row]:
     ]
 
 
+# --- Issue 20: the webhook, the chat and the playground page, attacked --------------------------
+
+# Per attack: the row's title, what was done, and what must hold.
+ATTACKS = {
+    "no_secret_refused": (
+        "Webhook without a secret",
+        "start the bot with WEBHOOK_URL and no WEBHOOK_SECRET",
+        "exits non-zero naming WEBHOOK_SECRET",
+    ),
+    "listen_loopback": (
+        "Webhook listen address",
+        "start the webhook bot with no WEBHOOK_LISTEN",
+        "listens on 127.0.0.1 only (a reverse proxy in front)",
+    ),
+    "forged_admin_commands": (
+        "Forged admin commands",
+        "POST /promote, /rollback, /retrain, /stats, /models as the admin without the secret, "
+        "with an empty, a wrong and a near-miss one",
+        "each 403 before the body is read; nothing runs",
+    ),
+    "big_bodies": (
+        "95 MB webhook bodies",
+        "three 95 MB POSTs with a wrong secret, three with the right one",
+        "each refused unread (403/413); bot RSS grows < 50 MB",
+    ),
+    "half_open_connections": (
+        "Half-open connections",
+        "1,100 connections to the webhook port that never send a request, then a real update",
+        "the update is answered; the bot closes the excess; log grows < 100 KB",
+    ),
+    "future_update_id": (
+        "Far-ahead update id",
+        "a signed update 10,000,000 ids ahead of the last, then a real update with that id",
+        "the forged one claims nothing; the real one is answered",
+    ),
+    "bot_alive": ("Webhook bot survives", "after all the above", "bot alive"),
+    "other_member_press": (
+        "Group: another member's press",
+        "in a group, a member presses ❌ under another member's photo",
+        "refused in words; the keyboard stays",
+    ),
+    "other_member_text": (
+        "Group: another member's text",
+        "that member types breed names while the sender's ❌ waits",
+        "taken as plain text (the hint), not as the photo's breed",
+    ),
+    "sender_answers": (
+        "Group: the sender answers",
+        "the photo's sender presses ❌, then ✅",
+        "both taken",
+    ),
+    "typed_4096_chars": (
+        "4,096-character breed",
+        "the sender types a 4,096-character breed name after ❌",
+        "a worded 'I do not know a breed called …' (the name cut), not 'Sorry'",
+    ),
+    "button_flood": (
+        "Button flood",
+        "12 presses from one user with RATE_LIMIT_COUNT=5",
+        "presses past the limit do no work; one polite answer",
+    ),
+    "long_replies": (
+        "Replies over 4,096 characters",
+        "the reply sender answers a retrain of 1,500 classes (en) and /breeds of them (pt-BR)",
+        "each sent, cut to 4,096 with a worded note",
+    ),
+    "token_in_logs": (
+        "Token in logged URLs",
+        "the Bot API answers sendMessage with a redirect loop (aiohttp's error quotes the URL)",
+        "the error is logged; no log holds the token",
+    ),
+    "playground": (
+        "Playground CSRF and rebinding",
+        "cross-site form POST of /promote, null origin, missing or wrong run token, "
+        "cross-site fetch metadata, a foreign Host on the page and on /test/events",
+        "each 403; the page's own request accepted",
+    ),
+}
+
+
+def _attack_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    rows = []
+    for name, seen in results.items():
+        title, done, expected = ATTACKS[name]
+        details = ", ".join(f"{k} {v}" for k, v in seen.items() if k not in ("tried", "held"))
+        held = f"{seen['held']}/{seen['tried']} held" + (f"; {details}" if details else "")
+        ok = seen["held"] == seen["tried"] and seen.get("ok", True)
+        rows.append(_row(title, done, expected, held, ok, seen))
+    return rows
+
+
+def webhook() -> list[Row]:
+    """The webhook bot SIGKILLed mid-update, then every attack on its port."""
+    from harness import webhook_attacks
+
+    c = _on_stack(lambda s: webhook_attacks.bot_killed_mid_update(s, n_photos=20, users=5))
+    seen = (
+        f"{c['answered']}/{c['sent']} answered, {c['answered_twice']} twice; "
+        f"{c['confirmed_before_kill']} confirmed before the kill; "
+        f"{c['posts_not_answered_200']} POSTs sent again"
+    )
+    ok = c["answered"] == c["sent"] and not c["answered_twice"] and not c["errors"]
+    killed = _row(
+        "Webhook bot killed",
+        "SIGKILL the webhook bot while it handles 5 users' photos (downloads held), start "
+        "another on the same port; 20 photos in all",
+        "all 20 answered once: an update is answered 200 only once handled",
+        seen,
+        ok,
+        c,
+    )
+    return [killed, *_attack_rows(_on_stack(webhook_attacks.attacks))]
+
+
+def chat() -> list[Row]:
+    """Group feedback, button floods, long texts, a token in a logged URL; the playground page."""
+    from harness import chat_attacks
+
+    results = _on_stack(chat_attacks.chat_attacks)
+    return _attack_rows({**results, "playground": chat_attacks.playground_requests()})
+
+
 SCENARIOS = {
     "worker": worker_killed,
     "bot": bot_restarted,
@@ -342,8 +529,11 @@ SCENARIOS = {
     "storage": storage,
     "bad": bad_input,
     "security": security,
+    "inputs": inputs,
     "load": load,
     "registry": forged_registry,
+    "webhook": webhook,
+    "chat": chat,
 }
 
 

@@ -35,12 +35,22 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (with a .zip; merge=1 says the same) – add its photos and new breeds "
             "to the ones the active model learned\n"
             "/retrain feedback – add the ✅/❌ corrections to them\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – the model as a .tflite file, with its labels and how to run it"
         ),
         "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
         "unknown_command": "I do not know {command}. /help lists what I can do.",
         "promote_usage": (
             "Which version? Write its number, for example /promote 3 (/models lists them)."
+        ),
+        "export_usage": "Which version? /export for the active one, or /export 3 (/models).",
+        "export_sent": (
+            "Version {version}: the model, its labels and README.txt (input, outputs, how to "
+            "run it with ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} is {size:.1f} MB, over the 50 MB a bot may send. Get it with the CLI: "
+            "breedbot export --graph <version {version} folder> --onnx"
         ),
         "cmd_start": "Start",
         "cmd_help": "How to use the bot",
@@ -51,6 +61,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Send a smaller one."
         ),
         "not_image": "That file is not an image I can read (JPEG, PNG, WebP, HEIC, AVIF or GIF).",
+        "busy": "I have too many photos to look at right now. Please send yours again in a minute.",
         "rate_limited": (
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
@@ -107,6 +118,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Weakest breeds:",
         "worst_class": "• {name}: {right} of {n} right ({pct})",
         "confusion_matrix": "v{version}: confusion matrix (rows: true breed, columns: answer)",
+        # Doubled braces: t() leaves the worker a template it fills per photo.
+        "mistake_caption": "is {{label}}, answered {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: photos answered wrongly in cross-validation",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
         "models_host": "    {host}: {engine}, since {since}",
@@ -121,8 +135,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "the file is cut off (truncated)",
         "error_codes.too_large": "the picture is too large",
         "error_codes.too_small": "the picture is too small",
+        "error_codes.expired": "the photo waited too long; send it again",
         "chart_title": "Top {n} guesses · model v{version}",
         "chart_axis": "probability",
+        "text_cut": "✂️ … and {n} more characters (Telegram's limit is 4,096).",
+        "feedback_not_yours": "Only the person who sent this photo can answer for it.",
     },
     "pt-BR": {
         "start": (
@@ -146,12 +163,22 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (com um .zip; merge=1 diz o mesmo) – juntar as fotos e raças novas "
             "às que o modelo ativo aprendeu\n"
             "/retrain feedback – juntar a elas as correções ✅/❌\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – o modelo como arquivo .tflite, com os rótulos e como rodá-lo"
         ),
         "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
         "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
         "promote_usage": (
             "Qual versão? Escreva o número, por exemplo /promote 3 (/models lista as versões)."
+        ),
+        "export_usage": "Qual versão? /export para a ativa, ou /export 3 (/models).",
+        "export_sent": (
+            "Versão {version}: o modelo, seus rótulos e README.txt (entrada, saídas, como "
+            "rodá-lo com ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} tem {size:.1f} MB, acima dos 50 MB que um bot pode enviar. Obtenha-o pela "
+            "linha de comando: breedbot export --graph <pasta da versão {version}> --onnx"
         ),
         "cmd_start": "Começar",
         "cmd_help": "Como usar o bot",
@@ -166,6 +193,9 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "rate_limited": (
             "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
+        ),
+        "busy": (
+            "Estou com fotos demais para analisar agora. Mande a sua de novo daqui a um minuto."
         ),
         "error": "Desculpe, algo deu errado. Tente de novo.",
         "job_failed": "Desculpe, essa tarefa falhou: {reason}",
@@ -220,6 +250,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Raças mais fracas:",
         "worst_class": "• {name}: {right} de {n} certas ({pct})",
         "confusion_matrix": "v{version}: matriz de confusão (linhas: raça real, colunas: resposta)",
+        "mistake_caption": "é {{label}}, respondi {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: fotos que errei na validação cruzada",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
         "models_host": "    {host}: {engine}, desde {since}",
@@ -234,8 +266,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "o arquivo está cortado (incompleto)",
         "error_codes.too_large": "a imagem é grande demais",
         "error_codes.too_small": "a imagem é pequena demais",
+        "error_codes.expired": "a foto esperou demais; mande de novo",
         "chart_title": "{n} palpites principais · modelo v{version}",
         "chart_axis": "probabilidade",
+        "text_cut": "✂️ … e mais {n} caracteres (o limite do Telegram é 4.096).",
+        "feedback_not_yours": "Só quem enviou esta foto pode responder sobre ela.",
     },
 }
 
@@ -247,7 +282,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "O arquivo zip está vazio: coloque nele as pastas das classes ou o labels.csv."
         ),
         "zip_too_many_files": (
-            "Zip recusado: {files} arquivos, o limite é {limit}. Envie menos imagens."
+            "Zip recusado: {files} arquivos e pastas, o limite é {limit}. Envie menos imagens."
         ),
         "zip_too_large": (
             "Zip recusado: descompactado, ele ocupa {total} bytes; o limite é {limit}."
@@ -268,6 +303,22 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "class_control_characters": (
             "O nome de classe {label!r} contém caracteres de controle; renomeie-o."
+        ),
+        "feedback_quota_chat": (
+            "este chat já enviou {limit} correções, o máximo que guardo por chat; obrigado"
+        ),
+        "feedback_quota_total": "já guardo o máximo de {limit} correções; obrigado",
+        "expired": "a foto não está mais guardada; mande de novo",
+        "class_name_path": (
+            "O nome de classe {label!r} não pode nomear uma pasta (uma barra, ou um ponto no "
+            "início); renomeie-o."
+        ),
+        "class_name_too_long": (
+            "O nome de classe {label!r} tem {length} caracteres; o limite é {limit}. Encurte-o."
+        ),
+        "class_name_bidi": (
+            "O nome de classe {label!r} contém controles de direção do texto, que podem "
+            "disfarçá-lo; renomeie-o."
         ),
         "class_names_clash": (
             "As classes {first!r} e {second!r} apareceriam ambas como {shown!r}; renomeie ou "

@@ -23,6 +23,7 @@ ROLLBACK = "breedbot.rollback"
 STATS = "breedbot.stats"
 BREEDS = "breedbot.breeds"  # the active version's class names
 STORE_FEEDBACK = "breedbot.store_feedback"  # files a photo (inline bytes) under its label
+EXPORT = "breedbot.export"  # a version's portable .tflite, labels and README, for /export
 # Reply tasks: consumed in the bot's image, the only one that holds the Telegram token.
 REPLY = "breedbot.reply"
 REPLY_FAILED = "breedbot.reply_failed"  # errback: tells the chat a job failed
@@ -45,6 +46,7 @@ TASK_QUEUES = {
     STATS: QUEUE_CONTROL,
     BREEDS: QUEUE_CONTROL,
     STORE_FEEDBACK: QUEUE_CONTROL,
+    EXPORT: QUEUE_TRAIN,  # converting needs TensorFlow, which the train queue's worker has
     REPLY: QUEUE_REPLY,
     REPLY_FAILED: QUEUE_REPLY,
     PROGRESS: QUEUE_REPLY,
@@ -54,6 +56,7 @@ TASK_QUEUES = {
 # Caps on bytes carried through Redis (base64 adds a third on top).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # Telegram's own getFile cap
 MAX_INLINE_DATASET_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = 50 * 1000 * 1000  # the Bot API's sendDocument limit: an export file's cap
 
 # A photo the bot accepted, for feedback: a Redis hash with "file_id", "labels" (JSON list written
 # by the reply task, best first), "version" (the model that answered) and "label" (the user's
@@ -95,6 +98,13 @@ def served_key(host: str) -> str:
 # unanswered (bot/outbox.py). Only idempotent jobs go here: a re-run classify is answered once.
 OUTBOX_DUE = "breedbot:outbox:due"  # sorted set: outbox id -> time it was (re-)published
 OUTBOX_JOBS = "breedbot:outbox:jobs"  # hash: outbox id -> OutboxEntry JSON
+# A queued photo's bytes, once, under its outbox id; removed with the outbox entry.
+UPLOAD_TTL_SECONDS = 24 * 3600
+
+
+def upload_key(outbox_id: str) -> str:
+    """Redis key of the raw bytes of a photo queued under `outbox_id`."""
+    return f"breedbot:upload:{outbox_id}"
 
 
 class ReplyKind(StrEnum):
@@ -106,6 +116,7 @@ class ReplyKind(StrEnum):
     SWITCH = "switch"
     STATS = "stats"
     BREEDS = "breeds"
+    EXPORT = "export"
 
 
 OUTBOX_KINDS = frozenset({ReplyKind.CLASSIFY})
@@ -154,11 +165,13 @@ class ReplyTo(_Payload):
 
 @dataclass(frozen=True)
 class ClassifyRequest(_Payload):
-    """One image to classify: inline bytes (base64, capped); the bot downloads it."""
+    """One image to classify: inline bytes (base64, capped) or the Redis key holding them (the
+    bot's photos: kept once, not in the queue and the outbox both); the bot downloads it."""
 
     image_b64: str | None = None
     top_k: int = 5
     reply_to: dict[str, Any] | None = None  # a ReplyTo.to_dict()
+    image_key: str | None = None  # an upload_key(); raw bytes
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,8 @@ class RetrainRequest(_Payload):
     force: bool = False
     requested_by: int | None = None
     reply_to: dict[str, Any] | None = None
+    # Each mistake's caption on the contact sheet, in the user's language (None: English).
+    mistake_caption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +262,8 @@ class RetrainResult(_Payload):
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
+    # Its out-of-fold mistakes as one captioned contact sheet; None when there are none.
+    mistakes_jpeg_b64: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +271,7 @@ class FeedbackRequest(_Payload):
     """File photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
 
     photo_id: str
+    language: str = "en"  # of a refusal (a full quota)
 
 
 @dataclass(frozen=True)
@@ -263,6 +281,7 @@ class StoreFeedback(_Payload):
     photo_id: str
     label: str
     image_b64: str | None = None
+    owner: int | None = None  # the chat that sent the photo, for its quota
 
 
 @dataclass(frozen=True)
@@ -350,3 +369,20 @@ class OutboxEntry(_Payload):
     def from_json(cls, text: str) -> Self:
         """Inverse of `to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ExportRequest(_Payload):
+    """/export [N]: version N, or the active one (None)."""
+
+    version: int | None = None
+    requested_by: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult(_Payload):
+    """Result of EXPORT: the files to send, each at most MAX_UPLOAD_BYTES, and those over it."""
+
+    version: int
+    documents: dict[str, str] = field(default_factory=dict)  # file name -> base64 bytes
+    too_big: dict[str, int] = field(default_factory=dict)  # file name -> its size in bytes

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 
 import contract
-from worker import control, feedback, retraining, serving
+from worker import control, exporting, feedback, retraining, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 from worker.storage import blob_store
@@ -90,10 +90,24 @@ def breeds() -> dict[str, Any]:
     return contract.Breeds(served.version, names).to_dict()
 
 
-@app.task(name=contract.STORE_FEEDBACK)
+@app.task(name=contract.STORE_FEEDBACK, throws=(contract.Refused,))
 def store_feedback(payload: dict[str, Any]) -> str | None:
-    """File a corrected photo under its label; the last answer wins."""
+    """File a corrected photo under its label; the last answer wins; a full quota refuses."""
     request = contract.StoreFeedback.from_dict(payload)
     settings = get_settings()
     feedback.import_folder(settings.feedback_root, blob_store(settings))
-    return feedback.store(request, blob_store(settings))
+    return feedback.store(request, blob_store(settings), feedback.Quota.of(settings))
+
+
+@app.task(
+    name=contract.EXPORT,
+    throws=(contract.Refused,),
+    autoretry_for=(retraining.Busy,),
+    max_retries=None,
+    default_retry_delay=15,
+)
+def export(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version's portable .tflite, labels.txt and README.txt, for /export."""
+    request = contract.ExportRequest.from_dict(payload)
+    with retraining.exclusive():  # one TensorFlow child at a time on this worker
+        return exporting.run_in_child(request, get_settings()).to_dict()

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import contract
 from contract import options
-from model import data, litert, train
+from model import data, litert, mistakes, train
 from model import metrics as metrics_lib
 from model.hparams import AUTO, BACKBONE_NAMES, HParams, validate
 from model.predict import load_classifier
@@ -189,6 +189,7 @@ def run(
                 engine=settings.inference_engine,
                 num_threads=settings.litert_threads,
             )
+            sheet = _mistakes_sheet(source, result, request)  # while the photos are here
             # After "saving": the gate compares the new version with the active one.
             report("comparing", 0, 1, result.validation_accuracy)
             test = _test_split(source, Path(tmp) / "eval", hparams)
@@ -248,7 +249,17 @@ def run(
         problem=published.problem,
         params=published.params,
         confusion_png_b64=png,
+        mistakes_jpeg_b64=sheet,
     )
+
+
+def _mistakes_sheet(
+    source: Path, result: train.TrainResult, request: contract.RetrainRequest
+) -> str | None:
+    """The out-of-fold mistakes as one contact sheet (base64 JPEG), None without any."""
+    misclassified = result.metrics.get("misclassified", [])
+    sheet = mistakes.contact_sheet(source, misclassified, request.mistake_caption)
+    return None if sheet is None else contract.encode_bytes(sheet)
 
 
 def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.LabeledImage]:
