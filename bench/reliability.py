@@ -3,8 +3,7 @@ on real processes (emulator, real bot, real workers, real Redis with AOF and a p
 bad-input corpus, the security and fuzz tests, and the load bench. Prints JSON and rewrites the
 results table in docs/RELIABILITY.md; exits 1 if any row fails.
 Run: .venv/bin/python bench/reliability.py [--only worker bot redis failover training storage
-bad security load registry]
-bad security inputs load]
+bad security inputs load registry webhook chat]
 """
 
 from __future__ import annotations
