@@ -7,9 +7,6 @@ import functools
 import logging
 import sys
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from telegram import Update
 from telegram.error import InvalidToken
 from telegram.ext import (
@@ -32,6 +29,7 @@ from bot.handlers import admin, commands, feedback, guards, photos
 from bot.jobs import make_celery
 from bot.polling import run
 from bot.settings import BotSettings
+from broker.redis_client import async_redis_client
 
 SET_COMMANDS_TRIES = 4
 RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
@@ -44,11 +42,7 @@ async def _start(application: Application) -> None:
     data.celery = make_celery(url)
     # Retries reconnect pooled connections that a Redis restart closed, instead of failing the
     # first updates after it; while Redis is down they give up within about a second.
-    data.redis = Redis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
-    )
+    data.redis = async_redis_client(url, sentinel=data.settings, decode_responses=True, retries=4)
     # The command menu is a convenience: after a few failed attempts the bot starts without it.
     for language, code in (("en", None), ("pt-BR", "pt")):
         menu = commands.bot_commands(language)

@@ -20,14 +20,13 @@ from typing import Any
 import httpx
 import redis
 from celery import Task
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 import contract
 from bot import botapi, limits, outbox, render
 from bot.i18n import moment, percent, problem_text, t
 from bot.keyboards import feedback_keyboard
 from bot.reply_app import app
+from broker.redis_client import redis_client as new_redis_client
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,14 @@ class ReplyPending(Exception):
 # its redelivered reply is sent once the claim expires instead of being dropped. Countdowns stay
 # short: a retry waits unacked in the worker, and must do so for less than the visibility timeout.
 RETRY = {"retry_backoff": True, "retry_backoff_max": 5, "retry_jitter": False, "max_retries": 15}
-# Ride out a Redis restart (seconds with AOF): a reply sent but not yet marked "sent" would
-# otherwise keep a stale claim, and be sent again once it expired.
-REDIS_RETRY = {
-    "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
-    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-}
+# Ride out a Redis restart or failover (seconds; 15 retries back off over about 20 s): a reply
+# sent but not yet marked "sent" would otherwise keep a stale claim, and be sent again later.
+REDIS_RETRIES = 15
 
 
 @functools.cache
 def _redis(url: str, pid: int) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, decode_responses=True, **REDIS_RETRY)
+    return new_redis_client(url, decode_responses=True, retries=REDIS_RETRIES)
 
 
 def redis_client() -> redis.Redis:

@@ -2,21 +2,65 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import contract
-from broker.settings import BrokerSettings
-from broker.transport import TRANSPORT
+from broker.redis_client import SENTINEL_SEPARATOR, is_sentinel, parse_sentinel_url
+from broker.settings import BrokerSettings, SentinelSettings
+from broker.transport import patch_schemes, transport_for
 
 JSON_ONLY = ["json"]
 
 
-def client_config(url: str) -> dict[str, Any]:
+def sentinel_url(url: str) -> str:
+    """A sentinel:// URL with the first part's credentials and database in every part.
+
+    kombu moves to the next part of the list on a connection error and then reads the master's
+    password and database from that part alone.
+    """
+    parsed = parse_sentinel_url(url)
+    user = parsed.username or ""
+    auth = f"{user}:{parsed.password}@" if parsed.password else (f"{user}@" if user else "")
+    return SENTINEL_SEPARATOR.join(
+        f"sentinel://{auth}{host}:{port}/{parsed.db}" for host, port in parsed.sentinels
+    )
+
+
+def redis_options(url: str, sentinel: SentinelSettings | None = None) -> dict[str, Any]:
+    """What a Sentinel or TLS URL needs besides itself: Celery's transport and SSL options.
+
+    Sentinel: the master's name and the Sentinels' password (REDIS_MASTER_NAME,
+    REDIS_SENTINEL_PASSWORD). TLS (rediss://): the server's certificate is checked unless the
+    URL's query says otherwise (`?ssl_cert_reqs=none`, or `ssl_ca_certs=...` for a private CA).
+    """
+    if is_sentinel(url):
+        options = sentinel or SentinelSettings()
+        transport = {
+            "master_name": options.redis_master_name,
+            "sentinel_kwargs": {"password": options.sentinel_password},
+        }
+        return {
+            "broker_url": sentinel_url(url),
+            "broker_transport_options": transport,
+            "result_backend_transport_options": transport,
+        }
+    if url.startswith("rediss://"):
+        # Defaults only: ssl_* parameters in the URL's query win (kombu and Celery read them).
+        required = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return {"broker_use_ssl": required, "redis_backend_use_ssl": required}
+    return {}
+
+
+def client_config(url: str, sentinel: SentinelSettings | None = None) -> dict[str, Any]:
     """A client that publishes by task name: JSON only, routes from the contract, no backend."""
+    patch_schemes()
     return {
         "broker_url": url,
-        # kombu's Redis transport, fixed to survive a Redis restart (see broker/transport.py).
-        "broker_transport": TRANSPORT if url.startswith("redis://") else None,
+        # kombu's Redis transport, fixed to survive a Redis restart (see broker/transport.py),
+        # for redis://, rediss:// and sentinel:// alike.
+        "broker_transport": transport_for(url),
+        **redis_options(url, sentinel),
         "broker_connection_retry_on_startup": True,
         # JSON everywhere: a pickle message is refused before it is deserialised.
         "accept_content": JSON_ONLY,
@@ -33,9 +77,13 @@ def consumer_config(settings: BrokerSettings, concurrency: int) -> dict[str, Any
     """A threads-pool worker with at-least-once delivery, results in Redis and events on."""
     url = settings.broker_url()
     visibility = settings.broker_visibility_timeout
+    client = client_config(url, settings)
     return {
-        **client_config(url),
-        "result_backend": url,
+        **client,
+        "result_backend": client["broker_url"],
+        # A result written while Redis restarts or fails over is retried, not lost with its task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         # At-least-once delivery: ack after the task ran, requeue if its worker died, and hold
         # only one unstarted message per pool slot.
         "task_acks_late": True,
@@ -44,10 +92,14 @@ def consumer_config(settings: BrokerSettings, concurrency: int) -> dict[str, Any
         # A redelivered job that already succeeded is not run (answered) twice.
         "worker_deduplicate_successful_tasks": True,
         "broker_transport_options": {
+            **client.get("broker_transport_options", {}),
             "visibility_timeout": visibility,
             "unacked_restore_interval": settings.unacked_restore_interval,
         },
-        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": {
+            **client.get("result_backend_transport_options", {}),
+            "visibility_timeout": visibility,
+        },
         "result_expires": 24 * 3600,
         # Events for Flower (the same as `celery worker -E`).
         "worker_send_task_events": True,

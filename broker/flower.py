@@ -3,7 +3,7 @@
 Flower is only a client of the broker. Its app includes no task module, so it loads neither a
 model nor the bot. The other processes use a patched Redis transport (broker/transport.py), whose
 URL reads `broker.transport:Transport://...`; Flower's Broker tab and queue API know only URL
-schemes such as `redis`, so Flower gets kombu's plain transport. Flower also serves /metrics
+schemes such as `redis`, so Flower's URL keeps its scheme. Flower also serves /metrics
 (task names, worker host names) to anyone, even with basic auth on: here it asks for the same
 credentials, unless PUBLIC_METRICS opens it.
 
@@ -31,9 +31,11 @@ class FlowerSettings(BrokerSettings):
 
 
 def _config() -> dict:
-    url = FlowerSettings().broker_url()
-    # Flower only reads: kombu's plain Redis transport, whose redis:// URL Flower understands.
-    return {**client_config(url), "broker_transport": None, "result_backend": url}
+    settings = FlowerSettings()
+    config = client_config(settings.broker_url(), settings)
+    # No `broker_transport`: the URL keeps its scheme, which Flower's Broker tab understands
+    # (kombu resolves the scheme to the same patched transport, see broker/transport.py).
+    return {**config, "broker_transport": None, "result_backend": config["broker_url"]}
 
 
 app = Celery("breedbot", set_as_current=False)

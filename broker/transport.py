@@ -9,6 +9,10 @@ worker exits and every queued job waits (seen in tests/test_reliability.py::
 test_redis_restarted_mid_run). Those messages are still in Redis' unacked hash; any worker's
 `restore_visible` puts them back once the visibility timeout has passed (photo jobs come back
 sooner through bot/outbox.py), which is what this transport leaves them to.
+
+The same fix serves `redis://`, `rediss://` (TLS: the same transport with an SSL connection) and
+`sentinel://` (kombu's Sentinel channel, which asks the Sentinels for the master on every
+connect): `TRANSPORTS` maps each scheme to its patched class.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis
 
 log = logging.getLogger(__name__)
 TRANSPORT = "broker.transport:Transport"
+SENTINEL_TRANSPORT = "broker.transport:SentinelTransport"
+TRANSPORTS = {"redis": TRANSPORT, "rediss": TRANSPORT, "sentinel": SENTINEL_TRANSPORT}
 
 
 class QoS(redis.QoS):
@@ -111,3 +118,33 @@ class Transport(redis.Transport):
     """The Redis transport using the channel above (`broker_transport` for redis:// URLs)."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """kombu's Sentinel channel (master found through the Sentinels) with the fixes above."""
+
+
+class SentinelTransport(Transport, redis.SentinelTransport):
+    """The Sentinel transport using the channel above (`broker_transport` for sentinel:// URLs)."""
+
+    default_port = redis.SentinelTransport.default_port
+    Channel = SentinelChannel
+
+
+def transport_for(url: str) -> str | None:
+    """The patched transport for `url`'s scheme (redis, rediss, sentinel), else None (kombu's)."""
+    return TRANSPORTS.get(url.split("://", 1)[0])
+
+
+def patch_schemes() -> None:
+    """Make kombu resolve redis, rediss and sentinel to the patched transports, idempotently.
+
+    `broker_transport` names the transport for the first URL only: on a connection error kombu
+    moves to the next URL of a `;` list (`Connection.switch`), and takes its transport from that
+    URL's scheme. A Sentinel URL lists every Sentinel, so a failover would otherwise end on kombu's
+    unpatched transport, which takes the worker down at the next lost connection.
+    """
+    for scheme, path in TRANSPORTS.items():
+        if kombu.transport.TRANSPORT_ALIASES.get(scheme) != path:
+            kombu.transport.TRANSPORT_ALIASES[scheme] = path
+            kombu.transport._transport_cache.pop(scheme, None)

