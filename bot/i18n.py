@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import string
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from babel.dates import format_datetime
+from babel.dates import format_datetime, format_timedelta
 from babel.numbers import format_decimal, format_percent
 
 DEFAULT_LANGUAGE = "en"
@@ -84,8 +84,13 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_bad_options": "I could not read these options:\n{problems}",
         "retrain_queued": "⏳ Retrain queued…",
-        "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
+        "progress_starting": "⚙️ Starting the training process (this takes a few seconds)…",
+        "progress_bottlenecks": "🧮 Reading the photos {done}/{total}",
         "progress_training": "🏋️ Training step {done}/{total}",
+        "progress_final": "🏁 Training the final model, step {done}/{total}",
+        "progress_candidate": "🔎 Choosing a backbone: trying {i} of {n}, {backbone}",
+        "progress_backbone": "🧠 Backbone {backbone}",
+        "progress_left": "about {time} left",
         "progress_comparing": "⚖️ Comparing it with the active model…",
         "progress_saving": "💾 Saving the model…",
         "validation": "validation accuracy {pct}",
@@ -101,6 +106,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_feedback": "{n} from corrections",
         "new_class": "1 new class: {names}",
         "new_classes": "{n} new classes: {names}",
+        "retrain_kept": "⚠️ Model v{version} trained but not live: {pct} right on {n} test photos.",
+        "retrain_kept_cv": (
+            "⚠️ Model v{version} trained on all {n} photos but not live: {k}-fold "
+            "cross-validated accuracy {pct} ± {spread}."
+        ),
+        "models_item_cv": "{mark} v{version} — cross-validated accuracy {pct}, {created}",
         "retrain_live": "It is live now.",
         "retrain_not_live": "It did not go live: {reason}",
         "retrain_failed": "❌ Retrain failed: {reason}",
@@ -195,8 +206,13 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
         "retrain_queued": "⏳ Retreino na fila…",
-        "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
+        "progress_starting": "⚙️ Iniciando o processo de treino (leva alguns segundos)…",
+        "progress_bottlenecks": "🧮 Lendo as fotos {done}/{total}",
         "progress_training": "🏋️ Passo de treino {done}/{total}",
+        "progress_final": "🏁 Treinando o modelo final, passo {done}/{total}",
+        "progress_candidate": "🔎 Escolhendo um backbone: testando {i} de {n}, {backbone}",
+        "progress_backbone": "🧠 Backbone {backbone}",
+        "progress_left": "faltam cerca de {time}",
         "progress_comparing": "⚖️ Comparando com o modelo ativo…",
         "progress_saving": "💾 Salvando o modelo…",
         "validation": "acurácia de validação {pct}",
@@ -212,6 +228,15 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_feedback": "{n} das correções",
         "new_class": "1 classe nova: {names}",
         "new_classes": "{n} classes novas: {names}",
+        "retrain_kept": (
+            "⚠️ Modelo v{version} treinado, mas não entrou no ar: {pct} de acerto em {n} fotos "
+            "de teste."
+        ),
+        "retrain_kept_cv": (
+            "⚠️ Modelo v{version} treinado com todas as {n} fotos, mas não entrou no ar: acurácia "
+            "por validação cruzada ({k} partes) {pct} ± {spread}."
+        ),
+        "models_item_cv": "{mark} v{version} — acurácia por validação cruzada {pct}, {created}",
         "retrain_live": "Já está no ar.",
         "retrain_not_live": "Não entrou no ar: {reason}",
         "retrain_failed": "❌ O retreino falhou: {reason}",
@@ -238,7 +263,17 @@ STRINGS: dict[str, dict[str, str]] = {
 # Problems the worker reports (dataset, accuracy gate, registry, storage, download) by code, with
 # the values it sends; English is the worker's own text, so only other languages are listed here.
 PROBLEMS: dict[str, dict[str, str]] = {
+    # English problems are the worker's own messages, except where the bot knows better: a
+    # cross-validated accuracy is not a test accuracy.
+    "en": {
+        "below_minimum_cv": (
+            "the cross-validated accuracy {accuracy:.1%} is below the minimum {minimum:.1%}"
+        ),
+    },
     "pt-BR": {
+        "below_minimum_cv": (
+            "a acurácia por validação cruzada {accuracy:.1%} está abaixo do mínimo {minimum:.1%}"
+        ),
         "zip_empty": (
             "O arquivo zip está vazio: coloque nele as pastas das classes ou o labels.csv."
         ),
@@ -371,9 +406,15 @@ def t(language: str, key: str, **values: object) -> str:
     return _LocaleFormatter(language).format(text, **values)
 
 
-def percent(probability: float, language: str) -> str:
-    """A probability as a whole percentage, the locale's way ("93%")."""
-    return _LocaleFormatter(language).format("{0:.0%}", probability)
+def percent(probability: float, language: str, digits: int = 0) -> str:
+    """A probability as a percentage, the locale's way ("93%"; "98,7%" with one digit in pt)."""
+    return _LocaleFormatter(language).format(f"{{0:.{digits}%}}", probability)
+
+
+def duration(seconds: float, language: str) -> str:
+    """A span of time, rounded the locale's way ("20 seconds", "2 minutos")."""
+    span = timedelta(seconds=max(seconds, 1))
+    return format_timedelta(span, threshold=1.5, locale=LOCALES.get(language, "en"))
 
 
 def number(value: float, language: str) -> str:

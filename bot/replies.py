@@ -155,7 +155,9 @@ def _album_results(
 def _models_text(versions: list[dict[str, Any]], language: str) -> str:
     lines = [t(language, "models_header")]
     for item in map(contract.ModelVersion.from_dict, versions):
-        accuracy = "–" if item.test_accuracy is None else percent(item.test_accuracy, language)
+        accuracy = (
+            "–" if item.test_accuracy is None else percent(item.test_accuracy, language, digits=1)
+        )
         created = (
             moment(datetime.fromisoformat(item.created_at), language)
             if item.created_at
@@ -165,7 +167,7 @@ def _models_text(versions: list[dict[str, Any]], language: str) -> str:
         lines.append(
             t(
                 language,
-                "models_item",
+                "models_item_cv" if item.accuracy_source == "cross_validation" else "models_item",
                 mark=mark,
                 version=item.version,
                 pct=accuracy,
@@ -299,6 +301,14 @@ def reply_failed(
 
 def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
     failure = app.AsyncResult(task_id).result
+    report = contract.gate_report(failure) if isinstance(failure, contract.Refused) else None
+    if report is not None and kind == contract.ReplyKind.RETRAIN:
+        # Trained, but the gate kept it out: the full report, not a bare failure line.
+        with once(target.key) as first:
+            if first:
+                _wait_turn(target)
+                _finish_retrain(report.to_dict(), target)
+        return
     if isinstance(failure, contract.Refused):
         # The user's own problem, worded in their language from its code and values.
         reason = problem_text(target.language, failure.problem, failure.params, failure.message)

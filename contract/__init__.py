@@ -196,10 +196,16 @@ class RetrainRequest(_Payload):
 
 @dataclass(frozen=True)
 class Progress(_Payload):
-    stage: str  # in this order: "download", "bottlenecks", "training", "saving", "comparing"
+    # In this order: "starting", "download", "bottlenecks", "training" (per candidate backbone
+    # with `auto`, then the chosen one's), "final" (the served layer), "saving", "comparing".
+    stage: str
     done: int
     total: int
     validation_accuracy: float | None = None
+    backbone: str | None = None  # whose photo features are read or trained on
+    candidate: int | None = None  # `auto` trying backbone `candidate` of `candidates`
+    candidates: int | None = None
+    seconds_left: float | None = None  # of this stage, from its pace so far
 
 
 class Refused(Exception):
@@ -235,6 +241,17 @@ class RetrainResult(_Payload):
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
+
+
+# Refused.params key under which a retrain the accuracy gate kept from going live carries its
+# RetrainResult (as a dict): the job fails, and the chat still gets the version's report.
+GATE_REPORT = "report"
+
+
+def gate_report(refusal: Refused) -> RetrainResult | None:
+    """The report of a version the gate kept out, when `refusal` is that; else None."""
+    report = refusal.params.get(GATE_REPORT)
+    return RetrainResult.from_dict(report) if isinstance(report, dict) else None
 
 
 @dataclass(frozen=True)
@@ -273,6 +290,8 @@ class ModelVersion(_Payload):
     test_accuracy: float | None = None
     classes: int | None = None
     note: str = ""  # the accuracy gate's verdict
+    # "test_split", or "cross_validation" when test_accuracy is cross-validated (no test photos).
+    accuracy_source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -400,13 +400,14 @@ def test_admin_retrain_progress_then_live_then_rollback(
 
     events = chat.wait_for(ADMIN, finished, timeout=300, after=cursor)
     edits = [e["message"]["text"] for e in events if e["type"] == "edited"]
-    assert any("bottlenecks" in text for text in edits)
-    assert any(text.startswith("🏋️ Training step") for text in edits)
+    assert any("Reading the photos" in text for text in edits)
+    assert any("\n🏋️ Training step" in text for text in edits)  # under the backbone's name
     assert "It is live now." in edits[-1]
     # The accuracy with the photos behind it: every photo trains, 5 folds measure.
-    assert re.search(r"on all \d+ photos: 5-fold cross-validated accuracy \d+% ± \d+%", edits[-1])
+    accuracy = r"on all \d+ photos: 5-fold cross-validated accuracy [\d.]+% ± [\d.]+%"
+    assert re.search(accuracy, edits[-1])
     saving = next(i for i, text in enumerate(edits) if text.startswith("💾"))
-    assert not any(text.startswith(("🧮", "🏋️", "📏")) for text in edits[saving:])  # in order
+    assert not any(text.startswith(("🧠", "🔎")) for text in edits[saving:])  # in order
     assert "_" not in edits[-1]  # breeds by display name, never by folder name
     matrix = chat.wait_for(ADMIN, lambda ev: any("confusion" in (e["message"].get("caption") or "")
                                                  for e in ev if e["type"] == "sent"),

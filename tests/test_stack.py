@@ -104,7 +104,7 @@ def test_console_shows_only_this_runs_lines(tmp_path: Path, capsys) -> None:
     assert out.splitlines()[-1] == f"[worker] {new}" and "Unrecoverable" not in out
 
 
-# On SIGTERM: wait a second, as a worker finishing its tasks does, then use Redis and say how it went.
+# On SIGTERM: wait a second (as a worker finishing its tasks does), then use Redis; say how it went.
 USES_REDIS_WHILE_STOPPING = """
 import signal, sys, time, redis
 def stop(*_):
