@@ -55,7 +55,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
         "error": "Sorry, something went wrong. Please try again.",
-        "job_failed": "Sorry, that job failed: {reason}",
+        "job_failed": "Sorry, I could not do that: {reason}",
         "result": "{name} — {pct}",
         "not_sure": "🤔 Not sure. My best guess: {name} — {pct}",
         "next_guesses": "Next guesses: {guesses}",
@@ -177,7 +177,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
         ),
         "error": "Desculpe, algo deu errado. Tente de novo.",
-        "job_failed": "Desculpe, essa tarefa falhou: {reason}",
+        "job_failed": "Desculpe, não consegui fazer isso: {reason}",
         "result": "{name} — {pct}",
         "not_sure": "🤔 Não tenho certeza. Meu melhor palpite: {name} — {pct}",
         "next_guesses": "Próximos palpites: {guesses}",
@@ -266,6 +266,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
     # English problems are the worker's own messages, except where the bot knows better: a
     # cross-validated accuracy is not a test accuracy.
     "en": {
+        "no_such_version": "there is no model version {version} (/models lists them)",
         "below_minimum_cv": (
             "the cross-validated accuracy {accuracy:.1%} is below the minimum {minimum:.1%}"
         ),
@@ -332,7 +333,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "a acurácia de teste {accuracy:.1%} está abaixo dos {active_accuracy:.1%} da versão "
             "ativa {version} no mesmo conjunto de teste"
         ),
-        "no_such_version": "não existe a versão {version} do modelo",
+        "no_such_version": "não existe a versão {version} do modelo (/models lista as versões)",
         "nothing_to_roll_back_to": "não há versão ativa anterior para onde voltar",
         "storage": (
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
@@ -409,6 +410,12 @@ def t(language: str, key: str, **values: object) -> str:
 def percent(probability: float, language: str, digits: int = 0) -> str:
     """A probability as a percentage, the locale's way ("93%"; "98,7%" with one digit in pt)."""
     return _LocaleFormatter(language).format(f"{{0:.{digits}%}}", probability)
+
+
+def sentence(text: str) -> str:
+    """`text` ending as a sentence does: a full stop unless it has its own end already."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?", "…")) else f"{text}."
 
 
 def duration(seconds: float, language: str) -> str:

@@ -23,7 +23,7 @@ from celery import Task
 
 import contract
 from bot import botapi, limits, outbox, render
-from bot.i18n import moment, percent, problem_text, t
+from bot.i18n import moment, percent, problem_text, sentence, t
 from bot.keyboards import feedback_keyboard
 from bot.reply_app import app
 from broker.redis_client import redis_client as new_redis_client
@@ -320,7 +320,7 @@ def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
             return
         _wait_turn(target)
         key = "retrain_failed" if kind == contract.ReplyKind.RETRAIN else "job_failed"
-        text = t(target.language, key, reason=reason)
+        text = sentence(t(target.language, key, reason=reason))
         if kind == contract.ReplyKind.RETRAIN and target.status_message_id is not None:
             botapi.edit_status(target, text)
         else:

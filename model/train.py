@@ -524,7 +524,7 @@ def _check_train_classes(labels: list[str], train_y: np.ndarray) -> None:
     counts = np.bincount(train_y, minlength=len(labels))
     empty = [labels[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise data.DatasetError("no_training_images", classes=", ".join(map(repr, empty)))
+        raise data.DatasetError("no_training_images", classes=data.shown_names(empty))
 
 
 def _publish(work: Path, target: Path) -> None:

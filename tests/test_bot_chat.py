@@ -113,7 +113,7 @@ def test_one_class_feedback_retrain_says_to_collect_more(
     refusal = one_class.value
     assert refusal.problem == "feedback_one_class"
     english = problem_text("en", refusal.problem, refusal.params, refusal.message)
-    assert "cover only 1 breed(s): 'pug'" in english and "folder" not in english
+    assert "cover only 1 breed(s): Pug." in english and "folder" not in english
     portuguese = problem_text("pt-BR", refusal.problem, refusal.params, refusal.message)
     assert "pelo menos 2: toque em ✅ ou ❌" in portuguese
     with pytest.raises(contract.Refused) as empty:

@@ -411,7 +411,7 @@ def test_every_problem_the_worker_reports_is_worded_in_portuguese() -> None:
 
 
 def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
-    error = DatasetError("too_few_images", min=3, short="'dogs': 1")
+    error = DatasetError("too_few_images", min=3, short="Dogs (1)")
     copy = pickle.loads(pickle.dumps(error))
     assert (type(copy), copy.code, copy.params, str(copy)) == (
         DatasetError,
@@ -420,7 +420,7 @@ def test_problem_text_words_a_dataset_error_or_falls_back_to_english() -> None:
         str(error),
     )
     assert problem_text("pt-BR", error.code, error.params, str(error)) == (
-        "Cada classe precisa de pelo menos 3 imagens utilizáveis: 'dogs': 1."
+        "Cada classe precisa de pelo menos 3 imagens utilizáveis: Dogs (1)."
     )
     assert problem_text("en", error.code, error.params, str(error)) == str(error)
     assert problem_text("pt-BR", "no_such_version", {}, "english") == "english"  # values missing

@@ -363,8 +363,17 @@ def test_a_refused_job_is_told_once_in_the_users_language(
     for _ in range(2):
         replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
     [event] = _bot_events(fake, 9108)
-    reason = "não existe a versão 99 do modelo"
-    assert event["message"]["text"] == t("pt-BR", "job_failed", reason=reason)
+    assert event["message"]["text"] == (
+        "Desculpe, não consegui fazer isso: não existe a versão 99 do modelo (/models lista as "
+        "versões)."
+    )
+    # In English too: worded for the person who typed the number, and ending as a sentence.
+    target = _target(user, 9123)
+    replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
+    [event] = _bot_events(fake, 9123)
+    assert event["message"]["text"] == (
+        "Sorry, I could not do that: there is no model version 99 (/models lists them)."
+    )
 
 
 def test_a_retrain_the_gate_kept_out_is_reported_not_celebrated(
