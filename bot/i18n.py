@@ -118,6 +118,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Weakest breeds:",
         "worst_class": "• {name}: {right} of {n} right ({pct})",
         "confusion_matrix": "v{version}: confusion matrix (rows: true breed, columns: answer)",
+        "confusion_title": "Model v{version} · test accuracy {pct} on {n} photos",
+        "confusion_title_cv": "Model v{version} · cross-validated accuracy {pct} on {n} photos",
+        "confusion_axes": "Rows: the true breed · columns: the answer (numbered as the rows)",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
         "built_in": "built in",
@@ -243,6 +246,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "worst_classes": "Raças mais fracas:",
         "worst_class": "• {name}: {right} de {n} certas ({pct})",
         "confusion_matrix": "v{version}: matriz de confusão (linhas: raça real, colunas: resposta)",
+        "confusion_title": "Modelo v{version} · acurácia de teste {pct} em {n} fotos",
+        "confusion_title_cv": (
+            "Modelo v{version} · acurácia por validação cruzada {pct} em {n} fotos"
+        ),
+        "confusion_axes": "Linhas: a raça real · colunas: a resposta (numeradas como as linhas)",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
         "built_in": "embutido",

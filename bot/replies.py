@@ -23,6 +23,7 @@ from celery import Task
 
 import contract
 from bot import botapi, limits, outbox, render
+from bot.confusion_chart import confusion_chart
 from bot.i18n import moment, percent, problem_text, sentence, t
 from bot.keyboards import feedback_keyboard
 from bot.reply_app import app
@@ -203,8 +204,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.edit_status(reply_to, text)
     else:
         botapi.send_text(reply_to, text)
-    if outcome.confusion_png_b64:
-        png = contract.decode_bytes(outcome.confusion_png_b64)
+    if outcome.confusion_matrix:
+        png = confusion_chart(outcome, reply_to.language)
         caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
         botapi.send_picture(reply_to, png, caption)
 

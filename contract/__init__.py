@@ -240,7 +240,10 @@ class RetrainResult(_Payload):
     # The reason as a problem code and its values, so the bot can word it in the user's language.
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
+    # The confusion matrix its accuracy was measured on (rows: true class, columns: answer), and
+    # the classes' display names in that order: the bot draws it in the user's language.
+    confusion_matrix: list[list[int]] | None = None
+    class_names: list[str] = field(default_factory=list)
 
 
 # Refused.params key under which a retrain the accuracy gate kept from going live carries its

@@ -16,6 +16,7 @@ import redis
 
 import contract
 from bot import botapi, outbox, render, replies
+from bot.confusion_chart import confusion_chart
 from bot.i18n import moment, percent, problem_text, t
 from fakegram.api import FakeTelegram, PlaygroundClient
 from harness.stack import Stack
@@ -295,8 +296,11 @@ def test_retrain_result_edits_the_status_message(
         9105, target.message_id, status_message_id=status["message_id"], key="retrain:9105"
     )
     replies.progress(target.to_dict(), contract.Progress("training", 10, 60).to_dict())
-    png = render.top_k_chart(PUG)
-    result = contract.RetrainResult(7, True, 0.9, confusion_png_b64=contract.encode_bytes(png))
+    matrix = [[9, 1], [1, 9]]
+    result = contract.RetrainResult(
+        7, True, 0.9, confusion_matrix=matrix, class_names=["Pug", "Bengal"]
+    )
+    png = confusion_chart(result, "en")  # drawn by the reply sender, in the chat's language
     for _ in range(2):
         replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="retrain")
     events = _bot_events(fake, 9105)

@@ -1,13 +1,19 @@
-"""A retrain's progress as a chat user reads it: which stage, which backbone (which candidate of
-`auto`), about how long the stage has left, in plain words (en and pt-BR)."""
+"""A retrain as a chat user reads it: progress with its stage, backbone (which candidate of
+`auto`) and the time the stage has left, in plain words (en and pt-BR); the confusion-matrix
+picture, drawn by the bot in the user's language."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+
 import pytest
+from PIL import Image
 
 import contract
-from bot import render
+from bot import confusion_chart, render
 from bot.i18n import STRINGS
+from contract import RetrainResult
 from worker.retraining import Reporter
 
 
@@ -63,3 +69,35 @@ def test_the_chat_has_no_tutorial_jargon_and_says_when_the_child_starts() -> Non
         assert not [k for k, v in strings.items() if "bottleneck" in v.lower()], language
         starting = render.progress_text(contract.Progress("starting", 0, 1), language)
         assert starting.startswith("⚙️") and starting != strings["retrain_queued"]
+
+
+def _cv_result(accuracy: float, names: list[str], matrix: list[list[int]]) -> RetrainResult:
+    cv = {"k": 5, "accuracy": accuracy, "std": 0.02}
+    metrics = {"accuracy_source": "cross_validation", "cross_validation": cv, "n_train": 60}
+    return RetrainResult(4, True, accuracy, metrics, confusion_matrix=matrix,
+                                  class_names=names)  # fmt: skip
+
+
+def test_confusion_picture_is_translated_titled_whole_and_rounded_as_the_text() -> None:
+    names = ["Russian Blue", "American pit bull terrier", "Staffordshire bull terrier"]
+    result = _cv_result(0.987, names, [[20, 0, 0], [0, 19, 1], [0, 0, 20]])
+    for language, pct, words in (("en", "98.7%", "cross-validated"), ("pt-BR", "98,7%", "cruzada")):
+        heading = confusion_chart.title(result, language)
+        assert pct in heading and words in heading and "N=" not in heading
+        assert pct in render.retrain_text(result, language).splitlines()[0]  # same rounding
+        # Wrapped, never cut: every word of the title is drawn.
+        lines = confusion_chart.title_lines(result, language)
+        assert " ".join(lines) == heading and "…" not in heading
+        picture = Image.open(io.BytesIO(confusion_chart.confusion_chart(result, language)))
+        assert picture.format == "PNG" and picture.width >= confusion_chart.MIN_WIDTH
+    # Thirty-seven breeds get a wider picture, a column each.
+    many = _cv_result(0.9, [f"Breed {i}" for i in range(37)], [[1] * 37 for _ in range(37)])
+    wide = Image.open(io.BytesIO(confusion_chart.confusion_chart(many, "en")))
+    assert wide.width >= 37 * confusion_chart.CELL
+
+
+def test_confusion_matrix_travels_as_numbers_with_display_names() -> None:
+    """The worker sends the matrix and the names the chat shows; the bot draws the picture."""
+    fields = {f.name for f in dataclasses.fields(contract.RetrainResult)}
+    assert {"confusion_matrix", "class_names"} <= fields
+    assert "confusion_png_b64" not in fields

@@ -272,7 +272,7 @@ def test_a_retrain_the_gate_keeps_out_is_a_failed_job(worker, celery_client, dat
     assert refused.value.problem == "below_minimum" and refused.value.params["minimum"] == 1.0
     report = contract.gate_report(refused.value)
     assert report is not None and not report.activated and report.version > 0
-    assert report.confusion_png_b64 is None  # the failure stays small
+    assert report.confusion_matrix is None  # the failure stays small
     assert f"version {report.version} did not go live" in str(refused.value)
     now = contract.Stats.from_dict(celery_client.send_task(contract.STATS).get(timeout=30))
     assert now.active_version == active.active_version

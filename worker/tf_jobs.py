@@ -190,8 +190,6 @@ def run(
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
-    chart = root / str(published.version) / train.CONFUSION_FILE
-    png = contract.encode_bytes(chart.read_bytes()) if chart.is_file() else None
     versions.prune(reg, root, settings.keep_versions)
     metrics = {
         **published.record["metrics"],
@@ -209,7 +207,9 @@ def run(
         published.reason,
         problem=published.problem,
         params=published.params,
-        confusion_png_b64=png,
+        # The test split's when there is one, else the out-of-fold answers: what the accuracy is.
+        confusion_matrix=(result.metrics.get("test") or result.metrics)["confusion_matrix"],
+        class_names=list(map(data.display_name, result.labels)),
     )
     if not published.activated:
         raise _gate_refusal(outcome)
@@ -218,8 +218,8 @@ def run(
 
 def _gate_refusal(outcome: contract.RetrainResult) -> contract.Refused:
     """A version the gate kept from going live fails its job (Flower, `retrain --via-queue`);
-    the refusal carries the version's report (without its picture) for the chat's reply."""
-    report = dataclasses.replace(outcome, confusion_png_b64=None)
+    the refusal carries the version's report (without its matrix) for the chat's reply."""
+    report = dataclasses.replace(outcome, confusion_matrix=None)
     return _refused(
         outcome.problem or "gate",
         f"version {outcome.version} did not go live: {outcome.reason}",
