@@ -7,6 +7,7 @@ import functools
 import logging
 import sys
 
+from pydantic import ValidationError
 from telegram import Update
 from telegram.error import InvalidToken
 from telegram.ext import (
@@ -28,7 +29,9 @@ from bot.errors import on_error
 from bot.handlers import admin, commands, feedback, guards, photos
 from bot.jobs import make_celery
 from bot.polling import run
+from bot.redact import install as hide_token
 from bot.settings import BotSettings
+from bot.webhook import receive
 from broker.redis_client import async_redis_client
 
 SET_COMMANDS_TRIES = 4
@@ -112,29 +115,24 @@ def build_app(settings: BotSettings) -> Application:
 
 
 def main() -> None:
-    """Run the bot: long polling (each update confirmed once handled), or a webhook."""
+    """Run the bot: long polling, or a webhook with WEBHOOK_URL (each update confirmed to
+    Telegram once handled, either way)."""
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = BotSettings()
+    log = logging.getLogger(__name__)
+    try:
+        settings = BotSettings()
+    except ValidationError as error:
+        # A bad deploy stops here, in words (e.g. WEBHOOK_URL without WEBHOOK_SECRET).
+        log.error("bad settings: %s", error)
+        sys.exit(2)
+    hide_token(settings.telegram_bot_token, logging.getLogger().handlers)
     application = build_app(settings)
-    if settings.webhook_url:
-        secret = settings.webhook_secret
-        application.run_webhook(
-            listen=settings.webhook_listen,
-            port=settings.webhook_port,
-            url_path="telegram",
-            webhook_url=f"{settings.webhook_url.rstrip('/')}/telegram",
-            secret_token=secret.get_secret_value() if secret else None,
-            allowed_updates=Update.ALL_TYPES,
-        )
-    else:
-        try:
-            asyncio.run(run(application))
-        except InvalidToken:
-            logging.getLogger(__name__).error(
-                "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather (/mybots)"
-            )
-            sys.exit(1)
+    try:
+        asyncio.run(run(application, receive) if settings.webhook_url else run(application))
+    except InvalidToken:
+        log.error("Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather (/mybots)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

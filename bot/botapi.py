@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 import contract
+from bot import render
 from bot.settings import BotSettings
 
 
@@ -87,17 +88,20 @@ def _reply_params(reply_to: contract.ReplyTo) -> dict[str, Any]:
 
 def send_text(reply_to: contract.ReplyTo, text: str, **extra: Any) -> Any:
     """Send `text` to the chat, as a reply to the user's message."""
+    text = render.fit(text, reply_to.language)
     return call("sendMessage", {**_reply_params(reply_to), "text": text, **extra})
 
 
 def send_picture(reply_to: contract.ReplyTo, png: bytes, caption: str, **extra: Any) -> Any:
     """Send a PNG with a caption to the chat, as a reply to the user's message."""
+    caption = render.fit(caption, reply_to.language, render.CAPTION_LIMIT)
     params = {**_reply_params(reply_to), "caption": caption, **extra}
     return call("sendPhoto", params, files={"photo": ("chart.png", png, "image/png")})
 
 
 def edit_status(reply_to: contract.ReplyTo, text: str) -> None:
     """Replace the text of the job's status message (an unchanged text is not an error)."""
+    text = render.fit(text, reply_to.language)
     try:
         call(
             "editMessageText",

@@ -22,6 +22,8 @@ class BotData:
     redis: Redis | None = None
     # Marks the updates this process claimed, so a restarted bot can tell them from its own.
     instance: str = field(default_factory=lambda: secrets.token_hex(8))
+    # Webhook updates being handled whose ids were too far ahead to claim (guards.trusted_id).
+    untrusted: set[int] = field(default_factory=set)
 
 
 Context = CallbackContext[ExtBot[None], dict[str, Any], dict[str, Any], BotData]

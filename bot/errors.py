@@ -13,6 +13,7 @@ from telegram.ext import ApplicationHandlerStop
 from bot.context import Context, settings_of
 from bot.handlers.common import language_of
 from bot.i18n import t
+from bot.redact import scrub
 
 log = logging.getLogger(__name__)
 MAX_TRACE_CHARS = 3500
@@ -22,9 +23,11 @@ async def on_error(update: object, context: Context) -> None:
     """Handle any exception raised by a handler."""
     error = context.error
     log.error("error while handling an update", exc_info=error)
-    developer_chat = settings_of(context).developer_chat_id
+    settings = settings_of(context)
+    developer_chat = settings.developer_chat_id
     if developer_chat is not None and error is not None:
-        trace = "".join(traceback.format_exception(error))[-MAX_TRACE_CHARS:]
+        trace = "".join(traceback.format_exception(error))
+        trace = scrub(trace, settings.telegram_bot_token)[-MAX_TRACE_CHARS:]
         await context.bot.send_message(
             developer_chat, f"<pre>{html.escape(trace)}</pre>", parse_mode=ParseMode.HTML
         )

@@ -135,6 +135,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.too_small": "the picture is too small",
         "chart_title": "Top {n} guesses · model v{version}",
         "chart_axis": "probability",
+        "text_cut": "✂️ … and {n} more characters (Telegram's limit is 4,096).",
+        "feedback_not_yours": "Only the person who sent this photo can answer for it.",
     },
     "pt-BR": {
         "start": (
@@ -265,6 +267,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.too_small": "a imagem é pequena demais",
         "chart_title": "{n} palpites principais · modelo v{version}",
         "chart_axis": "probabilidade",
+        "text_cut": "✂️ … e mais {n} caracteres (o limite do Telegram é 4.096).",
+        "feedback_not_yours": "Só quem enviou esta foto pode responder sobre ela.",
     },
 }
 

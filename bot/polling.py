@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 from telegram import Update
 from telegram.error import InvalidToken, TelegramError
@@ -83,18 +84,28 @@ async def _in_order(application: Application, updates: list[Update]) -> None:
         await application.process_update(update)
 
 
-async def run(application: Application) -> None:
-    """Start the application, poll until SIGINT or SIGTERM, then stop and shut down cleanly."""
+async def _long_poll(application: Application) -> None:
+    # Telegram refuses getUpdates while a webhook is set (a previous webhook deployment).
+    await backoff.patiently("deleteWebhook", application.bot.delete_webhook)
+    await poll(application)
+
+
+Receive = Callable[[Application], Awaitable[None]]
+
+
+async def run(application: Application, receive: Receive = _long_poll) -> None:
+    """Start the application, receive updates (long polling, or `receive`) until SIGINT or
+    SIGTERM, then stop and shut down cleanly."""
     loop = asyncio.get_running_loop()
     polling = asyncio.current_task()
     assert polling is not None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, polling.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await _serve(application)
+        await _serve(application, receive)
 
 
-async def _serve(application: Application) -> None:
+async def _serve(application: Application, receive: Receive) -> None:
     # getMe (inside initialize) and deleteWebhook are retried: a blip at start must not stop us.
     await backoff.patiently("getMe", application.bot.initialize)
     async with application:  # initialize() (done above) ... shutdown()
@@ -103,9 +114,7 @@ async def _serve(application: Application) -> None:
             await application.post_init(application)
         await application.start()
         try:
-            # Telegram refuses getUpdates while a webhook is set (a previous webhook deployment).
-            await backoff.patiently("deleteWebhook", application.bot.delete_webhook)
-            await poll(application)
+            await receive(application)
         finally:
             await application.stop()
             if application.post_shutdown:

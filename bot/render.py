@@ -295,3 +295,21 @@ def retrain_text(result: RetrainResult, language: str) -> str:
     else:
         lines.append(t(language, "retrain_not_live", reason=reason))
     return "\n".join(lines)
+
+
+# Telegram refuses longer texts and captions ("message is too long"); the answer would be lost.
+MESSAGE_LIMIT = 4096
+CAPTION_LIMIT = 1024
+
+
+def fit(text: str, language: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` within Telegram's `limit`: cut at a line end where one is near, and a last line
+    saying how much was left out (a retrain of 1,500 classes, /breeds of a big model)."""
+    if len(text) <= limit:
+        return text
+    room = limit - len(t(language, "text_cut", n=len(text))) - 1
+    cut = text[:room]
+    line_end = cut.rfind("\n")
+    if line_end > room // 2:  # whole lines, unless that throws away more than half
+        cut = cut[:line_end]
+    return f"{cut}\n{t(language, 'text_cut', n=len(text) - len(cut))}"

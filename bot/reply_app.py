@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from bot import botapi
+from bot import botapi, redact
 from broker.config import consumer_config
 
 TASK_MODULES = ["bot.replies"]
@@ -30,9 +30,15 @@ app = create_app()
 
 
 @signals.after_setup_logger.connect
-def _quiet_http_client(**_: Any) -> None:
+def _quiet_http_client(logger: logging.Logger, **_: Any) -> None:
     # httpx logs every request URL at INFO, and Bot API URLs carry the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    redact.install(botapi.settings().telegram_bot_token, logger.handlers)
+
+
+@signals.after_setup_task_logger.connect
+def _hide_token_in_tasks(logger: logging.Logger, **_: Any) -> None:
+    redact.install(botapi.settings().telegram_bot_token, logger.handlers)
 
 
 @signals.worker_ready.connect

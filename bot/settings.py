@@ -3,9 +3,10 @@ the environment (and `.env`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from broker.settings import BrokerSettings
@@ -44,11 +45,16 @@ class BotSettings(BrokerSettings):
     outbox_rescue_seconds: float = Field(default=60, gt=0)
     outbox_max_attempts: int = Field(default=3, ge=0)
 
-    # Webhook mode (deployments); unset = long polling.
+    # Webhook mode (deployments); unset = long polling. The bot listens on loopback: a reverse
+    # proxy (TLS) in front of it is the deployment; WEBHOOK_LISTEN=0.0.0.0 opens it wider.
     webhook_url: str | None = None
-    webhook_listen: str = "0.0.0.0"
+    webhook_listen: str = "127.0.0.1"
     webhook_port: int = Field(default=8443, ge=1, le=65535)
+    # Required with WEBHOOK_URL: Telegram sends it in a header, so a POST without it is forged.
+    # Telegram's rule: 1-256 characters of A-Z, a-z, 0-9, _ and -.
     webhook_secret: SecretStr | None = None
+    # Telegram's max_connections: how many updates it sends to the bot at once.
+    webhook_connections: int = Field(default=40, ge=1, le=100)
 
     # `breedbot playground` (and `make up` without a token) serves the emulator and page here.
     playground_port: int = Field(default=8081, ge=0, le=65535)
@@ -60,6 +66,19 @@ class BotSettings(BrokerSettings):
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(",", " ").split())
         return value
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> BotSettings:
+        # Without the secret anyone who can reach the port could post an admin's commands.
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError(
+                "WEBHOOK_URL is set but WEBHOOK_SECRET is not: set WEBHOOK_SECRET to 1-256 "
+                "characters of A-Z, a-z, 0-9, _ and - (e.g. `openssl rand -hex 32`)"
+            )
+        secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        if self.webhook_secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise ValueError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return self
 
     @property
     def base_url(self) -> str:

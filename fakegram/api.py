@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 import httpx
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # Telegram's getFile cap for bots
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_TEXT = 4096  # Telegram's limits on a message's text and a caption
+MAX_CAPTION = 1024
 BOT_USER = {
     "id": 999000,
     "is_bot": True,
@@ -42,6 +45,9 @@ FAULTS = {
     "is running",
     500: "Internal Server Error",
 }
+# Webhook delivery, as Telegram does it: an update is sent again until the bot answers 200.
+WEBHOOK_RETRY_SECONDS = 0.5
+WEBHOOK_TIMEOUT = 60.0
 # Form fields that carry JSON objects (PTB posts everything else as plain strings).
 JSON_FIELDS = {
     "reply_markup",
@@ -119,7 +125,12 @@ class FakeTelegram:
         self.files: dict[str, StoredFile] = {}
         self.paths: dict[str, StoredFile] = {}
         self.commands: list[dict[str, Any]] = []
+        # Webhook mode (setWebhook): pending updates are POSTed to `webhook` instead of polled.
         self.webhook: str = ""
+        self.webhook_secret = ""
+        self.webhook_connections = 40
+        self.webhook_failures = 0  # POSTs the bot did not answer 200 (each is sent again)
+        self._delivering: asyncio.Task[None] | None = None
         # Like Telegram's, ids never repeat, not even across runs: they start at the clock's
         # milliseconds. The bot and the workers remember handled updates and sent replies in
         # Redis, which outlives a restarted playground.
@@ -134,6 +145,9 @@ class FakeTelegram:
         # and a getUpdates that answers at once, ignoring `timeout`, as some proxies do.
         self.faults: dict[str, list[int]] = {}
         self.ignore_poll_timeout = False
+        # Methods answered with a redirect to themselves (a misconfigured proxy): the client
+        # gives up with an error quoting the URL, token and all.
+        self.redirect_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
         # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
         # to that chat are answered 429, as Telegram does when a bot sends too fast.
@@ -143,6 +157,7 @@ class FakeTelegram:
             "logOut": lambda p: True,
             "close": lambda p: True,
             "deleteWebhook": self._delete_webhook,
+            "setWebhook": self._set_webhook,
             "getWebhookInfo": lambda p: {"url": self.webhook, "pending_update_count": 0},
             "setMyCommands": self._set_commands,
             "getMyCommands": lambda p: self.commands,
@@ -239,7 +254,80 @@ class FakeTelegram:
         if str(params.get("drop_pending_updates", "")).lower() == "true":
             self.pending.clear()
         self.webhook = ""
+        if self._delivering is not None:
+            self._delivering.cancel()
+            self._delivering = None
         return True
+
+    def _set_webhook(self, params: dict[str, Any]) -> bool:
+        self._delete_webhook({})
+        self.webhook = str(params["url"])
+        self.webhook_secret = str(params.get("secret_token") or "")
+        self.webhook_connections = int(params.get("max_connections") or 40)
+        self._delivering = asyncio.get_running_loop().create_task(self._deliver())
+        return True
+
+    async def _deliver(self) -> None:
+        """Webhook mode: POST pending updates to the bot, up to `webhook_connections` at once and
+        one per chat at a time (in order), each until the bot answers 200."""
+        in_flight: dict[int, int] = {}  # update id -> chat id
+
+        def ready() -> list[dict[str, Any]]:
+            busy = set(in_flight.values())
+            waiting = [u for u in self.pending if u["update_id"] not in in_flight]
+            return [u for u in waiting if _chat_of(u) not in busy]
+
+        posts: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession() as session:
+            try:
+                while True:
+                    async with self.changed:
+                        await self.changed.wait_for(
+                            lambda: ready() and len(in_flight) < self.webhook_connections
+                        )
+                    for update in ready()[: self.webhook_connections - len(in_flight)]:
+                        if _chat_of(update) in in_flight.values():
+                            continue  # two of one chat in this round: the later one waits
+                        in_flight[update["update_id"]] = _chat_of(update)
+                        post = asyncio.create_task(self._post(session, update, in_flight))
+                        posts.add(post)
+                        post.add_done_callback(posts.discard)
+            finally:
+                # A new setWebhook (a restarted bot) delivers them afresh.
+                for post in list(posts):
+                    post.cancel()
+                await asyncio.gather(*posts, return_exceptions=True)
+
+    async def _post(
+        self, session: aiohttp.ClientSession, update: dict[str, Any], in_flight: dict[int, int]
+    ) -> None:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret}
+        timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)
+        try:
+            while self.webhook:
+                try:
+                    async with session.post(
+                        self.webhook, json=update, headers=headers, timeout=timeout
+                    ) as response:
+                        if response.status == 200:
+                            with suppress(ValueError):  # unless deleteWebhook dropped it
+                                self.pending.remove(update)
+                            self._confirm([update])
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass  # killed, restarting, or not listening yet: Telegram tries again too
+                self.webhook_failures += 1
+                await asyncio.sleep(WEBHOOK_RETRY_SECONDS)
+        finally:
+            in_flight.pop(update["update_id"], None)
+            with suppress(RuntimeError):  # the loop is shutting down
+                await self._notify()
+
+    def _confirm(self, updates: list[dict[str, Any]]) -> None:
+        # Telegram forgets an update once the bot asks past it or answers its POST: the bot
+        # handled it (for ours, queued its job). Tests wait for this before killing a process.
+        for update in updates:
+            self._event("confirmed", _chat_of(update), update_id=update["update_id"])
 
     def _set_commands(self, params: dict[str, Any]) -> bool:
         self.commands = list(params.get("commands") or [])
@@ -257,9 +345,13 @@ class FakeTelegram:
         text = params.get("text") or ""
         if not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")
+        if len(text) > MAX_TEXT:
+            raise ApiError(400, "Bad Request: message is too long")
         return self._bot_message(params, text=text)
 
     def _send_media(self, params: dict[str, Any], kind: str) -> dict[str, Any]:
+        if len(params.get("caption") or "") > MAX_CAPTION:
+            raise ApiError(400, "Bad Request: message caption is too long")
         if kind == "photo":
             stored = self._file_param(params.get("photo"), "photos", ".jpg")
             width, height = _image_size(stored.data)
@@ -290,6 +382,8 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: message to edit not found")
         if field == "text" and "text" not in message:
             raise ApiError(400, "Bad Request: there is no text in the message to edit")
+        if len(params.get(field or "") or "") > (MAX_TEXT if field == "text" else MAX_CAPTION):
+            raise ApiError(400, f"Bad Request: message {field} is too long")
         changed = dict(message)
         if field is not None:
             changed[field] = params.get(field) or ""
@@ -323,15 +417,17 @@ class FakeTelegram:
         return stored.info()
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use "
+                "deleteWebhook to delete the webhook first",
+            )
         offset = int(params.get("offset") or 0)
         if offset > 0:
             confirmed = [u for u in self.pending if u["update_id"] < offset]
             self.pending = [u for u in self.pending if u["update_id"] >= offset]
-            # Telegram forgets an update once the bot asks past it: the bot handled it (for
-            # ours, queued its job). Tests wait for this before killing a process.
-            for update in confirmed:
-                message = update.get("message") or update["callback_query"]["message"]
-                self._event("confirmed", message["chat"]["id"], update_id=update["update_id"])
+            self._confirm(confirmed)
             if confirmed:
                 await self._notify()
         limit = int(params.get("limit") or 100)
@@ -419,6 +515,10 @@ class FakeTelegram:
         update = await self._add_update({"callback_query": query})
         return {"update_id": update["update_id"], "callback_query_id": query_id}
 
+    def jump_update_ids(self, first: int) -> None:
+        """Number the next updates from `first`, as Telegram does after a week without any."""
+        self._update_ids = itertools.count(first)
+
     async def redeliver(self, update_id: int) -> None:
         """Deliver an already delivered update again, as Telegram may."""
         self.pending.append(self.updates[update_id])
@@ -448,6 +548,8 @@ class FakeTelegram:
             self._check_token(request.match_info["token"])
             method = request.match_info["method"]
             self.calls[method] += 1
+            if method in self.redirect_methods:
+                raise web.HTTPFound(request.url)
             if self.faults.get(method):
                 code = self.faults[method].pop(0)
                 raise ApiError(code, FAULTS.get(code, HTTPStatus(code).phrase))
@@ -546,6 +648,11 @@ class FakeTelegram:
         app.router.add_route("*", "/test/downloads", self._test_downloads)
         app.router.add_post("/test/flood", self._test_flood)
         return app
+
+
+def _chat_of(update: dict[str, Any]) -> int:
+    message = update.get("message") or update["callback_query"]["message"]
+    return int(message["chat"]["id"])
 
 
 async def _read_params(request: web.Request) -> dict[str, Any]:

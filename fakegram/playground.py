@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import io
+import ipaddress
+import secrets
 from importlib.resources import files
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from PIL import Image, ImageDraw
@@ -12,6 +17,8 @@ from fakegram.api import FakeTelegram
 
 PLAYGROUND_TOKEN = "1000001:playground-token"
 PLAYGROUND_ADMIN = 2  # the page's "act as admin" user
+TOKEN_HEADER = "X-Playground-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def playground_env(url: str) -> dict[str, str]:
@@ -19,10 +26,45 @@ def playground_env(url: str) -> dict[str, str]:
     return {"TELEGRAM_BOT_TOKEN": PLAYGROUND_TOKEN, "TELEGRAM_API_URL": url}
 
 
+def local_host(host: str) -> bool:
+    """Whether a Host header names this machine by address or as localhost: a DNS name could be
+    an attacker's, rebound to 127.0.0.1 so that their page reads and posts here (DNS rebinding)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def guard(run_token: str) -> Any:
+    """Middleware: refuse a foreign Host, and a browser's state-changing request that is
+    cross-origin or lacks this run's token (a cross-site form could post /promote as the page's
+    admin). Clients that are not browsers send no Origin: no page can make them post."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not local_host(request.host):
+            raise web.HTTPForbidden(text="Host not allowed: open the playground by 127.0.0.1")
+        origin = request.headers.get("Origin")
+        browser = origin is not None or "Sec-Fetch-Site" in request.headers
+        if request.method not in SAFE_METHODS and browser:
+            token = request.headers.get(TOKEN_HEADER, "")
+            same = origin == f"{request.scheme}://{request.host}"
+            if not (same and hmac.compare_digest(token.encode(), run_token.encode())):
+                raise web.HTTPForbidden(text="cross-site request refused")
+        return await handler(request)
+
+    return check
+
+
 def page_app(fake: FakeTelegram) -> web.Application:
-    """The emulator plus the chat page at `/`."""
+    """The emulator plus the chat page at `/`, behind `guard` with a token made for this run."""
+    run_token = secrets.token_urlsafe(24)
     html = files("fakegram").joinpath("static/playground.html").read_text("utf-8")
-    html = html.replace("__ADMIN_ID__", str(PLAYGROUND_ADMIN))
+    html = html.replace("__ADMIN_ID__", str(PLAYGROUND_ADMIN)).replace("__RUN_TOKEN__", run_token)
 
     icon = favicon()
 
@@ -33,6 +75,7 @@ def page_app(fake: FakeTelegram) -> web.Application:
         return web.Response(body=icon, content_type="image/x-icon")
 
     app = fake.app()
+    app.middlewares.append(guard(run_token))
     app.router.add_get("/", page)
     app.router.add_get("/favicon.ico", favicon_ico)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import textwrap
 
 from telegram import InlineKeyboardMarkup, Update
 
@@ -18,8 +19,11 @@ from bot.jobs import publish, task
 from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, parse_feedback
 
 log = logging.getLogger(__name__)
-TYPING = "typing_breed"  # chat_data: (photo_id, answer message id) waiting for a typed breed
+# user_data: (chat id, photo_id, answer message id) waiting for this user's typed breed. Per
+# user, not per chat: in a group, another member's text is not taken as this photo's breed.
+TYPING = "typing_breed"
 MATCH_CUTOFF = 0.75  # difflib ratio a typed name needs to count as a breed
+ECHO_CHARS = 64  # of an unknown typed breed quoted back (a 4,096-character one would not fit)
 
 
 def folder_label(label: str) -> str:
@@ -37,7 +41,7 @@ def _valid(choice: str, n_guesses: int) -> bool:
 async def on_button(update: Update, context: Context) -> None:
     """Handle one feedback button; a photo takes one answer, then its keyboard goes away."""
     query = update.callback_query
-    assert query is not None and query.data is not None and context.chat_data is not None
+    assert query is not None and query.data is not None and context.user_data is not None
     language = language_of(update)
     try:
         photo_id, choice = parse_feedback(query.data)
@@ -45,8 +49,10 @@ async def on_button(update: Update, context: Context) -> None:
         photo_id, choice = "", ""
     key = contract.photo_key(photo_id)
     redis = redis_of(context)
-    stored, chat_id, answered = (
-        await redis.hmget(key, "labels", "chat_id", "label") if photo_id else (None, None, None)
+    stored, chat_id, answered, sender = (
+        await redis.hmget(key, "labels", "chat_id", "label", "user_id")
+        if photo_id
+        else (None, None, None, None)
     )
     names: list[list[str]] = json.loads(stored) if stored else []  # [label, display name]
     chat = update.effective_chat
@@ -56,6 +62,10 @@ async def on_button(update: Update, context: Context) -> None:
         log.warning("refused feedback %r from user %s", query.data, query.from_user.id)
         await query.answer(t(language, "feedback_gone"))
         return
+    if sender is not None and sender != str(query.from_user.id):
+        # In a group, the photo's answer is its sender's to correct, nobody else's.
+        await query.answer(t(language, "feedback_not_yours"))
+        return
     if answered is not None:  # a keyboard still shown elsewhere, or a replayed press
         await query.answer(t(language, "feedback_done"))
         return
@@ -63,7 +73,7 @@ async def on_button(update: Update, context: Context) -> None:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
         assert query.message is not None
-        context.chat_data[TYPING] = (photo_id, query.message.message_id)
+        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id)
         await query.answer(t(language, "which"))
         return
     if choice == OTHER:
@@ -72,7 +82,7 @@ async def on_button(update: Update, context: Context) -> None:
         label, display = names[0 if choice == RIGHT else int(choice)]
         text = t(language, "thanks", name=display)
     await _file(context, photo_id, label)
-    context.chat_data.pop(TYPING, None)
+    context.user_data.pop(TYPING, None)
     await query.answer(text)
     await query.edit_message_reply_markup(None)  # one photo, one answer
 
@@ -100,26 +110,27 @@ def match_breed(typed: str, known: list[list[str]]) -> list[str] | None:
 async def on_text(update: Update, context: Context) -> None:
     """Text after ❌: the breed, matched against the model's labels; any other text: a hint."""
     message = update.effective_message
-    assert message is not None and message.text is not None and context.chat_data is not None
-    pending = context.chat_data.get(TYPING)
-    if pending is None:
+    assert message is not None and message.text is not None and context.user_data is not None
+    pending = context.user_data.get(TYPING)
+    if pending is None or pending[0] != message.chat_id:
         await commands.hint(update, context)
         return
-    photo_id, answer_id = pending
+    _, photo_id, answer_id = pending
     language = language_of(update)
     redis = redis_of(context)
     version, answered = await redis.hmget(contract.photo_key(photo_id), "version", "label")
     stored = await redis.get(contract.labels_key(int(version))) if version else None
     if answered is not None or stored is None:
-        context.chat_data.pop(TYPING, None)
+        context.user_data.pop(TYPING, None)
         await commands.hint(update, context)
         return
     found = match_breed(message.text, json.loads(stored))
     if found is None:
-        await message.reply_text(t(language, "breed_unknown", typed=message.text.strip()))
+        typed = textwrap.shorten(message.text, ECHO_CHARS, placeholder="…")
+        await message.reply_text(t(language, "breed_unknown", typed=typed))
         return
     label, display = found
     await _file(context, photo_id, label)
-    context.chat_data.pop(TYPING, None)
+    context.user_data.pop(TYPING, None)
     await message.reply_text(t(language, "thanks", name=display))
     await context.bot.edit_message_reply_markup(message.chat_id, answer_id, reply_markup=None)

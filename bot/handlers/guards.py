@@ -16,10 +16,35 @@ from bot.i18n import pick_language, t
 log = logging.getLogger(__name__)
 SEEN_TTL = 7 * 24 * 3600
 HANDLED = "done"
+# Telegram numbers a bot's updates one after another (randomly again only after a week without
+# any, when the last-seen mark has expired too). A webhook update further ahead than this is not
+# trusted to claim its id for a week: a forged one would drop the real update with that id.
+UPDATE_ID_WINDOW = 100_000
+# Moves the last-seen id up (never down) unless `id` is too far ahead of it; 1 when trusted.
+_TRUST = """
+local last = tonumber(redis.call('GET', KEYS[1]))
+local id = tonumber(ARGV[1])
+if last and id > last + tonumber(ARGV[2]) then return 0 end
+if last == nil or id > last then last = id end
+redis.call('SET', KEYS[1], last, 'EX', ARGV[3])
+return 1
+"""
 
 
 def _seen_key(bot_id: int, update_id: int) -> str:
     return f"breedbot:update:{bot_id}:{update_id}"
+
+
+async def trusted_id(application: Application, update_id: int) -> bool:
+    """Whether a webhook update's id is near the last one seen (and note it); an untrusted one
+    is handled but claims nothing, so it cannot stand in for a real update to come."""
+    redis = application.bot_data.redis
+    last = f"breedbot:update:{application.bot.id}:last"
+    if await redis.eval(_TRUST, 1, last, update_id, UPDATE_ID_WINDOW, SEEN_TTL):
+        return True
+    log.warning("update id %s is far ahead of the last one seen: not claimed", update_id)
+    application.bot_data.untrusted.add(update_id)
+    return False
 
 
 async def drop_duplicates(update: Update, context: Context) -> None:
@@ -28,6 +53,8 @@ async def drop_duplicates(update: Update, context: Context) -> None:
     An update claimed by another bot process but never marked handled was cut short by that
     process's death (only one process polls a token): it is handled again.
     """
+    if update.update_id in context.bot_data.untrusted:
+        return
     redis = redis_of(context)
     key = _seen_key(context.bot.id, update.update_id)
     instance = context.bot_data.instance
@@ -55,8 +82,10 @@ async def mark_handled(application: Application, updates: list[Update]) -> None:
 
 
 async def rate_limit(update: Update, context: Context) -> None:
-    """Stop a user's messages beyond the configured rate, answering politely once per window."""
-    if update.effective_message is None or update.callback_query or update.effective_user is None:
+    """Stop a user's messages and button presses beyond the configured rate, answering politely
+    once per window (a press cost Redis lookups and an edit, so presses count too)."""
+    query = update.callback_query
+    if (update.effective_message is None and query is None) or update.effective_user is None:
         return
     settings = settings_of(context)
     now = time.monotonic()
@@ -71,13 +100,16 @@ async def rate_limit(update: Update, context: Context) -> None:
     if not context.user_data.get("warned"):
         context.user_data["warned"] = True
         language = pick_language(update.effective_user.language_code)
-        await update.effective_message.reply_text(
-            t(
-                language,
-                "rate_limited",
-                count=settings.rate_limit_count,
-                seconds=round(settings.rate_limit_seconds),
-            )
+        text = t(
+            language,
+            "rate_limited",
+            count=settings.rate_limit_count,
+            seconds=round(settings.rate_limit_seconds),
         )
+        if query is not None:
+            await query.answer(text, show_alert=True)
+        else:
+            assert update.effective_message is not None
+            await update.effective_message.reply_text(text)
     log.info("rate limited user %s", update.effective_user.id)
     raise ApplicationHandlerStop

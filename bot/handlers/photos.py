@@ -71,7 +71,9 @@ async def _remember(context: Context, message: Message) -> str:
     file_id, _ = _image_file(message)
     key = contract.photo_key(photo_id)
     async with redis_of(context).pipeline(transaction=False) as pipe:  # one round trip
-        pipe.hset(key, mapping={"file_id": file_id, "chat_id": message.chat_id})
+        # The sender: in a group, only they may answer the feedback buttons.
+        sender = {"user_id": message.from_user.id} if message.from_user else {}
+        pipe.hset(key, mapping={"file_id": file_id, "chat_id": message.chat_id, **sender})
         pipe.expire(key, contract.PHOTO_TTL_SECONDS)
         await pipe.execute()
     return photo_id
