@@ -51,6 +51,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Send a smaller one."
         ),
         "not_image": "That file is not an image I can read (JPEG, PNG, WebP, HEIC, AVIF or GIF).",
+        "busy": "I have too many photos to look at right now. Please send yours again in a minute.",
         "rate_limited": (
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
@@ -133,6 +134,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "the file is cut off (truncated)",
         "error_codes.too_large": "the picture is too large",
         "error_codes.too_small": "the picture is too small",
+        "error_codes.expired": "the photo waited too long; send it again",
         "chart_title": "Top {n} guesses · model v{version}",
         "chart_axis": "probability",
         "text_cut": "✂️ … and {n} more characters (Telegram's limit is 4,096).",
@@ -180,6 +182,9 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "rate_limited": (
             "Calma! Você pode mandar {count} mensagens a cada {seconds} s. Tente daqui a pouco."
+        ),
+        "busy": (
+            "Estou com fotos demais para analisar agora. Mande a sua de novo daqui a um minuto."
         ),
         "error": "Desculpe, algo deu errado. Tente de novo.",
         "job_failed": "Desculpe, não consegui fazer isso: {reason}",
@@ -265,6 +270,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.truncated": "o arquivo está cortado (incompleto)",
         "error_codes.too_large": "a imagem é grande demais",
         "error_codes.too_small": "a imagem é pequena demais",
+        "error_codes.expired": "a foto esperou demais; mande de novo",
         "chart_title": "{n} palpites principais · modelo v{version}",
         "chart_axis": "probabilidade",
         "text_cut": "✂️ … e mais {n} caracteres (o limite do Telegram é 4.096).",
@@ -291,7 +297,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "O arquivo zip está vazio: coloque nele as pastas das classes ou o labels.csv."
         ),
         "zip_too_many_files": (
-            "Zip recusado: {files} arquivos, o limite é {limit}. Envie menos imagens."
+            "Zip recusado: {files} arquivos e pastas, o limite é {limit}. Envie menos imagens."
         ),
         "zip_too_large": (
             "Zip recusado: descompactado, ele ocupa {total} bytes; o limite é {limit}."
@@ -312,6 +318,21 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "class_control_characters": (
             "O nome de classe {label!r} contém caracteres de controle; renomeie-o."
+        ),
+        "feedback_quota_chat": (
+            "este chat já enviou {limit} correções, o máximo que guardo por chat; obrigado"
+        ),
+        "feedback_quota_total": "já guardo o máximo de {limit} correções; obrigado",
+        "class_name_path": (
+            "O nome de classe {label!r} não pode nomear uma pasta (uma barra, ou um ponto no "
+            "início); renomeie-o."
+        ),
+        "class_name_too_long": (
+            "O nome de classe {label!r} tem {length} caracteres; o limite é {limit}. Encurte-o."
+        ),
+        "class_name_bidi": (
+            "O nome de classe {label!r} contém controles de direção do texto, que podem "
+            "disfarçá-lo; renomeie-o."
         ),
         "class_names_clash": (
             "As classes {first!r} e {second!r} apareceriam ambas como {shown!r}; renomeie ou "

@@ -25,12 +25,12 @@ LOCK_KEY = "breedbot:outbox:lock"
 
 
 def done(client: redis.Redis, outbox_id: str | None) -> None:
-    """Forget an entry: its reply task has run."""
+    """Forget an entry and its photo's bytes: its reply task has run."""
     if outbox_id:
         # No MULTI/EXEC: `sweep` skips (and cleans up) a due id whose job is already gone.
         client.pipeline(transaction=False).zrem(contract.OUTBOX_DUE, outbox_id).hdel(
             contract.OUTBOX_JOBS, outbox_id
-        ).execute()
+        ).delete(contract.upload_key(outbox_id)).execute()
 
 
 def sweep(

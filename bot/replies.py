@@ -337,7 +337,13 @@ def fetch_feedback(payload: dict[str, Any]) -> None:
         return
     label = record.get("label", "")
     data = botapi.download(record["file_id"], contract.MAX_IMAGE_BYTES) if label else None
+    owner = int(record["chat_id"]) if record.get("chat_id") else None
     store = contract.StoreFeedback(
-        request.photo_id, label, contract.encode_bytes(data) if data is not None else None
+        request.photo_id, label, contract.encode_bytes(data) if data is not None else None, owner
     )
-    app.send_task(contract.STORE_FEEDBACK, args=[store.to_dict()])
+    # A refusal (a full quota) is told to the chat, once per answer.
+    target = contract.ReplyTo(owner or 0, language=request.language, key=f"fb:{request.photo_id}")
+    refused = app.signature(
+        contract.REPLY_FAILED, kwargs={"reply_to": target.to_dict(), "kind": "feedback"}
+    )
+    app.send_task(contract.STORE_FEEDBACK, args=[store.to_dict()], link_error=refused)

@@ -44,6 +44,9 @@ class BotSettings(BrokerSettings):
     # jobs of a killed worker long before the (retrain-sized) visibility timeout would.
     outbox_rescue_seconds: float = Field(default=60, gt=0)
     outbox_max_attempts: int = Field(default=3, ge=0)
+    # New photos are refused (politely) while this many jobs wait in the infer queue: nothing
+    # else caps the backlog Redis holds (about 15 s of a worker's 32 photos a second).
+    max_infer_queue: int = Field(default=500, ge=1)
 
     # Webhook mode (deployments); unset = long polling. The bot listens on loopback: a reverse
     # proxy (TLS) in front of it is the deployment; WEBHOOK_LISTEN=0.0.0.0 opens it wider.

@@ -83,6 +83,13 @@ def labels_key(version: int) -> str:
 # unanswered (bot/outbox.py). Only idempotent jobs go here: a re-run classify is answered once.
 OUTBOX_DUE = "breedbot:outbox:due"  # sorted set: outbox id -> time it was (re-)published
 OUTBOX_JOBS = "breedbot:outbox:jobs"  # hash: outbox id -> OutboxEntry JSON
+# A queued photo's bytes, once, under its outbox id; removed with the outbox entry.
+UPLOAD_TTL_SECONDS = 24 * 3600
+
+
+def upload_key(outbox_id: str) -> str:
+    """Redis key of the raw bytes of a photo queued under `outbox_id`."""
+    return f"breedbot:upload:{outbox_id}"
 
 
 class ReplyKind(StrEnum):
@@ -142,11 +149,13 @@ class ReplyTo(_Payload):
 
 @dataclass(frozen=True)
 class ClassifyRequest(_Payload):
-    """One image to classify: inline bytes (base64, capped); the bot downloads it."""
+    """One image to classify: inline bytes (base64, capped) or the Redis key holding them (the
+    bot's photos: kept once, not in the queue and the outbox both); the bot downloads it."""
 
     image_b64: str | None = None
     top_k: int = 5
     reply_to: dict[str, Any] | None = None  # a ReplyTo.to_dict()
+    image_key: str | None = None  # an upload_key(); raw bytes
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,7 @@ class FeedbackRequest(_Payload):
     """File photo `photo_id` under the label its Redis hash holds now (the last answer wins)."""
 
     photo_id: str
+    language: str = "en"  # of a refusal (a full quota)
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,7 @@ class StoreFeedback(_Payload):
     photo_id: str
     label: str
     image_b64: str | None = None
+    owner: int | None = None  # the chat that sent the photo, for its quota
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import stat
 import struct
 import zipfile
@@ -70,6 +71,70 @@ def bad_images() -> dict[str, tuple[bytes, bool]]:
             True,
         ),
     }
+
+
+# 49 MP: just under the 50 MP pixel limit, which alone let these through (issue 20).
+COSTLY_SIDE = 7000
+
+
+def costly_images() -> dict[str, bytes]:
+    """Cheap files that were costly to decode: under the pixel limit, a few KB each, they took
+    seconds and up to a GB each (16-bit grey PNG 97 KB, palette PNG with transparency 6 KB,
+    lossless WebP 1.9 KB)."""
+    from PIL import Image
+
+    side = COSTLY_SIDE
+    return {
+        "16-bit grey PNG": _encode(Image.new("I;16", (side, side)), "PNG"),
+        "RGBA PNG": _encode(Image.new("RGBA", (side, side), (10, 20, 30, 128)), "PNG"),
+        "palette PNG with transparency": _encode(
+            Image.new("P", (side, side)), "PNG", transparency=0
+        ),
+        "lossless WebP": _encode(Image.new("RGB", (side, side), (1, 2, 3)), "WEBP", lossless=True),
+    }
+
+
+def budget_images(budget: int) -> dict[str, bytes]:
+    """The costliest files a decode budget of `budget` bytes still accepts, one per kind."""
+    from PIL import Image
+
+    wide = math.isqrt(budget // 4)  # RGBA and WebP hold 4 bytes a pixel
+    grey = math.isqrt(budget // 2)
+    return {
+        "16-bit grey PNG at the budget": _encode(Image.new("I;16", (grey, grey)), "PNG"),
+        "RGBA PNG at the budget": _encode(
+            Image.new("RGBA", (wide, wide), (10, 20, 30, 128)), "PNG"
+        ),
+        "lossless WebP at the budget": _encode(
+            Image.new("RGB", (wide, wide), (1, 2, 3)), "WEBP", lossless=True
+        ),
+    }
+
+
+# Class names that cannot name a folder or disguise themselves (issue 20): each was "Retrain
+# failed: ValueError/OSError" and left the upload's photos in the blob store.
+HOSTILE_CLASS_NAMES = {
+    "a slash": ("a/b", "class_name_path"),
+    "dot-dot": ("..", "class_name_path"),
+    "300 characters": ("x" * 300, "class_name_too_long"),
+    "right-to-left override": ("cat\u202egpj.exe", "class_name_bidi"),
+}
+
+
+def hostile_class_zip(label: str) -> bytes:
+    """A labels.csv upload: 3 photos of "cat" and 3 of `label` (a name no folder can carry)."""
+    photos = pet_photos(6)
+    labels = ["cat"] * 3 + [label] * 3
+    rows = "".join(f"p{i},{lbl}\n" for i, lbl in enumerate(labels))
+    members = {f"train/p{i}.jpg": photo for i, photo in enumerate(photos)}
+    return _zip({**members, "labels.csv": ("id,breed\n" + rows).encode()})
+
+
+def folder_entries_zip(folders: int) -> bytes:
+    """Two classes of 3 photos plus `folders` empty folder entries (60,000 fit in 5.4 MB)."""
+    members = _classes(["cat", "dog"])
+    members |= {f"empty{i}/": b"" for i in range(folders)}
+    return _zip(members)
 
 
 def _zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:

@@ -36,6 +36,12 @@ _CHUNK = 1 << 16
 # Tiny files (a blank thumbnail, a text note) compress far beyond any sane ratio yet cannot hurt;
 # only entries above this size are held to ZipLimits.max_ratio.
 _RATIO_FLOOR = 1 << 20
+# Longest class name: 60 characters of up to 4 UTF-8 bytes fit a 255-byte file name.
+MAX_CLASS_NAME = 60
+# Bidirectional overrides, embeddings, isolates and marks: they make a name read as another.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 # (file, label) pairs to check, and (file or "labels.csv row N", reason) pairs left out.
 _Candidates = list[tuple[Path, str]]
@@ -48,7 +54,7 @@ class DatasetError(Problem, ValueError):
     messages: ClassVar[dict[str, str]] = {
         "zip_empty": "The zip archive is empty: put the class folders or labels.csv in it.",
         "zip_too_many_files": (
-            "Zip refused: {files} files, the limit is {limit}. Upload fewer images."
+            "Zip refused: {files} files and folders, the limit is {limit}. Upload fewer images."
         ),
         "zip_too_large": "Zip refused: it unpacks to {total} bytes, the limit is {limit}.",
         "zip_encrypted": (
@@ -68,6 +74,16 @@ class DatasetError(Problem, ValueError):
             "Put the images next to it or in train/."
         ),
         "class_control_characters": "Class name {label!r} contains control characters; rename it.",
+        "class_name_path": (
+            "Class name {label!r} cannot name a folder (a slash, or a leading dot); rename it."
+        ),
+        "class_name_too_long": (
+            "Class name {label!r} is {length} characters long; the limit is {limit}. Shorten it."
+        ),
+        "class_name_bidi": (
+            "Class name {label!r} contains text-direction controls, which can disguise it; "
+            "rename it."
+        ),
         "class_names_clash": (
             "Classes {first!r} and {second!r} would both be shown as {shown!r}; rename or merge "
             "them."
@@ -188,8 +204,9 @@ def _check_central_directory(infos: list[zipfile.ZipInfo], limits: ZipLimits) ->
     files = [info for info in infos if not _is_dir(info)]
     if not files:
         raise DatasetError("zip_empty")
-    if len(files) > limits.max_files:
-        raise DatasetError("zip_too_many_files", files=len(files), limit=limits.max_files)
+    # Folder entries count too: 60,000 of them in 5.4 MB each cost a mkdir and a directory walk.
+    if len(infos) > limits.max_files:
+        raise DatasetError("zip_too_many_files", files=len(infos), limit=limits.max_files)
     total = sum(info.file_size for info in files)
     if total > limits.max_total_bytes:
         raise DatasetError("zip_too_large", total=total, limit=limits.max_total_bytes)
@@ -388,13 +405,27 @@ def _check_file(path: Path) -> str | None:
     return None
 
 
+def _check_name(label: str) -> None:
+    """Refuse one class name that cannot name a folder or a file, or that disguises itself."""
+    # Control characters and line breaks (not format characters: emoji need the ZWJ).
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label):
+        raise DatasetError("class_control_characters", label=label)
+    if len(label) > MAX_CLASS_NAME:
+        shown = label[:MAX_CLASS_NAME] + "…"
+        raise DatasetError(
+            "class_name_too_long", label=shown, length=len(label), limit=MAX_CLASS_NAME
+        )
+    if label.startswith(".") or "/" in label or "\\" in label:
+        raise DatasetError("class_name_path", label=label)
+    if _BIDI_CONTROLS.intersection(label):
+        raise DatasetError("class_name_bidi", label=label)
+
+
 def _check_classes(classes: list[str]) -> None:
     """Refuse class names that would break labels.txt or that users could not tell apart."""
     seen: dict[str, str] = {}
     for label in classes:
-        # Control characters and line breaks (not format characters: emoji need the ZWJ).
-        if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label):
-            raise DatasetError("class_control_characters", label=label)
+        _check_name(label)
         key = unicodedata.normalize("NFC", display_name(label)).casefold()
         if key in seen:
             raise DatasetError(

@@ -69,6 +69,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Launch the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the AOF holds every queued photo: owner only (issue 20)
         log = (self.data_dir / "redis.log").open("ab")
         # Its own session: Ctrl-C in a terminal reaches the stack runner, which stops us in order.
         self.process = spawn(
@@ -90,6 +91,7 @@ class RedisServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            umask=0o077,  # its AOF and RDB files: 0600
         )  # fmt: skip
         log.close()
         self._wait_ready(timeout)

@@ -81,17 +81,28 @@ class LocalStore:
             raise ValueError(f"bad store key {key!r}")
         return self.root.joinpath(*parts)
 
+    def _folder(self, folder: Path) -> None:
+        """Make `folder` and any missing parent up to the root, each 0700."""
+        if folder.is_dir():
+            return
+        if folder == self.root:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._folder(folder.parent)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode passes through the umask
+
     def put(self, key: str, data: bytes) -> None:
-        """Write `data` under `key`, whole or not at all."""
+        """Write `data` under `key`, whole or not at all; files 0600, folders 0700 (photos)."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(path.parent)
+        # mkstemp creates the file 0600, so it stays private when renamed into place.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -37,9 +37,12 @@ def save(store: Store, manifest: Manifest) -> str:
 
 
 def keep(store: Store, photos: Iterable[tuple[Path, str]]) -> str:
-    """Store each (photo file, label) once under its content hash, then their manifest."""
+    """Store each (photo file, label) once under its content hash, then their manifest.
+
+    Every label is checked before the first photo is stored, so a refusal leaves no blobs."""
+    checked = [(path, check_label(label)) for path, label in photos]
     return save(
-        store, manifest_of((put_blob(store, path.read_bytes()), lbl) for path, lbl in photos)
+        store, manifest_of((put_blob(store, path.read_bytes()), lbl) for path, lbl in checked)
     )
 
 

@@ -1,20 +1,42 @@
 """Corrected photos in the blob store, for `/retrain feedback` on any host.
 
-A photo is a blob under its SHA-256; `feedback/<photo_id>.json` holds {"label", "sha256"}, the
-user's latest answer. An old FEEDBACK_DIR (a folder per class) is imported once, on first use.
+A photo is a blob under its SHA-256, re-encoded to a bounded JPEG; `feedback/<photo_id>.json`
+holds {"label", "sha256"}, the user's latest answer, and `feedback-owners/<chat>/<photo_id>` marks
+whose it is, for the per-chat quota. An old FEEDBACK_DIR (a folder per class) is imported once, on
+first use.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import contract
+from model.runtime import images as imagelib
 from store import datasets
 from store.blobs import Store, put_blob
 from worker import fetch
+from worker.settings import WorkerSettings
 
 PREFIX = "feedback/"
+OWNERS = "feedback-owners/"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What the store keeps of feedback: each photo's longest side, photos per chat, in all."""
+
+    side: int = 512
+    per_chat: int = 500
+    total: int = 50_000
+
+    @classmethod
+    def of(cls, settings: WorkerSettings) -> Quota:
+        """The quota the worker's settings ask for."""
+        return cls(settings.feedback_side, settings.feedback_per_chat, settings.feedback_total)
+
+
 # Written into FEEDBACK_DIR once its photos are in the store: an answer removed later in the
 # store must not come back from the old folder.
 IMPORTED = ".imported-to-store"
@@ -32,17 +54,50 @@ def _file(store: Store, photo_id: str, label: str, data: bytes) -> str:
     return sha256
 
 
-def store(request: contract.StoreFeedback, store: Store) -> str | None:
+def _check_quota(store: Store, request: contract.StoreFeedback, quota: Quota) -> None:
+    """Refuse a new photo once its chat, or everyone together, has filed the most kept."""
+    if store.exists(_key(request.photo_id)):
+        return  # a changed answer replaces its entry
+    if request.owner is not None:
+        held = sum(1 for _ in store.list(f"{OWNERS}{request.owner}/"))
+        if held >= quota.per_chat:
+            raise contract.Refused(
+                f"this chat has filed {quota.per_chat} corrections, the most one chat may keep; "
+                "thank you",
+                "feedback_quota_chat",
+                {"limit": quota.per_chat},
+            )
+    if sum(1 for _ in store.list(PREFIX)) >= quota.total:
+        raise contract.Refused(
+            f"the bot keeps at most {quota.total} corrections and has them all; thank you",
+            "feedback_quota_total",
+            {"limit": quota.total},
+        )
+
+
+def store(request: contract.StoreFeedback, store: Store, quota: Quota | None = None) -> str | None:
     """File the photo under `request.label` (the user's latest answer); "" only removes it.
 
-    Returns the photo's SHA-256, or None when the entry was removed."""
+    Returns the photo's SHA-256, or None when the entry was removed. Raises contract.Refused
+    when the quota is full or the photo cannot be read."""
+    quota = quota or Quota()
     key = _key(request.photo_id)
+    owned = f"{OWNERS}{request.owner}/{request.photo_id}" if request.owner is not None else None
     if not request.label:
         store.delete(key)
+        if owned:
+            store.delete(owned)
         return None
     datasets.check_label(request.label)
+    _check_quota(store, request, quota)
     data = fetch.decode_inline(request.image_b64, contract.MAX_IMAGE_BYTES)
-    return _file(store, request.photo_id, request.label, data)
+    try:
+        photo = imagelib.bounded_jpeg(data, quota.side)
+    except imagelib.ImageError as error:
+        raise contract.Refused(str(error), None, {}) from error
+    if owned:
+        store.put(owned, b"")
+    return _file(store, request.photo_id, request.label, photo)
 
 
 def corrections(store: Store) -> datasets.Manifest:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import binascii
 
+import redis
+
 import contract
 
 
@@ -33,9 +35,19 @@ def decode_inline(text: str | None, cap: int) -> bytes:
         raise InputError("bad_payload", f"the inline bytes are not valid base64: {exc}") from exc
 
 
-def image_bytes(request: contract.ClassifyRequest) -> bytes:
-    """The photo of a classify request."""
-    return decode_inline(request.image_b64, contract.MAX_IMAGE_BYTES)
+def image_bytes(request: contract.ClassifyRequest, client: redis.Redis) -> bytes:
+    """The photo of a classify request: inline, or kept under its key in the broker's Redis."""
+    if request.image_key is None:
+        return decode_inline(request.image_b64, contract.MAX_IMAGE_BYTES)
+    if not request.image_key.startswith(contract.upload_key("")):
+        raise InputError("bad_payload", "the request names a key that holds no upload")
+    data = client.get(request.image_key)
+    if data is None:
+        raise InputError("expired", "the photo is no longer kept; send it again")
+    if len(data) > contract.MAX_IMAGE_BYTES:
+        limit = contract.MAX_IMAGE_BYTES // 2**20
+        raise InputError("too_large", f"the upload is over the {limit} MB limit", limit_mb=limit)
+    return data
 
 
 def dataset_bytes(ref: contract.DatasetRef) -> bytes:

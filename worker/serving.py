@@ -212,7 +212,8 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
         num_threads=settings.litert_threads,
         on_load=lambda served: publish_labels(settings.broker_url(), served),
     )
-    return holder, Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3)
+    batcher = Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3, settings.heavy_decodes)
+    return holder, batcher
 
 
 def holder() -> ModelHolder:
@@ -232,7 +233,7 @@ def classify(
     started = time.perf_counter()
     served = holder().current()
     try:
-        image = fetch.image_bytes(request)
+        image = fetch.image_bytes(request, stats.client(settings.broker_url()))
     except fetch.InputError as exc:
         result = contract.ClassifyResult(
             served.version, [], None, 0.0, "", 0.0, error=exc.code, error_message=str(exc)

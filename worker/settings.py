@@ -35,6 +35,9 @@ class WorkerSettings(BrokerSettings):
     # lone photo should not wait (bot_bench, idle: 1-user p50 43-48 -> 41 ms, 50 users 28-33 ->
     # 33-35 photos/s).
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # Decodes over the light limit (model.runtime.images.LIGHT_DECODE_BYTES, a 4 MP RGBA PNG) at
+    # once per process: each holds up to 2 x 48 MiB, so a flood of costly files stays bounded.
+    heavy_decodes: int = Field(default=1, ge=1, le=32)
     # Inference and bottleneck extraction: "auto" is TensorFlow on a GPU, else LiteRT (XNNPACK);
     # LITERT_THREADS sizes each interpreter (None: every core the process may use).
     inference_engine: Literal["auto", "tf", "litert"] = "auto"
@@ -49,6 +52,12 @@ class WorkerSettings(BrokerSettings):
     control_soft_time_limit: float = Field(default=120, gt=0)
     control_time_limit: float = Field(default=180, gt=0)
     retrain_soft_time_limit: float = Field(default=3 * 3600, gt=0)
+
+    # Feedback photos kept in the blob store, each re-encoded to at most FEEDBACK_SIDE px: at most
+    # FEEDBACK_PER_CHAT per chat (a user, or a group) and FEEDBACK_TOTAL in all.
+    feedback_side: int = Field(default=512, ge=64, le=2048)
+    feedback_per_chat: int = Field(default=500, ge=1)
+    feedback_total: int = Field(default=50_000, ge=1)
 
     # Model versions.
     min_accuracy: float = Field(default=0.0, ge=0, le=1)

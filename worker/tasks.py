@@ -92,10 +92,10 @@ def breeds() -> dict[str, Any]:
     return contract.Breeds(served.version, names).to_dict()
 
 
-@app.task(name=contract.STORE_FEEDBACK)
+@app.task(name=contract.STORE_FEEDBACK, throws=(contract.Refused,))
 def store_feedback(payload: dict[str, Any]) -> str | None:
-    """File a corrected photo under its label; the last answer wins."""
+    """File a corrected photo under its label; the last answer wins; a full quota refuses."""
     request = contract.StoreFeedback.from_dict(payload)
     settings = get_settings()
     feedback.import_folder(settings.feedback_root, blob_store(settings))
-    return feedback.store(request, blob_store(settings))
+    return feedback.store(request, blob_store(settings), feedback.Quota.of(settings))

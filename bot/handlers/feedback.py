@@ -81,16 +81,17 @@ async def on_button(update: Update, context: Context) -> None:
     else:
         label, display = names[0 if choice == RIGHT else int(choice)]
         text = t(language, "thanks", name=display)
-    await _file(context, photo_id, label)
+    await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await query.answer(text)
     await query.edit_message_reply_markup(None)  # one photo, one answer
 
 
-async def _file(context: Context, photo_id: str, label: str) -> None:
+async def _file(context: Context, photo_id: str, label: str, language: str) -> None:
     """Record the answer and let a worker file the photo ("" files it nowhere)."""
     await redis_of(context).hset(contract.photo_key(photo_id), "label", folder_label(label))
-    await publish(task(context, contract.FEEDBACK, contract.FeedbackRequest(photo_id).to_dict()))
+    request = contract.FeedbackRequest(photo_id, language)
+    await publish(task(context, contract.FEEDBACK, request.to_dict()))
 
 
 def match_breed(typed: str, known: list[list[str]]) -> list[str] | None:
@@ -130,7 +131,7 @@ async def on_text(update: Update, context: Context) -> None:
         await message.reply_text(t(language, "breed_unknown", typed=typed))
         return
     label, display = found
-    await _file(context, photo_id, label)
+    await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await message.reply_text(t(language, "thanks", name=display))
     await context.bot.edit_message_reply_markup(message.chat_id, answer_id, reply_markup=None)

@@ -15,7 +15,7 @@ import contract
 from bot.context import Context, redis_of, settings_of
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import t
-from bot.jobs import submit, task
+from bot.jobs import queue_full, submit, task
 
 log = logging.getLogger(__name__)
 # "typing…" is shown only for an answer still unsent this long after the photo was queued: most
@@ -40,6 +40,9 @@ async def on_image(update: Update, context: Context) -> None:
     _, size = _image_file(message)
     if size and size > contract.MAX_IMAGE_BYTES:
         await message.reply_text(t(language, "too_big", size=round(size / 2**20, 1)))
+        return
+    if await queue_full(context):
+        await message.reply_text(t(language, "busy"))
         return
     group = message.media_group_id
     if group is None:

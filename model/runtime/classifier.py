@@ -106,6 +106,15 @@ class Classifier:
         """Classify encoded images in one forward pass; a bad image gets an error, not a raise."""
         t0 = time.perf_counter()
         decoded = list(decode_many(images, self._pool, size=self.image_size))
+        return self.predict_decoded(decoded, top_k, (time.perf_counter() - t0) * 1e3)
+
+    def predict_decoded(
+        self,
+        decoded: list[np.ndarray | imagelib.ImageError],
+        top_k: int = 5,
+        decode_ms: float = 0.0,
+    ) -> list[Prediction]:
+        """Classify decoded images (or the ImageError each one raised) in one forward pass."""
         good = [i for i, d in enumerate(decoded) if not isinstance(d, imagelib.ImageError)]
         t1 = time.perf_counter()
         out = (
@@ -113,7 +122,7 @@ class Classifier:
             if good
             else {}
         )
-        self.last_timings = Timings((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        self.last_timings = Timings(decode_ms, (time.perf_counter() - t1) * 1e3)
         results: list[Prediction] = []
         row = {i: r for r, i in enumerate(good)}
         for i, d in enumerate(decoded):

@@ -8,6 +8,7 @@ a cut-off upload is an error instead of a silently grey-padded photo).
 from __future__ import annotations
 
 import io
+from contextlib import AbstractContextManager, nullcontext
 from typing import BinaryIO
 
 import numpy as np
@@ -29,6 +30,18 @@ PREPROCESSING_VERSION = "pil-v1"
 MAX_PIXELS = 50_000_000
 # Smaller than any real photo or Telegram thumbnail; such images carry nothing to classify.
 MIN_SIDE = 16
+# The decode budget: bytes of the largest pixel buffer one decode may hold (after a JPEG's
+# draft). Pixels alone do not price a file: a 97 KB 16-bit grey PNG of 49 MP cost 16 s and 1 GB,
+# a 1.9 KB lossless WebP 1.25 s. 48 MiB still takes a 12 MP phone PNG or HEIC (4 bytes a pixel)
+# and keeps a decode under half a second (bench/costly_image_bench.py).
+MAX_DECODE_BYTES = 48 * 2**20
+# Above this a decode is heavy (a 4 MP RGBA PNG; a 12 MP JPEG drafts far below it): the caller
+# may pass a gate (a semaphore) so only a few heavy decodes run at once and memory stays bounded.
+LIGHT_DECODE_BYTES = 16 * 2**20
+# Bytes a pixel takes in Pillow's memory, by mode; every other mode takes 4 (RGB is padded).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# Modes Image.reduce refuses; they shrink with a box resize instead (nearest for "1" and "P").
+_NO_REDUCE = frozenset({"1", "P", "I;16", "I;16B", "I;16L", "I;16N"})
 
 FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "heif", "avif")
 _PILLOW_FORMATS = tuple(name.upper() for name in FORMATS)
@@ -140,6 +153,35 @@ def _open(fp: BinaryIO) -> Image.Image:
     return img
 
 
+def decode_cost(img: Image.Image) -> int:
+    """Bytes of the pixel buffer that loading this opened (and drafted) image allocates."""
+    return img.width * img.height * _PIXEL_BYTES.get(img.mode, 4)
+
+
+def _check_cost(img: Image.Image) -> None:
+    """Refuse an image whose decoded pixels alone would exceed the decode budget."""
+    cost = decode_cost(img)
+    if cost > MAX_DECODE_BYTES:
+        raise ImageError(
+            "too_large",
+            f"The image is {img.width}x{img.height} pixels in mode {img.mode}: decoding it "
+            f"takes {cost // 2**20} MB, over the {MAX_DECODE_BYTES // 2**20} MB limit. Send it "
+            "as a photo, or as a JPEG.",
+        )
+
+
+def _shrink(img: Image.Image, size: int) -> Image.Image:
+    """Reduce a loaded image in its own mode to at least 2 x `size` a side, before any conversion
+    (a 16-bit, palette or RGBA conversion of the full image is what made costly files slow)."""
+    factor = min(img.width, img.height) // (2 * size)
+    if factor < 2:
+        return img
+    if img.mode in _NO_REDUCE:
+        target = (-(-img.width // factor), -(-img.height // factor))
+        return img.resize(target, Image.Resampling.BOX)  # nearest for "1" and "P"
+    return img.reduce(factor)
+
+
 def probe_image(fp: BinaryIO) -> tuple[str, int, int]:
     """Check format and size from the header only (no pixel decode); return (format, w, h)."""
     with _open(fp) as img:
@@ -159,18 +201,53 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode untrusted bytes to a uint8 [size, size, 3] RGB array or raise ImageError."""
-    with _open(io.BytesIO(data)) as img:
-        if img.format == "JPEG":
-            # Let libjpeg decode at 1/2..1/8 scale: big photos load several times faster.
-            img.draft("RGB", (2 * size, 2 * size))
-        try:
-            img.load()  # first frame only for animations; raises on truncated data
-            upright = ImageOps.exif_transpose(img)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise _damaged(exc) from exc
-        rgb = _to_rgb(upright)
+def _upright_rgb(img: Image.Image, size: int) -> Image.Image:
+    """Load an opened image, shrink it in its own mode to about 2 x `size`, then convert it."""
+    try:
+        img.load()  # first frame only for animations; raises on truncated data
+        upright = ImageOps.exif_transpose(_shrink(img, size))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _damaged(exc) from exc
+    return _to_rgb(upright)
+
+
+def _opened(data: bytes, size: int) -> Image.Image:
+    """Open untrusted bytes, drafting a JPEG towards 2 x `size`, within the decode budget."""
+    img = _open(io.BytesIO(data))
+    if img.format == "JPEG":
+        # Let libjpeg decode at 1/2..1/8 scale: big photos load several times faster.
+        img.draft("RGB", (2 * size, 2 * size))
+    try:
+        _check_cost(img)
+    except ImageError:
+        img.close()
+        raise
+    return img
+
+
+def bounded_jpeg(data: bytes, side: int = 512, quality: int = 85) -> bytes:
+    """Untrusted image bytes re-encoded as an upright RGB JPEG at most `side` px a side: what
+    is kept of a photo is bounded whatever was sent (a JPEG padded with megabytes still
+    decodes). Raises ImageError."""
+    with _opened(data, side // 2) as img:
+        rgb = _upright_rgb(img, side // 2)
+    rgb.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def decode_image(
+    data: bytes, size: int = IMAGE_SIZE, heavy: AbstractContextManager[object] | None = None
+) -> np.ndarray:
+    """Decode untrusted bytes to a uint8 [size, size, 3] RGB array or raise ImageError.
+
+    A decode costing over LIGHT_DECODE_BYTES runs inside `heavy` (e.g. a semaphore), if given.
+    """
+    with _opened(data, size) as img:
+        costly = heavy is not None and decode_cost(img) > LIGHT_DECODE_BYTES
+        with heavy if costly and heavy is not None else nullcontext():
+            rgb = _upright_rgb(img, size)
     # Squash rather than crop, as TF Hub image modules and retrain.py expect.
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
