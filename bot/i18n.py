@@ -67,7 +67,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "album_item": "{i}. {text}",
         "right": "✅ right",
         "wrong": "❌ wrong",
-        "other": "other",
+        "other": "✏️ another breed (type it)",
+        "skip": "🚫 skip this photo",
+        "type_breed": "Type the breed's name as your next message.",
+        "zip_reply_retrain": (
+            "Got {name}. To train a new model on it, reply /retrain to it (↩ reply, then send "
+            "/retrain; /help lists the options)."
+        ),
+        "zip_not_admin": "Only admins can retrain me with a zip of photos; send photos one by one.",
         "which": "Which breed is it? Tap one, or type its name.",
         "feedback_done": "This photo has its answer already. Thanks!",
         "breed_unknown": (
@@ -198,7 +205,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "album_item": "{i}. {text}",
         "right": "✅ certo",
         "wrong": "❌ errado",
-        "other": "outra",
+        "other": "✏️ outra raça (escreva)",
+        "skip": "🚫 pular esta foto",
+        "type_breed": "Escreva o nome da raça na próxima mensagem.",
+        "zip_reply_retrain": (
+            "Recebi {name}. Para treinar um modelo novo com ele, responda /retrain a ele "
+            "(↩ responder e mande /retrain; /help lista as opções)."
+        ),
+        "zip_not_admin": (
+            "Só administradores podem me retreinar com um zip de fotos; mande as fotos uma a uma."
+        ),
         "which": "Qual é a raça? Toque numa, ou escreva o nome.",
         "feedback_done": "Esta foto já tem resposta. Obrigado!",
         "breed_unknown": (

@@ -7,7 +7,7 @@ from typing import Any
 from bot.i18n import t
 
 FEEDBACK_PREFIX = "fb"
-RIGHT, WRONG, OTHER = "ok", "no", "other"
+RIGHT, WRONG, OTHER, SKIP = "ok", "no", "other", "skip"
 
 
 def feedback_data(photo_id: str, choice: str | int) -> str:
@@ -35,7 +35,9 @@ def feedback_keyboard(photo_id: str, language: str) -> dict[str, Any]:
 
 
 def breeds_keyboard(photo_id: str, names: list[str], language: str) -> dict[str, Any]:
-    """After "wrong": the other likely breeds (by index into the answer's top-k) plus "other"."""
+    """After "wrong": the other likely breeds (by index into the answer's top-k), "another
+    breed" (its name is typed next), and "skip" (the photo is used for no breed)."""
     rows = [[_button(name, feedback_data(photo_id, i))] for i, name in enumerate(names) if i > 0]
     rows.append([_button(t(language, "other"), feedback_data(photo_id, OTHER))])
+    rows.append([_button(t(language, "skip"), feedback_data(photo_id, SKIP))])
     return {"inline_keyboard": rows}

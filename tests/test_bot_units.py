@@ -278,12 +278,15 @@ def test_chart_is_a_phone_sized_png_with_long_names_wrapped() -> None:
 
 
 def test_keyboards_round_trip() -> None:
-    """Callback data stays under 64 bytes and parses back; "wrong" offers the others + other."""
+    """Callback data stays under 64 bytes and parses back; "wrong" offers the others, another
+    breed (typed) and skip."""
     row = feedback_keyboard("abcdef123456", "en")["inline_keyboard"][0]
     assert all(len(b["callback_data"].encode()) <= 64 for b in row)
     assert parse_feedback(row[1]["callback_data"]) == ("abcdef123456", "no")
     rows = breeds_keyboard("p", ["Pug", "Boxer", "Beagle"], "en")["inline_keyboard"]
-    assert [r[0]["text"] for r in rows] == ["Boxer", "Beagle", "other"]
+    assert [r[0]["text"] for r in rows] == [
+        "Boxer", "Beagle", "✏️ another breed (type it)", "🚫 skip this photo"
+    ]  # fmt: skip
 
 
 def test_settings_parse_admin_ids(monkeypatch: pytest.MonkeyPatch) -> None:

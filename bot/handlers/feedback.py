@@ -7,6 +7,7 @@ import difflib
 import json
 import logging
 import textwrap
+import time
 
 from telegram import InlineKeyboardMarkup, Update
 
@@ -16,12 +17,14 @@ from bot.handlers import commands
 from bot.handlers.common import language_of
 from bot.i18n import t
 from bot.jobs import publish, task
-from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, parse_feedback
+from bot.keyboards import OTHER, RIGHT, SKIP, WRONG, breeds_keyboard, parse_feedback
 
 log = logging.getLogger(__name__)
-# user_data: (chat id, photo_id, answer message id) waiting for this user's typed breed. Per
-# user, not per chat: in a group, another member's text is not taken as this photo's breed.
+# user_data: (chat id, photo_id, answer message id, since) waiting for this user's typed breed.
+# Per user, not per chat: in a group, another member's text is not taken as this photo's breed.
+# It ends with the answer, the user's next photo, file or command, or after TYPING_SECONDS.
 TYPING = "typing_breed"
+TYPING_SECONDS = 300
 MATCH_CUTOFF = 0.75  # difflib ratio a typed name needs to count as a breed
 ECHO_CHARS = 64  # of an unknown typed breed quoted back (a 4,096-character one would not fit)
 
@@ -34,8 +37,9 @@ def folder_label(label: str) -> str:
 
 
 def _valid(choice: str, n_guesses: int) -> bool:
-    """A choice the keyboards offer: right, wrong, other, or the index of a later guess."""
-    return choice in {RIGHT, WRONG, OTHER} or (choice.isdecimal() and 0 < int(choice) < n_guesses)
+    """A choice the keyboards offer: right, wrong, other, skip, or the index of a later guess."""
+    fixed = {RIGHT, WRONG, OTHER, SKIP}
+    return choice in fixed or (choice.isdecimal() and 0 < int(choice) < n_guesses)
 
 
 async def on_button(update: Update, context: Context) -> None:
@@ -73,10 +77,15 @@ async def on_button(update: Update, context: Context) -> None:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
         assert query.message is not None
-        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id)
+        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id, time.time())
         await query.answer(t(language, "which"))
         return
-    if choice == OTHER:
+    if choice == OTHER:  # a breed not among the buttons: its name is typed next
+        assert query.message is not None
+        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id, time.time())
+        await query.answer(t(language, "type_breed"))
+        return
+    if choice == SKIP:
         label, text = "", t(language, "thanks_other")
     else:
         label, display = names[0 if choice == RIGHT else int(choice)]
@@ -85,6 +94,12 @@ async def on_button(update: Update, context: Context) -> None:
     context.user_data.pop(TYPING, None)
     await query.answer(text)
     await query.edit_message_reply_markup(None)  # one photo, one answer
+
+
+async def stop_typing(update: Update, context: Context) -> None:
+    """The user moved on (a photo, a file, a command): their next text is not a breed name."""
+    if context.user_data is not None:
+        context.user_data.pop(TYPING, None)
 
 
 async def _file(context: Context, photo_id: str, label: str, language: str) -> None:
@@ -113,10 +128,12 @@ async def on_text(update: Update, context: Context) -> None:
     message = update.effective_message
     assert message is not None and message.text is not None and context.user_data is not None
     pending = context.user_data.get(TYPING)
-    if pending is None or pending[0] != message.chat_id:
+    stale = pending is not None and time.time() - pending[3] > TYPING_SECONDS
+    if pending is None or pending[0] != message.chat_id or stale:
+        context.user_data.pop(TYPING, None)
         await commands.hint(update, context)
         return
-    _, photo_id, answer_id = pending
+    _, photo_id, answer_id, _ = pending
     language = language_of(update)
     redis = redis_of(context)
     version, answered = await redis.hmget(contract.photo_key(photo_id), "version", "label")
