@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pillow_heif
 import pytest
 from celery import Celery
 from PIL import Image
@@ -183,7 +184,8 @@ def test_feedback_is_filed_once_under_a_folder_name(
     chat.press(107, second["message_id"], _buttons(second)["❌ wrong"])
     edited = chat.wait_for(107, lambda ev: any(e["type"] == "edited" for e in ev), after=cursor)
     choices = _buttons([e for e in edited if e["type"] == "edited"][-1]["message"])
-    assert "other" in choices and len(choices) == 5  # four other likely breeds + other
+    # Four other likely breeds, another one (typed), skip.
+    assert "✏️ another breed (type it)" in choices and len(choices) == 6
     name, data = next(iter(choices.items()))
     chat.press(107, second["message_id"], data)
     folder = wait_until(lambda: _filed(feedback_store, other_id), 60, what="the photo filed")
@@ -327,6 +329,63 @@ def test_playground_page_in_headless_chromium(
                 asked = [e["message"] for e in user.events(1) if e["type"] == "user"][-1]
             assert asked["text"] == "/retrain"
             assert asked["reply_to_message"]["document"]["file_name"] == "notes.txt"
+        finally:
+            browser.close()
+
+
+# True once the newest bot picture has loaded and the log shows its very end.
+ANSWER_IN_VIEW = """() => {
+  const img = [...document.querySelectorAll(".msg.bot img")].pop();
+  const log = document.getElementById("log");
+  return img && img.complete && img.naturalWidth > 0
+    && log.scrollHeight > log.clientHeight
+    && log.scrollTop + log.clientHeight >= log.scrollHeight - 2;
+}"""
+
+
+def test_playground_page_in_portuguese_follows_answers_and_reloads_quietly(
+    emulator_url: str, datasets: Path, tmp_path: Path
+) -> None:
+    """Its own labels in pt-BR and a hint that names only what the page has; a HEIC photo shown
+    in the user's bubble; the answer scrolled into view after its chart loads; old toasts not
+    shown again on reload."""
+    chromium = chromium_or_skip()  # skipped without Chromium, except in CI
+    from playwright.sync_api import expect, sync_playwright
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "pug.heic"
+    Image.open(sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[1]).save(heic, "HEIF")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=chromium, args=CHROMIUM_FLAGS,
+            viewport={"width": 1000, "height": 560},  # the answer overflows the log
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"{emulator_url}/?chat=31")  # a chat of its own: the hint shows
+            page.select_option("#lang", "pt-br")
+            expect(page.locator("#send-photo")).to_have_text("Enviar como foto")
+            expect(page.locator("#send-file")).to_have_text("Enviar como arquivo")
+            expect(page.locator("header")).to_contain_text("agir como admin")
+            expect(page.locator("#hint")).to_contain_text("Escolha abaixo a foto")
+            assert "📎" not in page.locator("#hint").inner_text()
+            page.screenshot(path=tmp_path / "playground-pt-start.png")
+            page.set_input_files("#file", heic)
+            page.click("#send-photo")
+            mine = page.locator(".msg.user img").last
+            expect(mine).to_be_visible()
+            page.wait_for_function("() => document.querySelector('.msg.user img').naturalWidth")
+            expect(page.locator(".msg.bot .text").last).to_contain_text("Pug", timeout=120_000)
+            page.wait_for_function(ANSWER_IN_VIEW, timeout=30_000)
+            page.screenshot(path=tmp_path / "playground-pt-answer.png")
+            page.locator(".msg.bot .keyboard button").first.click()
+            expect(page.locator(".toast")).to_have_count(1, timeout=60_000)
+            answers = page.locator(".msg.bot img").count()
+            page.reload()
+            expect(page.locator(".msg.bot img")).to_have_count(answers)  # the chat so far
+            page.wait_for_function(ANSWER_IN_VIEW, timeout=30_000)
+            assert page.locator(".toast").count() == 0
+            page.screenshot(path=tmp_path / "playground-reloaded.png")
         finally:
             browser.close()
 
