@@ -448,7 +448,9 @@ class FakeTelegram:
 
     async def user_message(self, form: dict[str, Any]) -> dict[str, Any]:
         """A user sends text, a photo or a file (the `file` field), as an update for the bot."""
-        user_id = int(form.get("user_id") or 1)
+        # A private chat's id is its user's: the sender is the chat's user unless named, as a
+        # button press's presser is (so the photo's sender may answer its buttons).
+        user_id = int(form.get("user_id") or form.get("chat_id") or 1)
         chat_id = int(form.get("chat_id") or user_id)
         sender = {
             "id": user_id,

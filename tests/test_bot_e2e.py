@@ -126,6 +126,29 @@ def test_album_gets_one_reply_listing_each_photo(chat: PlaygroundClient, dataset
     assert lines[0] == "Album of 3 photos:"
     assert lines[1].startswith("1. Pug") and lines[2].startswith("2. Samoyed")
     assert lines[3].startswith("3. I see no cat or dog here")
+    # Each breed answer can be corrected: ✅ / ❌ for photos 1 and 2 (3 has no breed to correct).
+    buttons = _buttons(reply)
+    assert list(buttons) == ["1 ✅ right", "1 ❌ wrong", "2 ✅ right", "2 ❌ wrong"]
+    cursor = chat.events(103)[-1]["seq"]
+    sender = {"user_id": 103}  # who sent the album: the private chat's user
+    chat.press(103, reply["message_id"], buttons["1 ✅ right"], **sender)
+
+    def edited(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e["message"] for e in events if e["type"] == "edited"]
+
+    # Photo 1 answered: only photo 2's buttons are left.
+    left = edited(chat.wait_for(103, edited, after=cursor))[-1]
+    assert list(_buttons(left)) == ["2 ✅ right", "2 ❌ wrong"]
+    cursor = chat.events(103)[-1]["seq"]
+    chat.press(103, reply["message_id"], buttons["2 ❌ wrong"], **sender)
+    choices = _buttons(edited(chat.wait_for(103, edited, after=cursor))[-1])
+    assert "✏️ another breed (type it)" in choices and "2 ✅ right" not in choices
+    cursor = chat.events(103)[-1]["seq"]
+    chat.send(103, text="samoyed")
+    thanks = _sent(chat.wait_for(103, _replies(), after=cursor))[0]["text"]
+    assert thanks == "Thanks! Saved as Samoyed."
+    done = chat.wait_for(103, lambda ev: any(not _buttons(m) for m in edited(ev)), after=cursor)
+    assert not _buttons(edited(done)[-1])  # every photo answered: no buttons left
 
 
 def test_not_a_pet_names_the_imagenet_guess(chat: PlaygroundClient, datasets: Path) -> None:

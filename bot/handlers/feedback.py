@@ -17,10 +17,19 @@ from bot.handlers import commands
 from bot.handlers.common import language_of
 from bot.i18n import t
 from bot.jobs import publish, task
-from bot.keyboards import OTHER, RIGHT, SKIP, WRONG, breeds_keyboard, parse_feedback
+from bot.keyboards import (
+    OTHER,
+    RIGHT,
+    SKIP,
+    WRONG,
+    breeds_keyboard,
+    parse_feedback,
+    without_photo,
+)
 
 log = logging.getLogger(__name__)
-# user_data: (chat id, photo_id, answer message id, since) waiting for this user's typed breed.
+# user_data: (chat id, photo_id, answer message id, since, the answer's other rows) waiting for
+# this user's typed breed (the other rows: an album's other photos, kept when this one is done).
 # Per user, not per chat: in a group, another member's text is not taken as this photo's breed.
 # It ends with the answer, the user's next photo, file or command, or after TYPING_SECONDS.
 TYPING = "typing_breed"
@@ -73,16 +82,19 @@ async def on_button(update: Update, context: Context) -> None:
     if answered is not None:  # a keyboard still shown elsewhere, or a replayed press
         await query.answer(t(language, "feedback_done"))
         return
+    assert query.message is not None
+    shown = query.message.reply_markup
+    rest = without_photo(shown.to_dict() if shown else None, photo_id)
+    waiting = (chat.id, photo_id, query.message.message_id, time.time(), rest)
     if choice == WRONG:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
+        markup["inline_keyboard"] += rest  # an album's other photos keep their buttons
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
-        assert query.message is not None
-        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id, time.time())
+        context.user_data[TYPING] = waiting
         await query.answer(t(language, "which"))
         return
     if choice == OTHER:  # a breed not among the buttons: its name is typed next
-        assert query.message is not None
-        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id, time.time())
+        context.user_data[TYPING] = waiting
         await query.answer(t(language, "type_breed"))
         return
     if choice == SKIP:
@@ -93,7 +105,12 @@ async def on_button(update: Update, context: Context) -> None:
     await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await query.answer(text)
-    await query.edit_message_reply_markup(None)  # one photo, one answer
+    await query.edit_message_reply_markup(_remaining(rest, context))  # one photo, one answer
+
+
+def _remaining(rest: list[list[dict]], context: Context) -> InlineKeyboardMarkup | None:
+    """The keyboard once a photo has its answer: its album's other photos' rows, or none."""
+    return InlineKeyboardMarkup.de_json({"inline_keyboard": rest}, context.bot) if rest else None
 
 
 async def stop_typing(update: Update, context: Context) -> None:
@@ -133,7 +150,7 @@ async def on_text(update: Update, context: Context) -> None:
         context.user_data.pop(TYPING, None)
         await commands.hint(update, context)
         return
-    _, photo_id, answer_id, _ = pending
+    _, photo_id, answer_id, _, rest = pending
     language = language_of(update)
     redis = redis_of(context)
     version, answered = await redis.hmget(contract.photo_key(photo_id), "version", "label")
@@ -151,4 +168,6 @@ async def on_text(update: Update, context: Context) -> None:
     await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await message.reply_text(t(language, "thanks", name=display))
-    await context.bot.edit_message_reply_markup(message.chat_id, answer_id, reply_markup=None)
+    await context.bot.edit_message_reply_markup(
+        message.chat_id, answer_id, reply_markup=_remaining(rest, context)
+    )
