@@ -22,6 +22,26 @@ class TelegramError(Exception):
     """The Bot API answered `ok: false`."""
 
 
+class Refused(TelegramError):
+    """A 4xx answer about the chat or the request: sending it again would only fail again."""
+
+
+class Forbidden(Refused):
+    """Telegram answered 403: the user blocked the bot, or the bot left the group."""
+
+
+class BadRequest(Refused):
+    """Telegram answered 400 (and no new chat to follow): the reason is in the message."""
+
+
+class ChatMigrated(TelegramError):
+    """The group became a supergroup (400 with `migrate_to_chat_id`): send to `new_chat_id`."""
+
+    def __init__(self, method: str, new_chat_id: int) -> None:
+        super().__init__(f"{method}: the group moved to chat {new_chat_id}")
+        self.new_chat_id = new_chat_id
+
+
 class RetryAfter(TelegramError):
     """Telegram answered 429: nothing more to this chat for `seconds`."""
 
@@ -69,11 +89,19 @@ def call(method: str, params: dict[str, Any], files: dict[str, Any] | None = Non
         response = http_client().post(url, json=params)
     body = response.json()
     if not body.get("ok"):
-        retry_after = (body.get("parameters") or {}).get("retry_after")
-        if retry_after is not None:
-            raise RetryAfter(method, float(retry_after))
-        raise TelegramError(f"{method}: {body.get('description')}")
+        raise _error(method, body)
     return body["result"]
+
+
+def _error(method: str, body: dict[str, Any]) -> TelegramError:
+    """The exception for a Bot API error answer, by its code and `parameters`."""
+    parameters = body.get("parameters") or {}
+    if parameters.get("retry_after") is not None:
+        return RetryAfter(method, float(parameters["retry_after"]))
+    if parameters.get("migrate_to_chat_id") is not None:
+        return ChatMigrated(method, int(parameters["migrate_to_chat_id"]))
+    kind = {403: Forbidden, 400: BadRequest}.get(body.get("error_code"), TelegramError)
+    return kind(f"{method}: {body.get('description')}")
 
 
 def _reply_params(reply_to: contract.ReplyTo) -> dict[str, Any]:

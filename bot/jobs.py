@@ -12,6 +12,7 @@ from celery import Celery
 from celery.canvas import Signature
 
 import contract
+from bot import limits
 from bot.context import Context, redis_of, settings_of
 from broker.config import client_config
 
@@ -50,15 +51,17 @@ async def submit(
     reply_kwargs = {"reply_to": reply_to.to_dict(), "kind": kind, "outbox_id": outbox_id, **extra}
     job.link_error(task(context, contract.REPLY_FAILED, **reply_kwargs))
     chain = job | task(context, contract.REPLY, **reply_kwargs)
-    if outbox_id is not None:
-        entry = contract.OutboxEntry(signature=chain).to_json()
-        async with redis_of(context).pipeline(transaction=True) as pipe:
+    async with redis_of(context).pipeline(transaction=True) as pipe:
+        # A user who writes has unblocked the bot (if they ever blocked it): answer them again.
+        pipe.delete(limits.BLOCKED_KEY.format(reply_to.chat_id))
+        if outbox_id is not None:
+            entry = contract.OutboxEntry(signature=chain).to_json()
             if photo is not None:
                 key = contract.upload_key(outbox_id)
                 pipe.set(key, photo, ex=contract.UPLOAD_TTL_SECONDS)
             pipe.hset(contract.OUTBOX_JOBS, outbox_id, entry)
             pipe.zadd(contract.OUTBOX_DUE, {outbox_id: time.time()})
-            await pipe.execute()
+        await pipe.execute()
     await publish(chain)
 
 

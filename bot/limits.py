@@ -12,6 +12,11 @@ answers 429 with `retry_after` past that. Each reply first takes its turn here, 
 
 The reply task sleeps for short waits and is deferred (a Celery retry with a countdown, which
 holds no thread) for long ones. A 429 pushes the chat's next slot past its `retry_after`.
+
+Groups (negative chat ids) get Telegram's group pace, about 20 messages a minute, instead of the
+private chat's one a second. A chat whose user blocked the bot (403) is remembered for a day, so
+its later replies are dropped here without a call; the front end forgets it as soon as that user
+writes again (bot/jobs.py), which they can only do once they have unblocked the bot.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import redis
 CHAT_KEY = "breedbot:rate:chat:{}"  # the chat's theoretical arrival time (ms)
 SLOT_KEY = "breedbot:rate:slot:{}"  # one reply's reserved send time (ms), by its reply key
 GLOBAL_KEY = "breedbot:rate:global"  # the bot's theoretical arrival time (ms)
+BLOCKED_KEY = "breedbot:rate:blocked:{}"  # set while the chat's user has blocked the bot
+BLOCKED_TTL = 24 * 3600
 SLOT_TTL_MS = 15 * 60 * 1000  # a reservation outlives any deferral of its reply
 # Waits up to this long are slept in the task's thread; longer ones defer the task.
 INLINE_WAIT_S = 0.25
 
-# KEYS: chat, slot, global. ARGV: now, chat interval, chat burst, global interval, global burst,
-# slot ttl (all ms or counts). Returns {ms until the chat slot, ms until a global slot}; {0, 0}
-# means the reply may go now and both slots were taken.
+# KEYS: chat, slot, global, blocked. ARGV: now, chat interval, chat burst, global interval, global
+# burst, slot ttl (all ms or counts). Returns {ms until the chat slot, ms until a global slot};
+# {0, 0} means the reply may go now and both slots were taken; {-1, 0} that the chat is blocked.
 _TAKE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, 0} end
 local now = tonumber(ARGV[1])
 local slot = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if slot < 0 then
@@ -65,12 +73,24 @@ return 0
 
 @dataclass(frozen=True)
 class Limits:
-    """Messages per second per chat (with a burst) and overall."""
+    """Messages per second per private chat and per group (each with a burst), and overall."""
 
     per_chat: float = 1.0
     chat_burst: int = 3
     overall: float = 30.0
     overall_burst: int = 1
+    per_group: float = 20 / 60
+    group_burst: int = 3
+
+    def chat_pace(self, chat_id: int) -> tuple[float, int]:
+        """Messages a second and burst for `chat_id`: groups' ids are negative."""
+        if chat_id < 0:
+            return self.per_group, self.group_burst
+        return self.per_chat, self.chat_burst
+
+
+class Blocked(Exception):
+    """The chat's user blocked the bot (a 403 not long ago): send nothing to it."""
 
 
 class Deferred(Exception):
@@ -86,24 +106,36 @@ def _ms() -> float:
 
 
 def take(client: redis.Redis, chat_id: int, reply_key: str, limits: Limits) -> tuple[float, float]:
-    """Seconds until this reply's chat slot and until a global slot; (0, 0): both taken."""
+    """Seconds until this reply's chat slot and until a global slot; (0, 0): both taken.
+
+    Raises `Blocked` for a chat whose user blocked the bot.
+    """
     script = client.register_script(_TAKE)
+    rate, burst = limits.chat_pace(chat_id)
     chat_ms, global_ms = script(
-        keys=[CHAT_KEY.format(chat_id), SLOT_KEY.format(reply_key), GLOBAL_KEY],
+        keys=[
+            CHAT_KEY.format(chat_id),
+            SLOT_KEY.format(reply_key),
+            GLOBAL_KEY,
+            BLOCKED_KEY.format(chat_id),
+        ],
         args=[
             _ms(),
-            1000 / limits.per_chat,
-            limits.chat_burst,
+            1000 / rate,
+            burst,
             1000 / limits.overall,
             limits.overall_burst,
             SLOT_TTL_MS,
         ],
     )
+    if int(chat_ms) < 0:
+        raise Blocked(f"chat {chat_id} blocked the bot")
     return int(chat_ms) / 1000, int(global_ms) / 1000
 
 
 def wait_turn(client: redis.Redis, chat_id: int, reply_key: str, limits: Limits) -> None:
-    """Return when this reply may be sent; raise `Deferred` when its chat's turn is far off."""
+    """Return when this reply may be sent; raise `Deferred` when its chat's turn is far off,
+    `Blocked` when its user blocked the bot."""
     while True:
         chat_wait, global_wait = take(client, chat_id, reply_key, limits)
         if chat_wait > INLINE_WAIT_S:
@@ -117,3 +149,8 @@ def hold_chat(client: redis.Redis, chat_id: int, seconds: float) -> None:
     """Send nothing more to `chat_id` for `seconds` (Telegram answered 429 with retry_after)."""
     now = _ms()
     client.register_script(_HOLD)(keys=[CHAT_KEY.format(chat_id)], args=[now + seconds * 1000, now])
+
+
+def block_chat(client: redis.Redis, chat_id: int, seconds: float = BLOCKED_TTL) -> None:
+    """Send nothing more to `chat_id` for `seconds` (Telegram answered 403: the bot is blocked)."""
+    client.set(BLOCKED_KEY.format(chat_id), 1, ex=max(1, round(seconds)))

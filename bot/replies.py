@@ -4,16 +4,22 @@ They run in the reply sender (`breedbot replier`, the bot's image), so an answer
 the PTB front end restarted while the job ran. Each process shares one HTTP client and one Redis
 client; every reply claims its idempotency key with SET NX first, so a redelivered or duplicated
 reply is not sent twice, then waits its turn under Telegram's send limits (bot/limits.py).
+
+Telegram's refusals are final: a user who blocked the bot (403) or a request Telegram rejects
+(400) gets no second try, and the job leaves the outbox, so the photo job is not run again for an
+answer that cannot be delivered. A group that became a supergroup (400 with
+`migrate_to_chat_id`) is answered in the supergroup.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -83,7 +89,11 @@ def once(key: str) -> Iterator[bool]:
 def _limits() -> limits.Limits:
     settings = botapi.settings()
     return limits.Limits(
-        settings.reply_rate_per_chat, settings.reply_chat_burst, settings.reply_rate_overall
+        per_chat=settings.reply_rate_per_chat,
+        chat_burst=settings.reply_chat_burst,
+        overall=settings.reply_rate_overall,
+        per_group=settings.reply_group_per_minute / 60,
+        group_burst=settings.reply_group_burst,
     )
 
 
@@ -93,11 +103,16 @@ def _wait_turn(target: contract.ReplyTo) -> None:
 
 
 @contextlib.contextmanager
-def _deferring(task: Task, target: contract.ReplyTo) -> Iterator[None]:
-    """Run the reply task again when its turn comes, or once Telegram's `retry_after` is over.
+def _telegram_answers(
+    task: Task, target: contract.ReplyTo, outbox_id: str | None
+) -> Iterator[None]:
+    """Act on the send limits and on Telegram's error answers to the reply task's sends.
 
-    A deferred task waits in the broker with a countdown, holding no thread, and keeps its
-    reserved slot; its claim was released on the way out of `once()`, so it is sent then.
+    Deferred by the limits or told to wait (429): run again then. A deferred task waits in the
+    broker with a countdown, holding no thread, and keeps its reserved slot; its claim was
+    released on the way out of `once()`, so it is sent then. Blocked (403, now or recently):
+    dropped, and the chat is left alone for a while. Any other 400: failed once, its reason
+    logged. Neither is sent again: both leave the outbox (the caller clears a dropped one).
     """
     try:
         yield
@@ -107,6 +122,28 @@ def _deferring(task: Task, target: contract.ReplyTo) -> Iterator[None]:
         log.warning("chat %s: %s", target.chat_id, error)
         limits.hold_chat(redis_client(), target.chat_id, error.seconds)
         raise task.retry(countdown=error.seconds, exc=error) from None
+    except (botapi.Forbidden, limits.Blocked) as error:
+        log.info("chat %s blocked the bot (%s): reply dropped", target.chat_id, error)
+        if isinstance(error, botapi.Forbidden):
+            limits.block_chat(redis_client(), target.chat_id)
+    except botapi.BadRequest as error:
+        log.error("chat %s: Telegram refused the reply, not sent again: %s", target.chat_id, error)
+        outbox.done(redis_client(), outbox_id)
+        raise
+
+
+def _following(target: contract.ReplyTo, send: Callable[[contract.ReplyTo], None]) -> None:
+    """Send to the chat or, if the group became a supergroup, to the supergroup instead."""
+    try:
+        send(target)
+    except botapi.ChatMigrated as moved:
+        log.info("chat %s is now chat %s: replying there", target.chat_id, moved.new_chat_id)
+        # The user's message and the status message stay behind in the old chat.
+        send(
+            dataclasses.replace(
+                target, chat_id=moved.new_chat_id, message_id=None, status_message_id=None
+            )
+        )
 
 
 @app.task(name=contract.PROGRESS, ignore_result=True)
@@ -244,8 +281,8 @@ def reply(
 ) -> None:
     """Send a finished job's answer to its chat, once per `reply_to["key"]`."""
     target = contract.ReplyTo.from_dict(reply_to)
-    with _deferring(self, target):
-        _reply(result, target, kind, photo_id, low_confidence, album)
+    with _telegram_answers(self, target, outbox_id):
+        _following(target, lambda to: _reply(result, to, kind, photo_id, low_confidence, album))
     outbox.done(redis_client(), outbox_id)
 
 
@@ -311,8 +348,8 @@ def reply_failed(
 ) -> None:
     """Errback: tell the chat its job failed (once), without internals."""
     target = contract.ReplyTo.from_dict(reply_to)
-    with _deferring(self, target):
-        _report_failure(task_id, target, kind)
+    with _telegram_answers(self, target, outbox_id):
+        _following(target, lambda to: _report_failure(task_id, to, kind))
     outbox.done(redis_client(), outbox_id)
 
 

@@ -39,6 +39,9 @@ class BotSettings(BrokerSettings):
     reply_rate_per_chat: float = Field(default=1.0, gt=0)
     reply_chat_burst: int = Field(default=3, ge=1)
     reply_rate_overall: float = Field(default=30.0, gt=0)
+    # Groups (negative chat ids): Telegram allows about 20 messages a minute to one group.
+    reply_group_per_minute: float = Field(default=20.0, gt=0)
+    reply_group_burst: int = Field(default=3, ge=1)
     # A classify job unanswered this long is published again (bot/outbox.py), at most
     # OUTBOX_MAX_ATTEMPTS times: it rescues messages lost with a killed worker, and answers the
     # jobs of a killed worker long before the (retrain-sized) visibility timeout would.

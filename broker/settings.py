@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Where a running embedded redis-server (ops/redis_server.py) writes its URL, under var_dir.
 EMBEDDED_URL_FILE = Path("redis") / "url"
+# Secret files, one per setting and named after it (`telegram_bot_token`, `redis_url`, ...):
+# where compose's `secrets:` and Kubernetes' secret volumes put them.
+SECRETS_DIR = Path("/run/secrets")
 # A retrain's hard time limit by default; the visibility timeout must outlast it.
 DEFAULT_RETRAIN_TIME_LIMIT = 3 * 3600 + 600
 
@@ -17,8 +20,9 @@ class SentinelSettings(BaseSettings):
     """What a sentinel:// REDIS_URL needs besides the URL (unused for redis:// and rediss://)."""
 
     # Empty variables count as unset: compose passes `TELEGRAM_BOT_TOKEN=` when there is none.
+    # A variable wins over `.env`, which wins over a secret file.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True, secrets_dir=SECRETS_DIR
     )
 
     # The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
@@ -31,6 +35,22 @@ class SentinelSettings(BaseSettings):
         """REDIS_SENTINEL_PASSWORD in clear, for the clients."""
         secret = self.redis_sentinel_password
         return secret.get_secret_value() if secret else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources, the secret files only where their folder exists."""
+        # pydantic-settings warns at every start on a host without the folder (`make up`).
+        folder = getattr(file_secret_settings, "secrets_dir", None)
+        if folder is not None and Path(folder).is_dir():
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        return init_settings, env_settings, dotenv_settings
 
 
 class BrokerSettings(SentinelSettings):

@@ -48,6 +48,8 @@ FAULTS = {
 # Webhook delivery, as Telegram does it: an update is sent again until the bot answers 200.
 WEBHOOK_RETRY_SECONDS = 0.5
 WEBHOOK_TIMEOUT = 60.0
+BLOCKED = "Forbidden: bot was blocked by the user"
+MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
 # Form fields that carry JSON objects (PTB posts everything else as plain strings).
 JSON_FIELDS = {
     "reply_markup",
@@ -72,6 +74,16 @@ class ApiError(Exception):
         self.code = code
         self.description = description
         self.parameters = parameters  # ResponseParameters, e.g. {"retry_after": 3}
+
+
+@dataclass
+class ChatFault:
+    """The error answer the bot's sends to one chat get, `times` more times (0: until cleared)."""
+
+    code: int
+    description: str
+    parameters: dict[str, Any] | None = None
+    times: int = 0
 
 
 @dataclass
@@ -152,6 +164,9 @@ class FakeTelegram:
         # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
         # to that chat are answered 429, as Telegram does when a bot sends too fast.
         self.flood: dict[int, list[int]] = {}
+        # Refusals on demand: chat id -> ChatFault; the bot's sends to that chat get its answer
+        # (403 for a user who blocked the bot, 400 with migrate_to_chat_id for an upgraded group).
+        self.chat_faults: dict[int, ChatFault] = {}
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda p: BOT_USER,
             "logOut": lambda p: True,
@@ -556,6 +571,7 @@ class FakeTelegram:
                 code = self.faults[method].pop(0)
                 raise ApiError(code, FAULTS.get(code, HTTPStatus(code).phrase))
             params = await _read_params(request)
+            self._check_chat_fault(method, params)
             self._check_flood(method, params)
             if method == "getUpdates":
                 result: Any = await self._get_updates(params)
@@ -571,10 +587,22 @@ class FakeTelegram:
             return web.json_response(body, status=error.code)
         return web.json_response({"ok": True, "result": result})
 
+    def _check_chat_fault(self, method: str, params: dict[str, Any]) -> None:
+        chat_id = _sent_to(method, params)
+        fault = self.chat_faults.get(chat_id) if chat_id is not None else None
+        if fault is None:
+            return
+        if fault.times:
+            fault.times -= 1
+            if not fault.times:
+                del self.chat_faults[chat_id]
+        self._event("refused", chat_id, method=method, code=fault.code)
+        raise ApiError(fault.code, fault.description, fault.parameters)
+
     def _check_flood(self, method: str, params: dict[str, Any]) -> None:
         chat_id = params.get("chat_id")
         left = self.flood.get(int(chat_id)) if chat_id is not None else None
-        if not left or not method.startswith(("send", "edit")) or method == "sendChatAction":
+        if not left or _sent_to(method, params) is None:
             return
         left[0] -= 1
         if left[0] <= 0:
@@ -633,6 +661,15 @@ class FakeTelegram:
         self.flood[int(params["chat_id"])] = [int(params["times"]), int(params["retry_after"])]
         return web.json_response({"ok": True})
 
+    async def _test_chat_fault(self, request: web.Request) -> web.Response:
+        params = await _read_params(request)
+        chat_id = int(params.pop("chat_id"))
+        if params.get("code"):
+            self.chat_faults[chat_id] = ChatFault(**params)
+        else:
+            self.chat_faults.pop(chat_id, None)
+        return web.json_response({"ok": True})
+
     async def _test_commands(self, request: web.Request) -> web.Response:
         return web.json_response({"commands": self.commands})
 
@@ -649,12 +686,21 @@ class FakeTelegram:
         app.router.add_get("/test/commands", self._test_commands)
         app.router.add_route("*", "/test/downloads", self._test_downloads)
         app.router.add_post("/test/flood", self._test_flood)
+        app.router.add_post("/test/chat_fault", self._test_chat_fault)
         return app
 
 
 def _chat_of(update: dict[str, Any]) -> int:
     message = update.get("message") or update["callback_query"]["message"]
     return int(message["chat"]["id"])
+
+
+def _sent_to(method: str, params: dict[str, Any]) -> int | None:
+    """The chat a send or an edit goes to (None for any other call)."""
+    chat_id = params.get("chat_id")
+    if chat_id is None or not method.startswith(("send", "edit")) or method == "sendChatAction":
+        return None
+    return int(chat_id)
 
 
 async def _read_params(request: web.Request) -> dict[str, Any]:
@@ -736,6 +782,29 @@ class PlaygroundClient:
         """Answer the bot's next `times` sends to the chat with 429 and `retry_after` seconds."""
         body = {"chat_id": chat_id, "times": times, "retry_after": retry_after}
         self.http.post("/test/flood", json=body).raise_for_status()
+
+    def refuse(
+        self,
+        chat_id: int,
+        code: int,
+        description: str,
+        times: int = 0,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the bot's sends to the chat with error `code`, `times` times (0: until
+        cleared by `code=0`)."""
+        body = {"chat_id": chat_id, "code": code, "description": description, "times": times}
+        if parameters:
+            body["parameters"] = parameters
+        self.http.post("/test/chat_fault", json=body).raise_for_status()
+
+    def block(self, chat_id: int) -> None:
+        """The user blocks the bot: its sends get 403, as Telegram answers them."""
+        self.refuse(chat_id, 403, BLOCKED)
+
+    def upgrade_group(self, chat_id: int, supergroup_id: int) -> None:
+        """The group becomes a supergroup: sends to its old id get 400 with the new one."""
+        self.refuse(chat_id, 400, MIGRATED, parameters={"migrate_to_chat_id": supergroup_id})
 
     def held_downloads(self) -> int:
         """How many downloads waited on a hold so far."""
