@@ -269,7 +269,7 @@ def test_album_parts_gather_into_one_reply(fake: FakeTelegram, user: PlaygroundC
     album_key = f"breedbot:album:{target.key}"
     for index in (2, 0, 2):
         album = {"index": index, "size": 3}
-        assert replies._album_results(parts[index].to_dict(), target, album) is None
+        assert replies._album_results(parts[index].to_dict(), target, album, None) is None
     assert 0 < replies.redis_client().ttl(album_key) <= replies.ALBUM_TTL
     assert _bot_events(fake, 9104) == []
     for index in (1, 1):  # the last part, and its redelivery
@@ -281,8 +281,8 @@ def test_album_parts_gather_into_one_reply(fake: FakeTelegram, user: PlaygroundC
         )
     [event] = _bot_events(fake, 9104)
     assert event["message"]["text"] == render.album_text(parts, "pt-BR", 0.5)
-    gathered = replies._album_results(DAISY.to_dict(), target, {"index": 1, "size": 3})
-    assert gathered == parts
+    gathered = replies._album_results(DAISY.to_dict(), target, {"index": 1, "size": 3}, None)
+    assert gathered == [(part, None) for part in parts]  # no photo ids: no buttons
 
 
 def test_retrain_result_edits_the_status_message(
