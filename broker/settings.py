@@ -30,12 +30,6 @@ class SentinelSettings(BaseSettings):
     # The Sentinels' own `requirepass`; the master's password goes in the URL.
     redis_sentinel_password: SecretStr | None = None
 
-    @property
-    def sentinel_password(self) -> str | None:
-        """REDIS_SENTINEL_PASSWORD in clear, for the clients."""
-        secret = self.redis_sentinel_password
-        return secret.get_secret_value() if secret else None
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -51,6 +45,12 @@ class SentinelSettings(BaseSettings):
         if folder is not None and Path(folder).is_dir():
             return init_settings, env_settings, dotenv_settings, file_secret_settings
         return init_settings, env_settings, dotenv_settings
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """REDIS_SENTINEL_PASSWORD in clear, for the clients."""
+        secret = self.redis_sentinel_password
+        return secret.get_secret_value() if secret else None
 
 
 class BrokerSettings(SentinelSettings):

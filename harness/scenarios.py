@@ -17,11 +17,13 @@ from typing import Any
 
 from bot.i18n import STRINGS
 from harness.faults import COMMANDS, bad_images, bad_zips
+from harness.sentinel import SentinelGroup
 from harness.stack import ADMIN, Stack
 from harness.user import (
     TRAINING,
     Sent,
     all_events,
+    answers,
     csv_sample_zip,
     finals,
     pet_photos,
@@ -146,6 +148,59 @@ def redis_restarted(stack: Stack, n_photos: int, users: int, down_seconds: float
     counts["stuck_jobs"] = wait_drained(stack, 60)
     counts["worker_alive"] = worker.alive()
     counts["bot_alive"] = bot.alive()
+    return counts
+
+
+def _left_on(group: SentinelGroup, timeout: float) -> dict[str, int]:
+    """Once drained (or at timeout): messages still queued, and entries of the unacked hash with
+    and without their entry in its index (only indexed ones are ever redelivered)."""
+    client = group.client()
+
+    def left() -> dict[str, int]:
+        queued = sum(client.llen(q) for q in ("infer", "train", "control"))
+        indexed = client.zcard("unacked_index")
+        return {
+            "queued": queued,
+            "unacked_indexed": indexed,
+            "unacked_unindexed": client.hlen("unacked") - indexed,
+        }
+
+    try:
+        wait_until(lambda: not any(left().values()), timeout)
+        return left()
+    finally:
+        client.close()
+
+
+def _twice_kinds(stack: Stack, sent: list[Sent]) -> dict[str, int]:
+    """Photos replied more than once: with the same answer again, or "try again" and an answer."""
+    kinds: Counter[str] = Counter()
+    for replies in answers(stack, sent).values():
+        if len(replies) > 1:
+            texts_ = [m.get("caption") or m.get("text") or "" for m in replies]
+            errors = sum(t.startswith(("Sorry", "Desculpe")) for t in texts_)
+            kinds["error_then_answer" if 0 < errors < len(texts_) else "same_reply"] += 1
+    return dict(kinds)
+
+
+def redis_failover(stack: Stack, group: SentinelGroup, n_photos: int, users: int) -> dict:
+    """Photos flowing through the real bot, reply sender and worker, all on a Sentinel URL, while
+    the Redis master is SIGKILLed (Sentinel promotes the replica); answered, lost, twice."""
+    stack.env.update(group.env)
+    with group.environment():  # this process pings the services through the Sentinels too
+        worker = stack.start_worker("w1", **FAST_REDELIVERY)
+        bot = stack.start_bot()
+        pace = 0.25
+        sending = in_background(lambda: send_photos(stack, pet_photos(n_photos), users, 5000, pace))
+        time.sleep(n_photos * pace / users / 3)  # a third of the photos sent
+        old = group.kill_master()
+        failover_seconds = group.wait_failover(old)
+        sent = sending()
+        counts = wait_answered(stack, sent, timeout=120 + n_photos)
+        counts["twice_kinds"] = _twice_kinds(stack, sent)
+        counts["left"] = _left_on(group, 60)
+    counts["failover_seconds"] = round(failover_seconds, 1)
+    counts["alive"] = {s.name: s.alive() for s in (worker, bot, stack.replier) if s is not None}
     return counts
 
 

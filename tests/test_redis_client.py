@@ -67,6 +67,13 @@ def test_sentinel_config_names_the_master_and_the_sentinels_password_everywhere(
                                                          "10.0.0.3:26379"))  # fmt: skip
     assert config["broker_url"] == config["result_backend"] == every
     assert config["broker_transport"] == transport.SENTINEL_TRANSPORT
+    # A password with URL-reserved characters survives the copying.
+    odd = "sentinel://:p%40ss%2Fw@h1:1/0;sentinel://h2:2"
+    assert (
+        client_config(odd)["broker_url"]
+        == "sentinel://:p%40ss%2Fw@h1:1/0;sentinel://:p%40ss%2Fw@h2:2/0"
+    )
+    assert parse_sentinel_url(odd).password == "p@ss/w"
 
 
 def test_tls_checks_the_certificate_unless_the_url_says_otherwise() -> None:

@@ -483,7 +483,13 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
     try:
         wait_until(lambda: any("Flower:" in line for line in lines), 60, "the stack to start")
         assert any("password" in line for line in lines)
-        assert (tmp_path / "var" / "redis" / "url").is_file()
+        # The embedded Redis has a generated password, kept in files of this user's only.
+        url_file = tmp_path / "var" / "redis" / "url"
+        assert url_file.stat().st_mode & 0o777 == 0o600
+        redis_url = url_file.read_text().strip()
+        assert redis.Redis.from_url(redis_url).ping()
+        with pytest.raises(redis.AuthenticationError):  # the same server, without the password
+            redis.Redis.from_url(re.sub(r":[^:@/]+@", "", redis_url)).ping()
         page = f"http://127.0.0.1:{env['PLAYGROUND_PORT']}/"
         assert f"[up] playground: open {page}\n" in lines
         pug = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
@@ -512,6 +518,7 @@ def test_make_up_runs_the_stack_and_stops_without_orphans(breedbot_home, dataset
         flower_line = next(line for line in lines if "Flower:" in line)
         assert flower_line.removeprefix("[up] ") in again.stdout
         assert f"playground: open {page}" in again.stdout
+        assert f"Redis: {redis_url}" in again.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)

@@ -48,9 +48,9 @@ class Served:
 
 # A version that failed to fetch or load is tried again after this many seconds.
 RETRY_SECONDS = 30
-# A start that failed (Redis or the store unreachable, a malformed record) is tried again after
-# this many seconds, by the watcher.
-START_RETRY_SECONDS = 5
+# A start that failed (Redis or the store unreachable, a malformed record) is tried again by the
+# watcher, after 5 s doubling to 2 min: a start may convert a backbone in a TensorFlow child.
+START_RETRY_SECONDS = (5, 120)
 
 
 class ModelHolder:
@@ -148,9 +148,7 @@ class ModelHolder:
         try:
             self._start_once()
         except Exception:
-            log.exception(
-                "model holder could not start; retrying every %s s meanwhile", START_RETRY_SECONDS
-            )
+            log.exception("model holder could not start; the watcher tries again")
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
@@ -163,12 +161,14 @@ class ModelHolder:
         self._started = True
 
     def _watch(self) -> None:
+        start_delay, most = START_RETRY_SECONDS
         while True:
-            time.sleep(self.interval if self._started else START_RETRY_SECONDS)
+            time.sleep(self.interval if self._started else start_delay)
             try:
                 if self._started:
                     self.check()
                 else:
+                    start_delay = min(start_delay * 2, most)
                     self._start_once()
                     self.check()  # the pointer may have moved since the first load
             except Exception:
