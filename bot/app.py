@@ -97,6 +97,7 @@ def build_app(settings: BotSettings) -> Application:
     application.add_handler(CommandHandler("promote", admin.promote, filters=admins))
     application.add_handler(CommandHandler("rollback", admin.rollback, filters=admins))
     application.add_handler(CommandHandler("stats", admin.stats, filters=admins))
+    application.add_handler(CommandHandler("export", admin.export, filters=admins))
     application.add_handler(CommandHandler(admin.ADMIN_COMMANDS, admin.refuse))
     application.add_handler(MessageHandler(RETRAIN_CAPTION, admin.refuse))
 

@@ -120,11 +120,23 @@ def send_text(reply_to: contract.ReplyTo, text: str, **extra: Any) -> Any:
     return call("sendMessage", {**_reply_params(reply_to), "text": text, **extra})
 
 
-def send_picture(reply_to: contract.ReplyTo, png: bytes, caption: str, **extra: Any) -> Any:
-    """Send a PNG with a caption to the chat, as a reply to the user's message."""
+def send_picture(
+    reply_to: contract.ReplyTo, png: bytes, caption: str, *, jpeg: bool = False, **extra: Any
+) -> Any:
+    """Send a PNG (or a JPEG) with a caption to the chat, as a reply to the user's message."""
     caption = render.fit(caption, reply_to.language, render.CAPTION_LIMIT)
     params = {**_reply_params(reply_to), "caption": caption, **extra}
-    return call("sendPhoto", params, files={"photo": ("chart.png", png, "image/png")})
+    upload = ("photo.jpg", png, "image/jpeg") if jpeg else ("chart.png", png, "image/png")
+    return call("sendPhoto", params, files={"photo": upload})
+
+
+def send_document(
+    reply_to: contract.ReplyTo, name: str, data: bytes, caption: str | None = None
+) -> Any:
+    """Send a file as a document, as a reply to the user's message."""
+    params = {**_reply_params(reply_to), **({"caption": caption} if caption else {})}
+    files = {"document": (name, data, "application/octet-stream")}
+    return call("sendDocument", params, files=files)
 
 
 def edit_status(reply_to: contract.ReplyTo, text: str) -> None:

@@ -35,12 +35,22 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (with a .zip; merge=1 says the same) – add its photos and new breeds "
             "to the ones the active model learned\n"
             "/retrain feedback – add the ✅/❌ corrections to them\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – the model as a .tflite file, with its labels and how to run it"
         ),
         "hint": "I look at photos of cats and dogs: send me one. /help tells you more.",
         "unknown_command": "I do not know {command}. /help lists what I can do.",
         "promote_usage": (
             "Which version? Write its number, for example /promote 3 (/models lists them)."
+        ),
+        "export_usage": "Which version? /export for the active one, or /export 3 (/models).",
+        "export_sent": (
+            "Version {version}: the model, its labels and README.txt (input, outputs, how to "
+            "run it with ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} is {size:.1f} MB, over the 50 MB a bot may send. Get it with the CLI: "
+            "breedbot export --graph <version {version} folder> --onnx"
         ),
         "cmd_start": "Start",
         "cmd_help": "How to use the bot",
@@ -129,6 +139,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "confusion_title": "Model v{version} · test accuracy {pct} on {n} photos",
         "confusion_title_cv": "Model v{version} · cross-validated accuracy {pct} on {n} photos",
         "confusion_axes": "Rows: the true breed · columns: the answer (numbered as the rows)",
+        # Doubled braces: t() leaves the worker a template it fills per photo.
+        "mistake_caption": "is {{label}}, answered {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: photos answered wrongly in cross-validation",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
         "built_in": "built in",
@@ -169,12 +182,22 @@ STRINGS: dict[str, dict[str, str]] = {
             "/retrain merge (com um .zip; merge=1 diz o mesmo) – juntar as fotos e raças novas "
             "às que o modelo ativo aprendeu\n"
             "/retrain feedback – juntar a elas as correções ✅/❌\n"
-            "/models, /promote N, /rollback, /stats"
+            "/models, /promote N, /rollback, /stats\n"
+            "/export [N] – o modelo como arquivo .tflite, com os rótulos e como rodá-lo"
         ),
         "hint": "Eu olho fotos de gatos e cachorros: mande uma. /help explica mais.",
         "unknown_command": "Não conheço {command}. /help lista o que sei fazer.",
         "promote_usage": (
             "Qual versão? Escreva o número, por exemplo /promote 3 (/models lista as versões)."
+        ),
+        "export_usage": "Qual versão? /export para a ativa, ou /export 3 (/models).",
+        "export_sent": (
+            "Versão {version}: o modelo, seus rótulos e README.txt (entrada, saídas, como "
+            "rodá-lo com ai-edge-litert)."
+        ),
+        "export_too_big": (
+            "{name} tem {size:.1f} MB, acima dos 50 MB que um bot pode enviar. Obtenha-o pela "
+            "linha de comando: breedbot export --graph <pasta da versão {version}> --onnx"
         ),
         "cmd_start": "Começar",
         "cmd_help": "Como usar o bot",
@@ -274,6 +297,8 @@ STRINGS: dict[str, dict[str, str]] = {
             "Modelo v{version} · acurácia por validação cruzada {pct} em {n} fotos"
         ),
         "confusion_axes": "Linhas: a raça real · colunas: a resposta (numeradas como as linhas)",
+        "mistake_caption": "é {{label}}, respondi {{predicted}} ({{p:.0%}})",
+        "mistakes_sheet": "v{version}: fotos que errei na validação cruzada",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
         "built_in": "embutido",

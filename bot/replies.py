@@ -257,6 +257,23 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         png = confusion_chart(outcome, reply_to.language)
         caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
         botapi.send_picture(reply_to, png, caption)
+    if outcome.mistakes_jpeg_b64:
+        sheet = contract.decode_bytes(outcome.mistakes_jpeg_b64)
+        caption = t(reply_to.language, "mistakes_sheet", version=outcome.version)
+        botapi.send_picture(reply_to, sheet, caption, jpeg=True)
+
+
+def _send_export(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
+    """The export's files as documents (README.txt last, captioned), then any too big to send."""
+    export = contract.ExportResult.from_dict(result)
+    language = reply_to.language
+    names = sorted(export.documents, key=lambda name: name == "README.txt")
+    for name in names:
+        caption = t(language, "export_sent", version=export.version) if name == names[-1] else None
+        botapi.send_document(reply_to, name, contract.decode_bytes(export.documents[name]), caption)
+    for name, size in export.too_big.items():
+        text = t(language, "export_too_big", name=name, size=size / 1e6, version=export.version)
+        botapi.send_text(reply_to, text)
 
 
 # No result is stored for reply tasks: nothing reads it (a redelivered reply is stopped by its
@@ -326,6 +343,8 @@ def _reply(
             botapi.send_text(target, _stats_text(result, language))
         elif kind == contract.ReplyKind.BREEDS:
             botapi.send_text(target, _breeds_text(result, language))
+        elif kind == contract.ReplyKind.EXPORT:
+            _send_export(result, target)
         else:
             raise ValueError(f"unknown reply kind {kind!r}")
 

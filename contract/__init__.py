@@ -23,6 +23,7 @@ ROLLBACK = "breedbot.rollback"
 STATS = "breedbot.stats"
 BREEDS = "breedbot.breeds"  # the active version's class names
 STORE_FEEDBACK = "breedbot.store_feedback"  # files a photo (inline bytes) under its label
+EXPORT = "breedbot.export"  # a version's portable .tflite, labels and README, for /export
 # Reply tasks: consumed in the bot's image, the only one that holds the Telegram token.
 REPLY = "breedbot.reply"
 REPLY_FAILED = "breedbot.reply_failed"  # errback: tells the chat a job failed
@@ -45,6 +46,7 @@ TASK_QUEUES = {
     STATS: QUEUE_CONTROL,
     BREEDS: QUEUE_CONTROL,
     STORE_FEEDBACK: QUEUE_CONTROL,
+    EXPORT: QUEUE_TRAIN,  # converting needs TensorFlow, which the train queue's worker has
     REPLY: QUEUE_REPLY,
     REPLY_FAILED: QUEUE_REPLY,
     PROGRESS: QUEUE_REPLY,
@@ -54,6 +56,7 @@ TASK_QUEUES = {
 # Caps on bytes carried through Redis (base64 adds a third on top).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # Telegram's own getFile cap
 MAX_INLINE_DATASET_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = 50 * 1000 * 1000  # the Bot API's sendDocument limit: an export file's cap
 
 # A photo the bot accepted, for feedback: a Redis hash with "file_id", "labels" (JSON list written
 # by the reply task, best first), "version" (the model that answered) and "label" (the user's
@@ -101,6 +104,7 @@ class ReplyKind(StrEnum):
     SWITCH = "switch"
     STATS = "stats"
     BREEDS = "breeds"
+    EXPORT = "export"
 
 
 OUTBOX_KINDS = frozenset({ReplyKind.CLASSIFY})
@@ -201,6 +205,8 @@ class RetrainRequest(_Payload):
     force: bool = False
     requested_by: int | None = None
     reply_to: dict[str, Any] | None = None
+    # Each mistake's caption on the contact sheet, in the user's language (None: English).
+    mistake_caption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,8 @@ class RetrainResult(_Payload):
     # the classes' display names in that order: the bot draws it in the user's language.
     confusion_matrix: list[list[int]] | None = None
     class_names: list[str] = field(default_factory=list)
+    # Its out-of-fold mistakes as one captioned contact sheet; None when there are none.
+    mistakes_jpeg_b64: str | None = None
 
 
 # Refused.params key under which a retrain the accuracy gate kept from going live carries its
@@ -352,3 +360,20 @@ class OutboxEntry(_Payload):
     def from_json(cls, text: str) -> Self:
         """Inverse of `to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ExportRequest(_Payload):
+    """/export [N]: version N, or the active one (None)."""
+
+    version: int | None = None
+    requested_by: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult(_Payload):
+    """Result of EXPORT: the files to send, each at most MAX_UPLOAD_BYTES, and those over it."""
+
+    version: int
+    documents: dict[str, str] = field(default_factory=dict)  # file name -> base64 bytes
+    too_big: dict[str, int] = field(default_factory=dict)  # file name -> its size in bytes

@@ -135,9 +135,36 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def label_with_file(args: argparse.Namespace) -> int:
+    """label-image --model: the same lines from an exported .onnx or .tflite file alone."""
+    from model.portable import PortableModel
+    from model.runtime.images import ImageError
+
+    exported = PortableModel(args.model)
+    failed = False
+    for path in args.image:
+        if len(args.image) > 1:
+            print(f"{path}:")
+        try:
+            answer = exported.answer_bytes(Path(path).read_bytes())
+        except ImageError as error:
+            print(f"error: {error}")
+            failed = True
+            continue
+        for i in answer.probabilities.argsort(kind="stable")[::-1][: args.top_k]:
+            print(f"{exported.labels[i]} (score = {answer.probabilities[i]:.5f})")
+        if answer.pet_probability is not None:
+            gate = "yes" if answer.pet_probability >= 0.5 else "no"
+            print(f"# cat or dog: {gate} (p = {answer.pet_probability:.3f})")
+    return 1 if failed else 0
+
+
 def cmd_label_image(args: argparse.Namespace) -> int:
     """label_image.py: the top-5 labels of one or more images."""
     from model.predict import load_classifier
+
+    if args.model is not None:
+        return label_with_file(args)
 
     clf = load_classifier(args.graph, home=home_dir(), backbone=args.tfhub_module)
     preds = clf.predict([Path(p).read_bytes() for p in args.image], top_k=args.top_k)
@@ -160,7 +187,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a model folder on another labeled image set."""
     from model.evaluate import evaluate
 
-    report = evaluate(args.graph, args.image_dir, labels_csv=args.labels_csv, home=home_dir())
+    report = evaluate(
+        args.graph, args.image_dir, labels_csv=args.labels_csv, home=home_dir(), html=args.html
+    )
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
@@ -180,10 +209,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write TFLite float and int8 (dynamic-range) models next to the SavedModel."""
     from model.export import export_tflite
 
+    if args.onnx:
+        return export_onnx(args)
     if not args.tflite:
-        print("nothing to do: pass --tflite", file=sys.stderr)
+        print("nothing to do: pass --tflite or --onnx", file=sys.stderr)
         return 2
     for path in export_tflite(args.graph):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    """export --onnx: the portable bundle (ONNX, the served .tflite, labels, README)."""
+    from model.export import export_portable, load_source
+
+    source = load_source(args.graph, home=home_dir())
+    out = args.out or args.graph / "export"
+    for path in export_portable(source, out, ("tflite", "onnx")):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -199,6 +241,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, nargs="+", required=True)
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tfhub_module", "--architecture", default=DEFAULT_BACKBONE)
+    p.add_argument("--model", type=Path, help="an exported .onnx or .tflite file, run alone")
     p.set_defaults(func=cmd_label_image)
 
     p = sub.add_parser("eval", help="accuracy of a model on a labeled image set")
@@ -206,11 +249,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image_dir", type=Path, required=True)
     p.add_argument("--labels_csv", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--html", type=Path, help="also write this page, the mistakes as pictures")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a model folder")
     p.add_argument("--graph", type=Path, required=True)
     p.add_argument("--tflite", action="store_true", help="float and int8 .tflite files")
+    p.add_argument(
+        "--onnx", action="store_true", help="model.onnx, .tflite, labels, README (uint8 input)"
+    )
+    p.add_argument("--out", type=Path, help="folder for --onnx; default: GRAPH/export")
     p.set_defaults(func=cmd_export)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from model import data, metrics
 from model.predict import load_classifier
+from model.report_html import html_report
 
 
 def evaluate(
@@ -18,8 +19,12 @@ def evaluate(
     labels_csv: Path | None = None,
     home: Path | None = None,
     batch_size: int = 32,
+    html: Path | None = None,
 ) -> dict:
-    """Accuracy, per-class accuracy and confusion matrix; images of unknown classes are skipped."""
+    """Accuracy, per-class accuracy and confusion matrix; images of unknown classes are skipped.
+
+    `html`: also write them, with the mistakes as pictures, as one self-contained page.
+    """
     clf = load_classifier(Path(model_dir), home=home)
     index = {label: i for i, label in enumerate(clf.labels)}
     with tempfile.TemporaryDirectory(prefix="breedbot-eval-") as tmp:
@@ -48,7 +53,9 @@ def evaluate(
                 probs.append(row)
                 truth.append(index[im.label])
                 names.append(str(im.path.relative_to(dataset.root)))
-    report = metrics.summarize(np.array(truth), np.array(probs), clf.labels, names)
-    report["skipped"] = [list(s) for s in skipped]
-    report["model"] = str(model_dir)
+        report = metrics.summarize(np.array(truth), np.array(probs), clf.labels, names)
+        report["skipped"] = [list(s) for s in skipped]
+        report["model"] = str(model_dir)
+        if html is not None:  # while the photos are here (a zip is extracted for this run)
+            Path(html).write_text(html_report(report, dataset.root), "utf-8")
     return report

@@ -469,3 +469,25 @@ def test_outbox_sweep_gives_up_after_max_attempts(fake: FakeTelegram) -> None:
     assert published == [published[0]] * 2 and published[0]["task"] == contract.CLASSIFY
     assert not client.exists(contract.OUTBOX_JOBS, contract.OUTBOX_DUE)
     client.close()
+
+
+def test_export_reply_sends_documents_and_words_what_is_too_big(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    """/export's answer: each file as a document, README.txt last with the caption; a file over
+    the Bot API's upload limit is named with the CLI command instead, in the user's language."""
+    target = _target(user, 9120, language="pt-BR")
+    files = {"README.txt": b"breedbot export", "labels.txt": b"beagle\npug\n"}
+    result = contract.ExportResult(
+        3, {name: contract.encode_bytes(data) for name, data in files.items()},
+        {"model_float.tflite": 61_200_000},
+    )  # fmt: skip
+    replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="export")
+    sent = [e["message"] for e in _bot_events(fake, 9120)]
+    assert [user.file(m["document"]["file_id"]) for m in sent[:2]] == [
+        files["labels.txt"],
+        files["README.txt"],
+    ]
+    assert sent[1]["caption"] == t("pt-BR", "export_sent", version=3)
+    too_big = t("pt-BR", "export_too_big", name="model_float.tflite", size=61.2, version=3)
+    assert sent[2]["text"] == too_big and "61,2 MB" in too_big

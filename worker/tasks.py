@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 
 import contract
-from worker import control, feedback, retraining, serving
+from worker import control, exporting, feedback, retraining, serving
 from worker.celery_app import app
 from worker.settings import get_settings
 from worker.storage import blob_store
@@ -99,3 +99,17 @@ def store_feedback(payload: dict[str, Any]) -> str | None:
     settings = get_settings()
     feedback.import_folder(settings.feedback_root, blob_store(settings))
     return feedback.store(request, blob_store(settings), feedback.Quota.of(settings))
+
+
+@app.task(
+    name=contract.EXPORT,
+    throws=(contract.Refused,),
+    autoretry_for=(retraining.Busy,),
+    max_retries=None,
+    default_retry_delay=15,
+)
+def export(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version's portable .tflite, labels.txt and README.txt, for /export."""
+    request = contract.ExportRequest.from_dict(payload)
+    with retraining.exclusive():  # one TensorFlow child at a time on this worker
+        return exporting.run_in_child(request, get_settings()).to_dict()

@@ -17,7 +17,7 @@ from typing import Any
 
 import contract
 from contract import options
-from model import backbones, data, litert, train
+from model import backbones, data, litert, mistakes, train
 from model import metrics as metrics_lib
 from model.hparams import HParams, validate
 from model.predict import load_classifier
@@ -151,6 +151,7 @@ def run(
                 engine=settings.inference_engine,
                 num_threads=settings.litert_threads,
             )
+            sheet = _mistakes_sheet(source, result, request)  # while the photos are here
             # After "saving": the gate compares the new version with the active one.
             report("comparing", 0, 1, result.validation_accuracy)
             test = _test_split(source, Path(tmp) / "eval", hparams)
@@ -210,6 +211,7 @@ def run(
         # The test split's when there is one, else the out-of-fold answers: what the accuracy is.
         confusion_matrix=(result.metrics.get("test") or result.metrics)["confusion_matrix"],
         class_names=list(map(data.display_name, result.labels)),
+        mistakes_jpeg_b64=sheet,
     )
     if not published.activated:
         raise _gate_refusal(outcome)
@@ -218,14 +220,23 @@ def run(
 
 def _gate_refusal(outcome: contract.RetrainResult) -> contract.Refused:
     """A version the gate kept from going live fails its job (Flower, `retrain --via-queue`);
-    the refusal carries the version's report (without its matrix) for the chat's reply."""
-    report = dataclasses.replace(outcome, confusion_matrix=None)
+    the refusal carries the version's report (without its pictures) for the chat's reply."""
+    report = dataclasses.replace(outcome, confusion_matrix=None, mistakes_jpeg_b64=None)
     return _refused(
         outcome.problem or "gate",
         f"version {outcome.version} did not go live: {outcome.reason}",
         **outcome.params,
         **{contract.GATE_REPORT: report.to_dict()},
     )
+
+
+def _mistakes_sheet(
+    source: Path, result: train.TrainResult, request: contract.RetrainRequest
+) -> str | None:
+    """The out-of-fold mistakes as one contact sheet (base64 JPEG), None without any."""
+    misclassified = result.metrics.get("misclassified", [])
+    sheet = mistakes.contact_sheet(source, misclassified, request.mistake_caption)
+    return None if sheet is None else contract.encode_bytes(sheet)
 
 
 def _test_split(source: Path, extract_dir: Path, hparams: HParams) -> list[data.LabeledImage]:

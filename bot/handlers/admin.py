@@ -1,4 +1,5 @@
-"""Admin commands: /retrain with a zip (or on feedback), /models, /promote N, /rollback, /stats.
+"""Admin commands: /retrain with a zip (or on feedback), /models, /promote N, /rollback, /stats,
+/export [N].
 
 `build_app` gates these with `filters.User(admin_ids)`; `refuse` answers everyone else.
 """
@@ -19,7 +20,7 @@ from bot.jobs import submit, task
 from contract import options
 
 log = logging.getLogger(__name__)
-ADMIN_COMMANDS = ("retrain", "models", "promote", "rollback", "stats")
+ADMIN_COMMANDS = ("retrain", "models", "promote", "rollback", "stats", "export")
 
 
 # The names a caption may use, as the "unknown option" answer lists them.
@@ -134,6 +135,7 @@ async def retrain(update: Update, context: Context) -> None:
         force=caption.force,
         requested_by=update.effective_user.id,
         reply_to=target.to_dict(),
+        mistake_caption=t(language, "mistake_caption"),
     )
     await submit(
         context,
@@ -188,6 +190,18 @@ async def zip_alone(update: Update, context: Context) -> None:
         await message.reply_text(t(language, "zip_reply_retrain", name=name))
     else:
         await message.reply_text(t(language, "zip_not_admin"))
+
+
+async def export(update: Update, context: Context) -> None:
+    """Send the active version (or version N) as a portable .tflite, labels.txt and README.txt."""
+    assert update.effective_message is not None and update.effective_user is not None
+    args = context.args or []
+    if len(args) > 1 or (args and not args[0].isdigit()):
+        await update.effective_message.reply_text(t(language_of(update), "export_usage"))
+        return
+    version = int(args[0]) if args else None
+    request = contract.ExportRequest(version, update.effective_user.id)
+    await _control(update, context, contract.EXPORT, contract.ReplyKind.EXPORT, request.to_dict())
 
 
 async def refuse(update: Update, context: Context) -> None:
