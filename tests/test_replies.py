@@ -372,9 +372,9 @@ def test_a_refused_job_is_told_once_in_the_users_language(
         "versões)."
     )
     # In English too: worded for the person who typed the number, and ending as a sentence.
-    target = _target(user, 9123)
+    target = _target(user, 9133)
     replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
-    [event] = _bot_events(fake, 9123)
+    [event] = _bot_events(fake, 9133)
     assert event["message"]["text"] == (
         "Sorry, I could not do that: there is no model version 99 (/models lists them)."
     )
@@ -392,7 +392,7 @@ def test_a_retrain_the_gate_kept_out_is_reported_not_celebrated(
                                   "minimum 99.0%", "below_minimum", params)  # fmt: skip
     report = {**params, contract.GATE_REPORT: kept.to_dict()}
     texts = {}
-    for chat_id, language in ((9120, "en"), (9121, "pt-BR")):
+    for chat_id, language in ((9130, "en"), (9131, "pt-BR")):
         task_id = f"gate-refused-{chat_id}"
         refused = contract.Refused(
             f"version 4 did not go live: {kept.reason}", kept.problem, report
@@ -410,11 +410,11 @@ def test_a_retrain_the_gate_kept_out_is_reported_not_celebrated(
     assert texts["pt-BR"].startswith("⚠️ Modelo v4") and "98,7%" in texts["pt-BR"]
     assert "validação cruzada 98,7% está abaixo do mínimo 99,0%" in texts["pt-BR"]
     # /models names a cross-validated accuracy so, too.
-    target = _target(user, 9122)
+    target = _target(user, 9132)
     listed = contract.ModelVersion(4, False, test_accuracy=0.987,
                                    accuracy_source="cross_validation")  # fmt: skip
     replies.reply([listed.to_dict()], reply_to=target.to_dict(), kind="models")
-    [event] = _bot_events(fake, 9122)
+    [event] = _bot_events(fake, 9132)
     assert "v4 — cross-validated accuracy 98.7%" in event["message"]["text"]
 
 
