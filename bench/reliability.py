@@ -316,6 +316,128 @@ def load() -> list[Row]:
     ]
 
 
+# --- Issue 20: the webhook, the chat and the playground page, attacked --------------------------
+
+# Per attack: the row's title, what was done, and what must hold.
+ATTACKS = {
+    "no_secret_refused": (
+        "Webhook without a secret",
+        "start the bot with WEBHOOK_URL and no WEBHOOK_SECRET",
+        "exits non-zero naming WEBHOOK_SECRET",
+    ),
+    "listen_loopback": (
+        "Webhook listen address",
+        "start the webhook bot with no WEBHOOK_LISTEN",
+        "listens on 127.0.0.1 only (a reverse proxy in front)",
+    ),
+    "forged_admin_commands": (
+        "Forged admin commands",
+        "POST /promote, /rollback, /retrain, /stats, /models as the admin without the secret, "
+        "with an empty, a wrong and a near-miss one",
+        "each 403 before the body is read; nothing runs",
+    ),
+    "big_bodies": (
+        "95 MB webhook bodies",
+        "three 95 MB POSTs with a wrong secret, three with the right one",
+        "each refused unread (403/413); bot RSS grows < 50 MB",
+    ),
+    "half_open_connections": (
+        "Half-open connections",
+        "1,100 connections to the webhook port that never send a request, then a real update",
+        "the update is answered; the bot closes the excess; log grows < 100 KB",
+    ),
+    "future_update_id": (
+        "Far-ahead update id",
+        "a signed update 10,000,000 ids ahead of the last, then a real update with that id",
+        "the forged one claims nothing; the real one is answered",
+    ),
+    "bot_alive": ("Webhook bot survives", "after all the above", "bot alive"),
+    "other_member_press": (
+        "Group: another member's press",
+        "in a group, a member presses ❌ under another member's photo",
+        "refused in words; the keyboard stays",
+    ),
+    "other_member_text": (
+        "Group: another member's text",
+        "that member types breed names while the sender's ❌ waits",
+        "taken as plain text (the hint), not as the photo's breed",
+    ),
+    "sender_answers": (
+        "Group: the sender answers",
+        "the photo's sender presses ❌, then ✅",
+        "both taken",
+    ),
+    "typed_4096_chars": (
+        "4,096-character breed",
+        "the sender types a 4,096-character breed name after ❌",
+        "a worded 'I do not know a breed called …' (the name cut), not 'Sorry'",
+    ),
+    "button_flood": (
+        "Button flood",
+        "12 presses from one user with RATE_LIMIT_COUNT=5",
+        "presses past the limit do no work; one polite answer",
+    ),
+    "long_replies": (
+        "Replies over 4,096 characters",
+        "the reply sender answers a retrain of 1,500 classes (en) and /breeds of them (pt-BR)",
+        "each sent, cut to 4,096 with a worded note",
+    ),
+    "token_in_logs": (
+        "Token in logged URLs",
+        "the Bot API answers sendMessage with a redirect loop (aiohttp's error quotes the URL)",
+        "the error is logged; no log holds the token",
+    ),
+    "playground": (
+        "Playground CSRF and rebinding",
+        "cross-site form POST of /promote, null origin, missing or wrong run token, "
+        "cross-site fetch metadata, a foreign Host on the page and on /test/events",
+        "each 403; the page's own request accepted",
+    ),
+}
+
+
+def _attack_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    rows = []
+    for name, seen in results.items():
+        title, done, expected = ATTACKS[name]
+        details = ", ".join(f"{k} {v}" for k, v in seen.items() if k not in ("tried", "held"))
+        held = f"{seen['held']}/{seen['tried']} held" + (f"; {details}" if details else "")
+        ok = seen["held"] == seen["tried"] and seen.get("ok", True)
+        rows.append(_row(title, done, expected, held, ok, seen))
+    return rows
+
+
+def webhook() -> list[Row]:
+    """The webhook bot SIGKILLed mid-update, then every attack on its port."""
+    from harness import webhook_attacks
+
+    c = _on_stack(lambda s: webhook_attacks.bot_killed_mid_update(s, n_photos=20, users=5))
+    seen = (
+        f"{c['answered']}/{c['sent']} answered, {c['answered_twice']} twice; "
+        f"{c['confirmed_before_kill']} confirmed before the kill; "
+        f"{c['posts_not_answered_200']} POSTs sent again"
+    )
+    ok = c["answered"] == c["sent"] and not c["answered_twice"] and not c["errors"]
+    killed = _row(
+        "Webhook bot killed",
+        "SIGKILL the webhook bot while it handles 5 users' photos (downloads held), start "
+        "another on the same port; 20 photos in all",
+        "all 20 answered once: an update is answered 200 only once handled",
+        seen,
+        ok,
+        c,
+    )
+    return [killed, *_attack_rows(_on_stack(webhook_attacks.attacks))]
+
+
+def chat() -> list[Row]:
+    """Group feedback, button floods, long texts, a token in a logged URL; the playground page."""
+    from harness import chat_attacks
+
+    results = _on_stack(chat_attacks.chat_attacks)
+    return _attack_rows({**results, "playground": chat_attacks.playground_requests()})
+
+
 SCENARIOS = {
     "worker": worker_killed,
     "bot": bot_restarted,
@@ -326,6 +448,8 @@ SCENARIOS = {
     "bad": bad_input,
     "security": security,
     "load": load,
+    "webhook": webhook,
+    "chat": chat,
 }
 
 

@@ -129,10 +129,13 @@ def main() -> None:
     try:
         settings = BotSettings()
     except ValidationError as error:
-        # A bad deploy stops here, in words (e.g. WEBHOOK_URL without WEBHOOK_SECRET).
-        log.error("bad settings: %s", error)
+        # A bad deploy stops here, in words (e.g. WEBHOOK_URL without WEBHOOK_SECRET); the
+        # values are left out, as they may hold a password (REDIS_URL).
+        problems = error.errors(include_url=False, include_input=False)
+        log.error("bad settings: %s", "; ".join(str(p["msg"]) for p in problems))
         sys.exit(2)
-    hide_token(settings.telegram_bot_token, logging.getLogger().handlers)
+    for secret in (settings.telegram_bot_token, settings.webhook_secret):
+        hide_token(secret, logging.getLogger().handlers)
     application = build_app(settings)
     try:
         asyncio.run(run(application, receive) if settings.webhook_url else run(application))

@@ -134,6 +134,7 @@ def send_document(
     reply_to: contract.ReplyTo, name: str, data: bytes, caption: str | None = None
 ) -> Any:
     """Send a file as a document, as a reply to the user's message."""
+    caption = render.fit(caption, reply_to.language, render.CAPTION_LIMIT) if caption else None
     params = {**_reply_params(reply_to), **({"caption": caption} if caption else {})}
     files = {"document": (name, data, "application/octet-stream")}
     return call("sendDocument", params, files=files)

@@ -43,9 +43,12 @@ def scrub(text: str, token: SecretStr | None) -> str:
 
 
 def install(token: SecretStr | None, handlers: Iterable[logging.Handler]) -> None:
-    """Put a `TokenFilter` for `token` on each handler (once); nothing without a token."""
+    """Put a `TokenFilter` for `token` (or another secret) on each handler, once; nothing
+    without one."""
     if token is None or not token.get_secret_value():
         return
+    hider = TokenFilter(token.get_secret_value())
     for handler in handlers:
-        if not any(isinstance(f, TokenFilter) for f in handler.filters):
-            handler.addFilter(TokenFilter(token.get_secret_value()))
+        present = [f for f in handler.filters if isinstance(f, TokenFilter)]
+        if all(f.secret != hider.secret for f in present):
+            handler.addFilter(hider)

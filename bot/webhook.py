@@ -16,6 +16,7 @@ import functools
 import hmac
 import json
 import logging
+import resource
 import weakref
 from typing import Any
 
@@ -32,9 +33,14 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1 << 20  # an update is a few KB: files travel as ids
 BODY_SECONDS = 10.0  # to send the body once its headers came
 IDLE_SECONDS = 10.0  # a connection with no request in flight this long is closed
-# Open connections at most (well under the usual 1,024 file descriptors): Telegram opens up to
-# WEBHOOK_CONNECTIONS, 100 at most.
+# Open connections at most: Telegram opens up to WEBHOOK_CONNECTIONS (100 at most). asyncio
+# accepts up to BACKLOG sockets in one go before any is closed, so the cap leaves room for a burst
+# within the process's file descriptors (`_connection_cap`).
 OPEN_CONNECTIONS = 256
+BACKLOG = 64
+# asyncio logs each accept() that fails for lack of descriptors, with a traceback, up to BACKLOG
+# times per burst (the issue's 57 MB of "Too many open files"): one line a minute is enough.
+ACCEPT_ERRORS_LOGGED_EVERY = 60.0
 REFUSALS_LOGGED_EVERY = 1000  # a flood of forged posts is one log line per this many
 
 
@@ -56,6 +62,28 @@ class CappedServer(web.Server):
         open_ = [t for t in self._connections.values() if not t.is_closing()]
         idle = next((t for t in open_ if t not in self.busy and t is not transport), transport)
         idle.close()
+
+
+def _connection_cap() -> int:
+    """OPEN_CONNECTIONS, or fewer where the process may open few files: half of what is left
+    after room for accept bursts (the sockets they close are freed an event-loop turn later)."""
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(1, min(OPEN_CONNECTIONS, (files - 3 * BACKLOG) // 2))
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log running out of descriptors in accept() once a minute, without a traceback; every
+    other loop error as before."""
+    last = [-ACCEPT_ERRORS_LOGGED_EVERY]
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of"):
+            loop.default_exception_handler(context)
+        elif loop.time() - last[0] >= ACCEPT_ERRORS_LOGGED_EVERY:
+            last[0] = loop.time()
+            log.error("webhook: out of file descriptors (%s)", context.get("exception"))
+
+    loop.set_exception_handler(handle)
 
 
 def _closing(status: int) -> web.Response:
@@ -132,9 +160,10 @@ async def receive(application: Application) -> None:
     assert settings is not None and settings.webhook_url and settings.webhook_secret
     secret = settings.webhook_secret.get_secret_value()
     receiver = Receiver(application, secret)
+    _quiet_accept_errors(asyncio.get_running_loop())
     server = CappedServer(
         receiver.handle,
-        OPEN_CONNECTIONS,
+        _connection_cap(),
         receiver.busy,
         keepalive_timeout=IDLE_SECONDS,
         access_log=None,
@@ -142,7 +171,8 @@ async def receive(application: Application) -> None:
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.webhook_listen, settings.webhook_port).start()
+        listen, port = settings.webhook_listen, settings.webhook_port
+        await web.TCPSite(runner, listen, port, backlog=BACKLOG).start()
         url = f"{settings.webhook_url.rstrip('/')}{PATH}"
         register = functools.partial(
             application.bot.set_webhook,
@@ -152,12 +182,7 @@ async def receive(application: Application) -> None:
             max_connections=settings.webhook_connections,
         )
         await backoff.patiently("setWebhook", register)
-        log.info(
-            "webhook: listening on %s:%d for %s",
-            settings.webhook_listen,
-            settings.webhook_port,
-            url,
-        )
+        log.info("webhook: listening on %s:%d for %s", listen, port, url)
         await asyncio.Event().wait()  # until cancelled (SIGINT, SIGTERM)
     finally:
         await runner.cleanup()

@@ -157,9 +157,7 @@ class FakeTelegram:
         # and a getUpdates that answers at once, ignoring `timeout`, as some proxies do.
         self.faults: dict[str, list[int]] = {}
         self.ignore_poll_timeout = False
-        # Methods answered with a redirect to themselves (a misconfigured proxy): the client
-        # gives up with an error quoting the URL, token and all.
-        self.redirect_methods: set[str] = set()
+        self.redirect_methods: set[str] = set()  # answered by a redirect loop (a bad proxy)
         self.calls: Counter[str] = Counter()
         # Flood control on demand: chat id -> [answers left, retry_after]; the bot's next sends
         # to that chat are answered 429, as Telegram does when a bot sends too fast.
@@ -234,7 +232,12 @@ class FakeTelegram:
         message = {
             "message_id": next(self._ids),
             "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private", "first_name": sender["first_name"]},
+            # Telegram's group ids are negative; any other chat is a user's private one here.
+            "chat": {
+                "id": chat_id,
+                "type": "group" if chat_id < 0 else "private",
+                "first_name": sender["first_name"],
+            },
             "from": sender,
             **{k: v for k, v in fields.items() if v is not None},
         }
@@ -463,9 +466,7 @@ class FakeTelegram:
 
     async def user_message(self, form: dict[str, Any]) -> dict[str, Any]:
         """A user sends text, a photo or a file (the `file` field), as an update for the bot."""
-        # A private chat's id is its user's: the sender is the chat's user unless named, as a
-        # button press's presser is (so the photo's sender may answer its buttons).
-        user_id = int(form.get("user_id") or form.get("chat_id") or 1)
+        user_id = int(form.get("user_id") or 1)
         chat_id = int(form.get("chat_id") or user_id)
         sender = {
             "id": user_id,

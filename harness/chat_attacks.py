@@ -115,7 +115,7 @@ def group_feedback(stack: Stack) -> dict[str, dict[str, Any]]:
             "tried": 1,
             "held": int(
                 len(long_typed) == 1
-                and long_typed[0].startswith("I do not know a breed called")
+                and long_typed[0].startswith("I do not know a breed called “xxx")
                 and len(long_typed[0]) < 300
             ),
             "replies": [text[:120] for text in long_typed],

@@ -84,6 +84,14 @@ def reg(registry_server: RedisServer, tmp_path: Path) -> Iterator[Registry]:
 # tests that kill or reconfigure a worker start their own with `spawn_worker`.
 
 
+@pytest.fixture
+def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[Stack]:
+    """A fresh stack (emulator, password-protected Redis) per test; services stop after (the
+    reliability scenarios, the webhook and chat attacks; modules with their own `stack` win)."""
+    with Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def session_stack(tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path) -> Iterator[Stack]:
     """The emulator (with the playground page) and a redis-server; services stop at the end."""

@@ -130,7 +130,7 @@ def test_album_gets_one_reply_listing_each_photo(chat: PlaygroundClient, dataset
     buttons = _buttons(reply)
     assert list(buttons) == ["1 ✅ right", "1 ❌ wrong", "2 ✅ right", "2 ❌ wrong"]
     cursor = chat.events(103)[-1]["seq"]
-    sender = {"user_id": 103}  # who sent the album: the private chat's user
+    sender = {"user_id": 1}  # who sent the album (the emulator's default user), as they type
     chat.press(103, reply["message_id"], buttons["1 ✅ right"], **sender)
 
     def edited(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

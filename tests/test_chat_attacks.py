@@ -3,20 +3,10 @@ sender), and cross-site requests to the playground page: each refused or answere
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from harness import chat_attacks
 from harness.stack import Stack
-
-
-@pytest.fixture
-def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[Stack]:
-    """A fresh stack (emulator, password-protected Redis); services stop after."""
-    with Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
-        yield running
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@ small size, on its own stack of real processes. The full sizes run in bench/reli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from bot.i18n import t
@@ -13,13 +10,6 @@ from harness import scenarios
 from harness.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
-
-
-@pytest.fixture
-def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[Stack]:
-    """A fresh stack (emulator, password-protected Redis) per scenario; services stop after."""
-    with Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
-        yield running
 
 
 def test_worker_sigkilled_mid_run(stack: Stack) -> None:

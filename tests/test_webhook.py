@@ -3,22 +3,12 @@ webhook deliveries (Telegram's retry on anything but 200 included), killed and a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from harness import webhook_attacks
 from harness.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
-
-
-@pytest.fixture
-def stack(tmp_path: Path, breedbot_home: Path) -> Iterator[Stack]:
-    """A fresh stack (emulator, password-protected Redis) per scenario; services stop after."""
-    with Stack(tmp_path).running(BREEDBOT_HOME=str(breedbot_home)) as running:
-        yield running
 
 
 def test_webhook_bot_sigkilled_mid_update_loses_nothing(stack: Stack) -> None:

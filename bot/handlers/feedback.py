@@ -6,10 +6,10 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import textwrap
 import time
 
 from telegram import InlineKeyboardMarkup, Update
+from telegram.constants import ChatType
 
 import contract
 from bot.context import Context, redis_of
@@ -75,7 +75,7 @@ async def on_button(update: Update, context: Context) -> None:
         log.warning("refused feedback %r from user %s", query.data, query.from_user.id)
         await query.answer(t(language, "feedback_gone"))
         return
-    if sender is not None and sender != str(query.from_user.id):
+    if chat.type != ChatType.PRIVATE and sender not in (None, str(query.from_user.id)):
         # In a group, the photo's answer is its sender's to correct, nobody else's.
         await query.answer(t(language, "feedback_not_yours"))
         return
@@ -161,7 +161,9 @@ async def on_text(update: Update, context: Context) -> None:
         return
     found = match_breed(message.text, json.loads(stored))
     if found is None:
-        typed = textwrap.shorten(message.text, ECHO_CHARS, placeholder="…")
+        typed = message.text.strip()
+        if len(typed) > ECHO_CHARS:
+            typed = typed[: ECHO_CHARS - 1] + "…"
         await message.reply_text(t(language, "breed_unknown", typed=typed))
         return
     label, display = found

@@ -40,7 +40,13 @@ async def trusted_id(application: Application, update_id: int) -> bool:
     is handled but claims nothing, so it cannot stand in for a real update to come."""
     redis = application.bot_data.redis
     last = f"breedbot:update:{application.bot.id}:last"
-    if await redis.eval(_TRUST, 1, last, update_id, UPDATE_ID_WINDOW, SEEN_TTL):
+    try:
+        if await redis.eval(_TRUST, 1, last, update_id, UPDATE_ID_WINDOW, SEEN_TTL):
+            return True
+    except RedisError as error:
+        # Handled as in polling: the duplicate guard fails too, and the user is asked to send
+        # the message again (bot/errors.py).
+        log.warning("could not check update id %s: %s", update_id, error)
         return True
     log.warning("update id %s is far ahead of the last one seen: not claimed", update_id)
     application.bot_data.untrusted.add(update_id)
