@@ -3,7 +3,7 @@ on real processes (emulator, real bot, real workers, real Redis with AOF and a p
 bad-input corpus, the security and fuzz tests, and the load bench. Prints JSON and rewrites the
 results table in docs/RELIABILITY.md; exits 1 if any row fails.
 Run: .venv/bin/python bench/reliability.py [--only worker bot redis failover training storage
-bad security load]
+bad security inputs load]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -295,6 +296,69 @@ def security() -> list[Row]:
     ]
 
 
+# Issue 20's attacks on the inputs: (row, what was sent, the tests of tests/test_inputs_attacks.py).
+INPUT_ATTACKS = (
+    (
+        "Costly images",
+        "49 MP 16-bit grey, RGBA, palette+transparency PNGs and a lossless WebP, and the "
+        "costliest files the 48 MiB decode budget accepts: decoded in-process (Pillow's block "
+        "count, tracemalloc) and all at once through the real worker",
+        (
+            "test_costly_images_are_refused_or_decoded_within_the_budget",
+            "test_a_heavy_decode_holds_no_batch",
+            "test_the_worker_answers_or_refuses_costly_files_and_survives",
+        ),
+    ),
+    (
+        "Backlog in Redis",
+        "a document queued with no worker, then photos past MAX_INFER_QUEUE (en, pt-BR)",
+        ("test_a_queued_photo_is_kept_once_and_a_deep_queue_refuses_politely",),
+    ),
+    (
+        "Feedback filling the store",
+        "3 MB padded photos filed past FEEDBACK_PER_CHAT through a real worker",
+        ("test_feedback_is_kept_small_and_a_chat_over_its_quota_is_refused",),
+    ),
+    (
+        "Zip folder entries",
+        "6 photos and 20,000 empty folders as a /retrain upload",
+        ("test_zip_folder_entries_count_toward_max_files",),
+    ),
+    (
+        "Hostile class names",
+        "a/b, .., 300 characters and U+202E as labels.csv classes of a /retrain upload",
+        ("test_hostile_class_names_are_refused_in_words_and_leave_no_blobs",),
+    ),
+    (
+        "File modes",
+        "a blob store write and the embedded redis-server's AOF",
+        ("test_store_files_are_private", "test_the_embedded_redis_keeps_its_aof_private"),
+    ),
+)
+
+
+def inputs() -> list[Row]:
+    """Issue 20's input attacks: tests/test_inputs_attacks.py run once, a row per attack."""
+    with tempfile.TemporaryDirectory(prefix="inputs-") as tmp:
+        report = Path(tmp) / "report.xml"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/test_inputs_attacks.py", "-q",
+             "-p", "no:cacheprovider", "-W", "ignore", f"--junitxml={report}"],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+        cases = ElementTree.parse(report).getroot().iter("testcase") if report.exists() else []
+        held = {case.get("name"): not list(case) for case in cases}
+    rows = []
+    for title, what, tests in INPUT_ATTACKS:
+        passed = [name for name in tests if held.get(name)]
+        seen = f"{len(passed)}/{len(tests)} tests held" + (
+            f"; not: {sorted(set(tests) - set(passed))}" if len(passed) < len(tests) else ""
+        )
+        expected = "each answered or refused in words; nothing kept beyond its bound; worker alive"
+        rows.append(_row(title, what, expected, seen, len(passed) == len(tests), held))
+    return rows
+
+
 def load() -> list[Row]:
     """The load bench: 1,000 photos from 50 users."""
     r = load_bench.run()
@@ -447,6 +511,7 @@ SCENARIOS = {
     "storage": storage,
     "bad": bad_input,
     "security": security,
+    "inputs": inputs,
     "load": load,
     "webhook": webhook,
     "chat": chat,

@@ -364,6 +364,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "este chat já enviou {limit} correções, o máximo que guardo por chat; obrigado"
         ),
         "feedback_quota_total": "já guardo o máximo de {limit} correções; obrigado",
+        "expired": "a foto não está mais guardada; mande de novo",
         "class_name_path": (
             "O nome de classe {label!r} não pode nomear uma pasta (uma barra, ou um ponto no "
             "início); renomeie-o."

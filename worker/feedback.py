@@ -54,24 +54,28 @@ def _file(store: Store, photo_id: str, label: str, data: bytes) -> str:
     return sha256
 
 
+def _refused(problem: str, message: str, **params: object) -> contract.Refused:
+    """A full quota, as the refusal the chat is told (worded from `problem` and `params`)."""
+    return contract.Refused(message, problem, params)
+
+
 def _check_quota(store: Store, request: contract.StoreFeedback, quota: Quota) -> None:
     """Refuse a new photo once its chat, or everyone together, has filed the most kept."""
     if store.exists(_key(request.photo_id)):
         return  # a changed answer replaces its entry
-    if request.owner is not None:
-        held = sum(1 for _ in store.list(f"{OWNERS}{request.owner}/"))
-        if held >= quota.per_chat:
-            raise contract.Refused(
-                f"this chat has filed {quota.per_chat} corrections, the most one chat may keep; "
-                "thank you",
-                "feedback_quota_chat",
-                {"limit": quota.per_chat},
-            )
+    limit = quota.per_chat
+    owner = request.owner
+    if owner is not None and sum(1 for _ in store.list(f"{OWNERS}{owner}/")) >= limit:
+        raise _refused(
+            "feedback_quota_chat",
+            f"this chat has filed {limit} corrections, the most one chat may keep; thank you",
+            limit=limit,
+        )
     if sum(1 for _ in store.list(PREFIX)) >= quota.total:
-        raise contract.Refused(
-            f"the bot keeps at most {quota.total} corrections and has them all; thank you",
+        raise _refused(
             "feedback_quota_total",
-            {"limit": quota.total},
+            f"the bot keeps at most {quota.total} corrections and has them all; thank you",
+            limit=quota.total,
         )
 
 

@@ -22,7 +22,7 @@ register_heif_opener()
 # The side photos are resized to unless a backbone asks for another (see backbones.image_size).
 IMAGE_SIZE = 224
 # Bump whenever decoding or resizing changes its output; `preprocessing_version` adds the side.
-PREPROCESSING_VERSION = "pil-v1"
+PREPROCESSING_VERSION = "pil-v2"  # v2: large images reduced in their own mode first
 
 # 50 MP is beyond any phone camera's default output but far below what exhausts a worker; it is
 # also below Pillow's own bomb warning threshold (~89 MP), so that warning can never fire for an
@@ -33,7 +33,7 @@ MIN_SIDE = 16
 # The decode budget: bytes of the largest pixel buffer one decode may hold (after a JPEG's
 # draft). Pixels alone do not price a file: a 97 KB 16-bit grey PNG of 49 MP cost 16 s and 1 GB,
 # a 1.9 KB lossless WebP 1.25 s. 48 MiB still takes a 12 MP phone PNG or HEIC (4 bytes a pixel)
-# and keeps a decode under half a second (bench/costly_image_bench.py).
+# and keeps a decode near 0.15 s on 2 cores (bench/costly_image_bench.py).
 MAX_DECODE_BYTES = 48 * 2**20
 # Above this a decode is heavy (a 4 MP RGBA PNG; a 12 MP JPEG drafts far below it): the caller
 # may pass a gate (a semaphore) so only a few heavy decodes run at once and memory stays bounded.
