@@ -157,6 +157,27 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.expired": "the photo waited too long; send it again",
         "chart_title": "Top {n} guesses · model v{version}",
         "chart_axis": "probability",
+        "outside_cat": "A cat, but not one of the {n} breeds I know.",
+        "outside_dog": "A dog, but not one of the {n} breeds I know.",
+        "outside_cat_breed": (
+            "A cat, but not one of the {n} breeds I know. It looks like: {name} ({pct})"
+        ),
+        "outside_dog_breed": (
+            "A dog, but not one of the {n} breeds I know. It looks like: {name} ({pct})"
+        ),
+        "retrain_knows": (
+            "This version knows {n} breeds. A photo of another breed is answered with its "
+            "species (cat or dog), “not one of my {n} breeds”, and ImageNet's breed when it is "
+            "one of ImageNet's 123 cat and dog classes."
+        ),
+        "retrain_open_set": (
+            "Held-out check: {claimed} of photos of breeds left out of training were still "
+            "answered as one of these; {refused} of right answers become “not one of my "
+            "breeds”. /retrain open_set=0 answers every photo of their species with one of "
+            "these breeds instead."
+        ),
+        "retrain_calibration": "Confidence calibrated on the cross-validated answers: "
+        "calibration error {before} → {after}.",
         "text_cut": "✂️ … and {n} more characters (Telegram's limit is 4,096).",
         "feedback_not_yours": "Only the person who sent this photo can answer for it.",
     },
@@ -314,6 +335,26 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_codes.expired": "a foto esperou demais; mande de novo",
         "chart_title": "{n} palpites principais · modelo v{version}",
         "chart_axis": "probabilidade",
+        "outside_cat": "Um gato, mas de nenhuma das {n} raças que conheço.",
+        "outside_dog": "Um cachorro, mas de nenhuma das {n} raças que conheço.",
+        "outside_cat_breed": (
+            "Um gato, mas de nenhuma das {n} raças que conheço. Parece: {name} ({pct})"
+        ),
+        "outside_dog_breed": (
+            "Um cachorro, mas de nenhuma das {n} raças que conheço. Parece: {name} ({pct})"
+        ),
+        "retrain_knows": (
+            "Esta versão conhece {n} raças. A foto de outra raça recebe a espécie (gato ou "
+            "cachorro), “nenhuma das minhas {n} raças” e a raça do ImageNet quando ela é uma das "
+            "123 classes de gatos e cães do ImageNet."
+        ),
+        "retrain_open_set": (
+            "Teste com raças deixadas de fora: {claimed} das fotos delas ainda receberam uma "
+            "destas raças; {refused} das respostas certas viram “nenhuma das minhas raças”. "
+            "/retrain open_set=0 responde toda foto da espécie delas com uma destas raças."
+        ),
+        "retrain_calibration": "Confiança calibrada nas respostas da validação cruzada: "
+        "erro de calibração {before} → {after}.",
         "text_cut": "✂️ … e mais {n} caracteres (o limite do Telegram é 4.096).",
         "feedback_not_yours": "Só quem enviou esta foto pode responder sobre ela.",
     },

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from bot.i18n import PROBLEMS, duration, error_reason, percent, problem_text, t
-from contract import ClassifyResult, Guess, Progress, RetrainResult
+from contract import Answer, ClassifyResult, Guess, Progress, RetrainResult
 
 
 def _guesses(result: ClassifyResult) -> list[Guess]:
@@ -30,10 +30,29 @@ def headline(result: ClassifyResult, language: str, low_confidence: float) -> st
             label=result.imagenet_label,
             pct=percent(result.imagenet_probability, language),
         )
+    answer = Answer.from_dict(result.answer) if result.answer else None
+    if answer is not None and not answer.trained and answer.species:
+        return _outside(answer, language)
     best = _guesses(result)[0]
-    sure = best.probability >= low_confidence and not result.pet_unsure
+    name, score = best.display_name, best.probability
+    if answer is not None and answer.trained:  # the decision's calibrated probability
+        name, score = answer.display_name or name, answer.score
+    sure = score >= low_confidence and not result.pet_unsure
     key = "result" if sure else "not_sure"
-    return t(language, key, name=best.display_name, pct=percent(best.probability, language))
+    return t(language, key, name=name, pct=percent(score, language))
+
+
+def _outside(answer: Answer, language: str) -> str:
+    """ "A dog, but not one of the 3 breeds I know", with ImageNet's breed when it named one."""
+    if answer.display_name:
+        return t(
+            language,
+            f"outside_{answer.species}_breed",
+            n=answer.known_breeds,
+            name=answer.display_name,
+            pct=percent(answer.score, language),
+        )
+    return t(language, f"outside_{answer.species}", n=answer.known_breeds)
 
 
 def classification_text(result: ClassifyResult, language: str, low_confidence: float) -> str:
@@ -240,6 +259,29 @@ def _dataset_lines(dataset: dict[str, Any] | None, language: str) -> list[str]:
     return lines
 
 
+def _open_set_lines(metrics: dict[str, Any], language: str) -> list[str]:
+    """What the version knows, how other photos are answered, and its calibration."""
+    report = metrics.get("open_set")
+    if not report:
+        return []
+    n = len(report["species"])
+    return [
+        t(language, "retrain_knows", n=n),
+        t(
+            language,
+            "retrain_open_set",
+            claimed=percent(report["left_out_claimed"], language),
+            refused=percent(report["right_refused"], language),
+        ),
+        t(
+            language,
+            "retrain_calibration",
+            before=percent(report["ece_before"], language),
+            after=percent(report["ece_after"], language),
+        ),
+    ]
+
+
 def _retrain_headline(result: RetrainResult, language: str, cv: dict[str, Any] | None) -> str:
     """✅ with the accuracy, or ⚠️ for a version the gate kept out; one decimal, as the gate's."""
     live = "retrain_done" if result.activated else "retrain_kept"
@@ -290,6 +332,7 @@ def retrain_text(result: RetrainResult, language: str) -> str:
             for name, share, n in worst
         ]
     lines += _dataset_lines(result.metrics.get("dataset"), language)
+    lines += _open_set_lines(result.metrics, language)
     if result.activated:
         lines.append(t(language, "retrain_live"))
     else:

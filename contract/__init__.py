@@ -170,6 +170,20 @@ class Guess(_Payload):
 
 
 @dataclass(frozen=True)
+class Answer(_Payload):
+    """The decision on one photo (model.runtime.openset): what the reply and `label-image --json`
+    say. `trained` is False for "a dog, but not one of my N breeds"; `label` is then ImageNet's
+    breed (or None), and `score` the calibrated probability of what is said."""
+
+    species: str | None  # "cat", "dog", or None
+    label: str | None
+    display_name: str | None
+    trained: bool
+    score: float
+    known_breeds: int
+
+
+@dataclass(frozen=True)
 class ClassifyResult(_Payload):
     model_version: int
     top_k: list[dict[str, Any]]  # Guess.to_dict() items, best first
@@ -181,6 +195,7 @@ class ClassifyResult(_Payload):
     error: str | None = None  # machine-readable code when the image was rejected
     error_message: str | None = None
     pet_unsure: bool = False  # the cat/dog gate passed it only as "not sure, maybe X"
+    answer: dict[str, Any] | None = None  # an Answer.to_dict(); None from an older worker
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,14 @@ HPARAMS = (
     Option("min_images_per_class", int, "fewer usable images refuse the class", 2, _STEPS),
     Option("extraction_batch_size", int, "images per bottleneck batch", 1, 1024),
     Option("assert_accuracy_at_least", float, "write nothing below this test accuracy", 0.0, 1.0),
+    Option(
+        "open_set_threshold",
+        float,
+        "evidence below it answers 'not one of my breeds' (default: chosen by cross-validation)",
+        0.0,
+        1.0,
+        "open_set",
+    ),
 )
 # Not hyper-parameters: they go on the retrain request itself (bot only).
 REQUEST = (

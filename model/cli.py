@@ -12,10 +12,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract import options
 from model.hparams import DEFAULT_BACKBONE, HParams
+
+if TYPE_CHECKING:
+    from model.runtime.classifier import Classifier, Prediction
 
 DEFAULT_MODEL = "default (zero-shot ImageNet cats and dogs)"
 
@@ -167,6 +170,8 @@ def cmd_label_image(args: argparse.Namespace) -> int:
         return label_with_file(args)
 
     clf = load_classifier(args.graph, home=home_dir(), backbone=args.tfhub_module)
+    if args.json:
+        return _print_answers(clf, args.image)
     preds = clf.predict([Path(p).read_bytes() for p in args.image], top_k=args.top_k)
     for path, pred in zip(args.image, preds, strict=True):
         if len(args.image) > 1:
@@ -181,6 +186,36 @@ def cmd_label_image(args: argparse.Namespace) -> int:
             print(f"# cat or dog: {gate} (p = {pred.pet_probability:.3f}); ", end="")
             print(f"ImageNet: {pred.imagenet_label} ({pred.imagenet_probability:.3f})")
     return 1 if any(p.error for p in preds) else 0
+
+
+def answer_json(image: str, prediction: Prediction) -> dict[str, Any]:
+    """One `label-image --json` line: the same decision the bot's reply words."""
+    if prediction.error:
+        return {"image": image, "error": prediction.error}
+    a = prediction.answer
+    return {
+        "image": image,
+        "species": a.species,
+        "breed": a.label,
+        "trained": a.trained,
+        "score": round(a.score, 6),
+    }
+
+
+def _print_answers(clf: Classifier, images: list[Path]) -> int:
+    """One JSON object per image, in order; an unreadable file gets an error code, not a raise."""
+    failed = False
+    for path in images:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            print(json.dumps({"image": str(path), "error": "unreadable"}), flush=True)
+            failed = True
+            continue
+        (prediction,) = clf.predict([data], top_k=1)
+        failed |= prediction.error is not None
+        print(json.dumps(answer_json(str(path), prediction), ensure_ascii=False), flush=True)
+    return 1 if failed else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -242,6 +277,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tfhub_module", "--architecture", default=DEFAULT_BACKBONE)
     p.add_argument("--model", type=Path, help="an exported .onnx or .tflite file, run alone")
+    p.add_argument("--json", action="store_true", help="one JSON answer per image, in order")
     p.set_defaults(func=cmd_label_image)
 
     p = sub.add_parser("eval", help="accuracy of a model on a labeled image set")

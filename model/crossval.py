@@ -42,7 +42,8 @@ def stable_folds(images: Sequence[LabeledImage], k: int) -> np.ndarray:
     return fold
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits [N, C]."""
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -146,7 +147,7 @@ def cross_validate(
                 else None
             ),
         )
-    probabilities = {key: _softmax(z) for key, z in logits.items()}
+    probabilities = {key: softmax(z) for key, z in logits.items()}
     loss = {
         key: float(-np.log(np.maximum(p[np.arange(n), y], 1e-12)).mean())
         for key, p in probabilities.items()
@@ -155,7 +156,7 @@ def cross_validate(
     chosen = probabilities[best]
     mirror_hits = None
     if mirror is not None:
-        mirror_hits = (chosen + _softmax(mirrored[best])).argmax(1) == y
+        mirror_hits = (chosen + softmax(mirrored[best])).argmax(1) == y
     return CrossValidation(
         k, best[0], best[1], fold, chosen, chosen.argmax(1) == y, loss, mirror_hits
     )

@@ -50,6 +50,9 @@ class HParams:
     label_smoothing: float = 0.0
     seed: int = 0
     assert_accuracy_at_least: float | None = None
+    # Evidence below it answers "not one of my breeds"; None: chosen by cross-validation
+    # leaving whole classes out (model/openset_fit.py).
+    open_set_threshold: float | None = None
     min_images_per_class: int = 3
     extraction_batch_size: int = 32
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from model.hparams import DEFAULT_BACKBONE
-from model.runtime import imagenet, litert
+from model.runtime import imagenet, litert, openset
 from model.runtime.classifier import (
     METRICS_FILE,
     Classifier,
@@ -46,7 +46,15 @@ def _tf_zero_shot(home: Path, backbone: str) -> Classifier:
     module = serving.zero_shot_module(bb.module, labels, bb.image_size)
     classify = _tf_classify(module)
     names = imagenet.pet_class_names()
-    return Classifier(classify, labels, names, None, engine="tf", image_size=bb.image_size)
+    return Classifier(
+        classify,
+        labels,
+        names,
+        None,
+        engine="tf",
+        image_size=bb.image_size,
+        open_set=openset.OpenSet.zero_shot(),
+    )
 
 
 def _tf_version(model_dir: Path, home: Path) -> Classifier:
@@ -63,7 +71,16 @@ def _tf_version(model_dir: Path, home: Path) -> Classifier:
     labels = read_labels(model_dir)
     names = [data.display_name(x) for x in labels]
     size = int(spec.shape[1])
-    return Classifier(_tf_classify(module), labels, names, model_dir, engine="tf", image_size=size)
+    open_set = openset.OpenSet.load(model_dir, labels)
+    return Classifier(
+        _tf_classify(module),
+        labels,
+        names,
+        model_dir,
+        engine="tf",
+        image_size=size,
+        open_set=open_set,
+    )
 
 
 def _rebuild_saved_model(model_dir: Path, saved: Path, home: Path) -> None:

@@ -19,10 +19,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from model import backbones, crossval, data, features, head, litert, metrics, serving
+from model import backbones, crossval, data, features, head, litert, metrics, openset_fit, serving
 from model.hparams import AUTO, AUTO_CANDIDATES, L2_GRID, HParams, validate
 from model.problems import Problem
 from model.runtime import litert as runtime_litert
+from model.runtime import openset
 from model.runtime.classifier import LABELS_FILE, METRICS_FILE
 
 # (stage, done, total, latest validation accuracy); stages: bottlenecks, training, final (the
@@ -261,6 +262,7 @@ def retrain(
                 else None
             ),
         )
+        open_set, open_report = _open_set(backbone, ex, fit, train_views, y_all, labels, hp)
         training_seconds = time.perf_counter() - train_started + folds_seconds
         oof = metrics.summarize(
             y_all[fit.rows], cv.probabilities, labels, [names[i] for i in fit.rows]
@@ -323,6 +325,7 @@ def retrain(
             plotted.result()
         (work / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), "utf-8")
         np.savez(work / HEAD_FILE, kernel=trained.kernel, bias=trained.bias)
+        open_set.save(work)
         report = {
             "test_accuracy": accuracy,
             "accuracy_source": "test_split" if test_report else "cross_validation",
@@ -339,6 +342,8 @@ def retrain(
             "confusion_matrix": oof["confusion_matrix"],
             "misclassified": oof["misclassified"],
             "test": test_report,
+            # Species per class, temperature, "not one of my breeds" threshold, ECE before/after.
+            "open_set": open_report,
             "best_step": cv.best_step,
             "history": {k: [round(float(v), 5) for v in h] for k, h in trained.history.items()},
             "extraction_seconds": round(extraction_seconds, 3),
@@ -380,6 +385,26 @@ def retrain(
         bottlenecks_cached=ex.cached,
         skipped=skipped,
     )
+
+
+def _open_set(
+    backbone: backbones.Backbone,
+    ex: features.Extraction,
+    fit: _Fit,
+    train_views: list[features.View],
+    y_all: np.ndarray,
+    labels: list[str],
+    hp: HParams,
+) -> tuple[openset.OpenSet, dict]:
+    """The version's species per class, temperature and open-set threshold (see openset_fit)."""
+    views = [ex.vectors[v.key()][fit.rows] for v in train_views]
+    weights = backbones.imagenet_head(backbone.module)
+    inet = None if weights is None else crossval.softmax(views[0] @ weights[0] + weights[1])
+    config = replace(
+        head_config(hp), steps=fit.cv.best_step, l2=fit.cv.best_l2, early_stopping_patience=None
+    )
+    inputs = openset_fit.Inputs(views, y_all[fit.rows], inet, fit.cv, labels, config)
+    return openset_fit.fit(inputs, hp.open_set_threshold)
 
 
 def _held_out(

@@ -30,6 +30,7 @@ from model.predict import load_classifier
 from model.runtime import litert
 from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
+from model.runtime.openset import Answer
 from store.registry import ZERO_SHOT, Registry
 from worker import child, fetch, memory, stats, storage, versions
 from worker.batching import Batcher
@@ -228,6 +229,18 @@ def batcher() -> Batcher:
     return _process_state(os.getpid())[1]
 
 
+def _answer(answer: Answer) -> contract.Answer:
+    """The model's decision as the contract carries it."""
+    return contract.Answer(
+        answer.species,
+        answer.label,
+        answer.display_name,
+        answer.trained,
+        round(answer.score, 6),
+        answer.known_breeds,
+    )
+
+
 def classify(
     request: contract.ClassifyRequest, settings: WorkerSettings
 ) -> contract.ClassifyResult:
@@ -252,7 +265,8 @@ def classify(
         result = contract.ClassifyResult(
             model_version=served.version,
             top_k=[
-                contract.Guess(g.label, g.display_name, g.probability).to_dict() for g in p.top_k
+                contract.Guess(g.label, g.display_name, g.probability).to_dict()
+                for g in p.guesses[:top_k]
             ],
             is_pet=p.is_pet,
             pet_unsure=p.pet_unsure,
@@ -269,6 +283,7 @@ def classify(
             },
             error=p.error,
             error_message=p.error_message,
+            answer=None if p.answer is None else _answer(p.answer).to_dict(),
         )
     total = (time.perf_counter() - started) * 1e3
     stats.record_classify(settings.broker_url(), total, result.error is not None)

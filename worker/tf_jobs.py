@@ -196,6 +196,7 @@ def run(
         **published.record["metrics"],
         "gate": published.record["gate"],
         "worst_classes": _weakest(result.metrics.get("per_class", {})),
+        "open_set": result.metrics.get("open_set"),  # what other photos get, calibration
         # Where the photos came from, with the new classes by display name, for the reply.
         "dataset": prepared.record
         | {"new_classes": list(map(data.display_name, prepared.record["new_classes"]))},

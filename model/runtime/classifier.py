@@ -17,7 +17,7 @@ import numpy as np
 
 from model import data
 from model.features import decode_many
-from model.runtime import imagenet, litert
+from model.runtime import imagenet, litert, openset
 from model.runtime import images as imagelib
 
 # Inside a version folder.
@@ -57,6 +57,11 @@ class Prediction:
     error: str | None = None
     error_message: str | None = None
     pet_unsure: bool = False  # passed the gate only as "not sure, maybe X"
+    answer: openset.Answer | None = None  # the decision (model/runtime/openset.py)
+    # The guesses behind the answer, calibrated: the trained classes of the photo's species, or
+    # ImageNet's breeds of it when the answer is "not one of my breeds". `top_k` stays the
+    # layer's own ranking of every trained class (what accuracy is measured on).
+    guesses: list[Guess] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class Classifier:
         *,
         engine: str,
         image_size: int,
+        open_set: openset.OpenSet | None = None,
     ):
         self.engine = engine  # "tf", "litert-float" or "litert-int8"
         self.image_size = image_size  # S: photos are resized to S x S for the backbone
@@ -95,6 +101,8 @@ class Classifier:
         self.labels = labels
         self.display_names = display_names
         self.model_dir = model_dir
+        # Older versions: species of each class unknown, every photo answered with a class.
+        self.open_set = open_set or openset.OpenSet([None] * len(labels))
         self.last_timings = Timings()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
 
@@ -134,23 +142,34 @@ class Classifier:
 
     def _prediction(self, out: dict[str, np.ndarray], r: int, top_k: int) -> Prediction:
         probs = out["probabilities"][r]
-        # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
-        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
-        guesses = [
-            Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6)) for j in order
-        ]
         pet = float(out["pet_probability"][r])
         cls = int(out["imagenet_class"][r])
         # Versions saved before the top-5 output lack it: their gate stays the strict one.
         in_top5 = "pet_in_top5" in out and bool(out["pet_in_top5"][r])
-        sure, maybe = pet_gate(pet, cls, in_top5, float(probs[order[0]]))
-        return Prediction(
-            top_k=guesses,
+        sure, maybe = pet_gate(pet, cls, in_top5, float(probs.max()))
+        evidence = openset.Evidence(
+            probabilities=probs,
+            imagenet=out["imagenet_probabilities"][r] if "imagenet_probabilities" in out else None,
+            features=out["features"][r] if "features" in out else None,
             is_pet=None if pet < 0 else (sure or maybe),
+            pet_unsure=maybe,
             pet_probability=max(pet, 0.0),
+        )
+        answer, ranked = openset.decide(evidence, self.open_set, self.labels, self.display_names)
+        # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
+        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
+        return Prediction(
+            top_k=[
+                Guess(self.labels[j], self.display_names[j], round(float(probs[j]), 6))
+                for j in order
+            ],
+            is_pet=evidence.is_pet,
+            pet_probability=evidence.pet_probability,
             imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
             imagenet_probability=float(out["imagenet_probability"][r]),
             pet_unsure=maybe,
+            answer=answer,
+            guesses=[Guess(label, name, round(p, 6)) for label, name, p in ranked[: max(1, top_k)]],
         )
 
     def warm_up(self) -> None:
@@ -192,7 +211,13 @@ def version_classifier(
     engine = f"litert-{chosen}"
     size = pipeline.image_size
     return Classifier(
-        _litert_classify(pipeline), labels, names, model_dir, engine=engine, image_size=size
+        _litert_classify(pipeline),
+        labels,
+        names,
+        model_dir,
+        engine=engine,
+        image_size=size,
+        open_set=openset.OpenSet.load(model_dir, labels),
     )
 
 
@@ -205,4 +230,12 @@ def zero_shot_classifier(
     names = imagenet.pet_class_names()
     classify = _litert_classify(pipeline)
     size = pipeline.image_size
-    return Classifier(classify, labels, names, None, engine="litert-float", image_size=size)
+    return Classifier(
+        classify,
+        labels,
+        names,
+        None,
+        engine="litert-float",
+        image_size=size,
+        open_set=openset.OpenSet.zero_shot(),
+    )

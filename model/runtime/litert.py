@@ -136,7 +136,7 @@ class Pipeline:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Head logits and, when there is a gate, ImageNet logits for float32 pixels."""
         features = self.backbone(images)["feature_vector"]
-        out = {}
+        out = {"features": features}
         if self.gate is not None:
             out["imagenet_logits"] = self.gate(features)["imagenet_logits"]
         if self.head is not None:
@@ -167,6 +167,8 @@ def classification(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     top5 = np.argsort(-inet, axis=1, kind="stable")[:, :5]
     return {
         "probabilities": probabilities,
+        **({"features": outputs["features"]} if "features" in outputs else {}),
+        "imagenet_probabilities": inet.astype(np.float32),
         "pet_probability": inet[:, _GATE_MASK].sum(axis=1).astype(np.float32),
         "imagenet_class": inet.argmax(axis=1).astype(np.int32),
         "imagenet_probability": inet.max(axis=1).astype(np.float32),
