@@ -490,7 +490,8 @@ def test_admin_retrain_progress_then_live_then_rollback(
     assert re.search(accuracy, edits[-1])
     saving = next(i for i, text in enumerate(edits) if text.startswith("💾"))
     assert not any(text.startswith(("🧠", "🔎")) for text in edits[saving:])  # in order
-    assert "_" not in edits[-1]  # breeds by display name, never by folder name
+    # Breeds by display name, never by folder name (the open-set note names `open_set=0`).
+    assert "american_bulldog" not in edits[-1]
     matrix = chat.wait_for(ADMIN, lambda ev: any("confusion" in (e["message"].get("caption") or "")
                                                  for e in ev if e["type"] == "sent"),
                            after=cursor)  # fmt: skip
