@@ -3,7 +3,7 @@ on real processes (emulator, real bot, real workers, real Redis with AOF and a p
 bad-input corpus, the security and fuzz tests, and the load bench. Prints JSON and rewrites the
 results table in docs/RELIABILITY.md; exits 1 if any row fails.
 Run: .venv/bin/python bench/reliability.py [--only worker bot redis failover training storage
-bad security inputs load]
+bad security inputs load registry webhook chat]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import load_bench
 from bench.common import REPO, machine, update_section
-from harness import scenarios
+from harness import registry_attacks, scenarios
 from harness.sentinel import SentinelGroup
 from harness.stack import Stack
 
@@ -380,6 +380,23 @@ def load() -> list[Row]:
     ]
 
 
+def forged_registry() -> list[Row]:
+    """Issue 20 items 1 and 9: forged registry records and pointers, and queued jobs naming their
+    own backbone, on one worker serving a retrained version."""
+    rows = _on_stack(registry_attacks.registry_attacks)
+    return [
+        _row(
+            f"Registry attack: {r['attack']}",
+            f"tried {r['tried']}",
+            "refused or won back; nothing written outside MODELS_DIR; worker serves on",
+            f"held {r['held']}/{r['tried']}: {r['seen']}",
+            r["held"] == r["tried"],
+            r,
+        )
+        for r in rows
+    ]
+
+
 # --- Issue 20: the webhook, the chat and the playground page, attacked --------------------------
 
 # Per attack: the row's title, what was done, and what must hold.
@@ -513,6 +530,7 @@ SCENARIOS = {
     "security": security,
     "inputs": inputs,
     "load": load,
+    "registry": forged_registry,
     "webhook": webhook,
     "chat": chat,
 }

@@ -144,6 +144,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "mistakes_sheet": "v{version}: photos answered wrongly in cross-validation",
         "models_header": "Model versions (▶ = active):",
         "models_item": "{mark} v{version} — test accuracy {pct}, {created}",
+        "models_host": "    {host}: {engine}, since {since}",
+        "models_host_failing": "{line}\n    ⚠ cannot serve the active version: {why}",
         "built_in": "built in",
         "promoted": "Model v{version} is active now.",
         "stats": "Jobs today: {jobs}\nAverage latency: {latency} ms\nActive model: v{version}",
@@ -322,6 +324,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "mistakes_sheet": "v{version}: fotos que errei na validação cruzada",
         "models_header": "Versões do modelo (▶ = ativa):",
         "models_item": "{mark} v{version} — acurácia de teste {pct}, {created}",
+        "models_host": "    {host}: {engine}, desde {since}",
+        "models_host_failing": "{line}\n    ⚠ não consegue servir a versão ativa: {why}",
         "built_in": "embutido",
         "promoted": "O modelo v{version} está ativo agora.",
         "stats": "Tarefas hoje: {jobs}\nLatência média: {latency} ms\nModelo ativo: v{version}",
@@ -451,6 +455,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
         ),
         "no_such_version": "não existe a versão {version} do modelo (/models lista as versões)",
         "nothing_to_roll_back_to": "não há versão ativa anterior para onde voltar",
+        "malformed_record": "o registro da versão {version} do modelo no Redis está malformado",
         "storage": (
             "não foi possível gravar a nova versão na pasta de modelos ({why}); o modelo ativo "
             "não mudou"
@@ -460,6 +465,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "o modelo embutido ou foi treinada antes de os conjuntos serem guardados); mande "
             "/retrain com o zip completo"
         ),
+        "bad_record": "o registro da versão não pode ser usado ({why}); a versão ativa não mudou",
         "store_missing": "{key} não está no armazenamento de blobs; a versão ativa não mudou",
         "store_damaged": (
             "{key} está danificado no armazenamento de blobs (o conteúdo não confere com o "
@@ -481,6 +487,10 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "option_int": "{option}={raw}: use um número inteiro de {low} a {high}",
         "option_float": "{option}={raw}: use um número de {low} a {high}",
         "option_flag": "{option}={raw}: use 1 (ligado) ou 0 (desligado)",
+        "option_backbone": (
+            "{raw}: um retreino pela fila aceita {known}; um handle do TF Hub é só para a "
+            "linha de comando"
+        ),
         "option_split": (
             "as partes de teste e de validação somam {total}%; juntas, devem ficar abaixo de 100%"
         ),

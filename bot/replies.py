@@ -224,7 +224,15 @@ def _models_text(versions: list[dict[str, Any]], language: str) -> str:
                 created=created,
             )
         )
+        lines += [_host_text(contract.HostStatus.from_dict(host), language) for host in item.hosts]
     return "\n".join(lines)
+
+
+def _host_text(host: contract.HostStatus, language: str) -> str:
+    """One worker host under the version it serves, and why it cannot load the active one."""
+    since = moment(datetime.fromisoformat(host.since), language)
+    line = t(language, "models_host", host=host.host, engine=host.engine, since=since)
+    return line if host.healthy else t(language, "models_host_failing", line=line, why=host.error)
 
 
 def _switch_text(result: dict[str, Any], language: str) -> str:

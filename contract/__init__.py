@@ -80,6 +80,18 @@ def labels_key(version: int) -> str:
     return f"breedbot:labels:{version}"
 
 
+# What each worker host serves, as it last said: one key per host, refreshed every few seconds
+# and expiring, so a host that died drops out (worker/hosts.py writes them, HostStatus JSON).
+SERVED_PREFIX = "breedbot:served:"
+SERVED_HOSTS = "breedbot:served-hosts"  # sorted set: host -> when it last said (Unix time)
+SERVED_TTL_SECONDS = 30
+
+
+def served_key(host: str) -> str:
+    """Redis key of one worker host's HostStatus JSON."""
+    return f"{SERVED_PREFIX}{host}"
+
+
 # The outbox: every classify chain the bot publishes is also kept here until its reply task has
 # run. Redis hands a message to a worker (BRPOP) before the worker records it as unacked, so a
 # worker killed in between loses it for good; the reply sender re-publishes entries that stay
@@ -316,6 +328,24 @@ class Breeds(_Payload):
 
 
 @dataclass(frozen=True)
+class HostStatus(_Payload):
+    """What one worker host serves: its version and engine since when, the version the pointer
+    named when it last looked, and why it could not load that one (it keeps serving `version`)."""
+
+    host: str
+    version: int
+    engine: str
+    since: str  # ISO time it started serving `version`
+    active: int
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False while the host cannot load the active version."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
 class ModelVersion(_Payload):
     """One item of the LIST_MODELS result (a list of these dicts, oldest first)."""
 
@@ -329,6 +359,7 @@ class ModelVersion(_Payload):
     note: str = ""  # the accuracy gate's verdict
     # "test_split", or "cross_validation" when test_accuracy is cross-validated (no test photos).
     accuracy_source: str | None = None
+    hosts: list[dict[str, Any]] = field(default_factory=list)  # HostStatus of hosts serving it
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ MESSAGES = {
     "option_int": "{option}={raw}: use a whole number from {low} to {high}",
     "option_float": "{option}={raw}: use a number from {low} to {high}",
     "option_flag": "{option}={raw}: use 1 (on) or 0 (off)",
+    "option_backbone": (
+        "{raw}: a queued retrain takes one of {known}; a TF Hub handle is for the command line"
+    ),
     "option_split": (
         "the test and validation shares add up to {total}%; together they must stay below 100%"
     ),

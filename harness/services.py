@@ -26,8 +26,9 @@ import httpx
 import psutil
 from celery import Celery
 
+import contract
 from broker.config import client_config
-from harness import REPO
+from harness import DATASETS, REPO
 from harness.waiting import wait_until
 from ops.processes import spawn, stop_group
 
@@ -79,6 +80,15 @@ def served_version(worker: Service) -> int | None:
     """The model version a worker last said it serves (its log), None before the first."""
     found = re.findall(r"serving model version (\d+) through", worker.log_text())
     return int(found[-1]) if found else None
+
+
+def answered_versions(app: Celery, n: int) -> list[int]:
+    """The model version of each of `n` classify jobs on one pets-dev photo, sent at once (any
+    worker answers)."""
+    photo = sorted((DATASETS / "pets-dev" / "pug").glob("*.jpg"))[0].read_bytes()
+    request = contract.ClassifyRequest(image_b64=contract.encode_bytes(photo), top_k=1)
+    sent = [app.send_task(contract.CLASSIFY, args=[request.to_dict()]) for _ in range(n)]
+    return [contract.ClassifyResult.from_dict(r.get(timeout=60)).model_version for r in sent]
 
 
 def job_processes(pid: int) -> list[psutil.Process]:

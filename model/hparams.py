@@ -14,6 +14,9 @@ DEFAULT_BACKBONE = "efficientnet_lite0"  # the zero-shot model's, and any single
 # `--architecture auto`: these backbones, fastest first, compete by cross-validated accuracy.
 AUTO = "auto"
 AUTO_CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# The backbones breedbot builds from its own packages (model.backbones.NAMED_BACKBONES): the only
+# ones a queued job or a version record may name. A TF Hub URL or path stays a CLI-only option.
+BACKBONE_NAMES = (*AUTO_CANDIDATES, "mobilenet_v1_100_224")
 # L2 values cross-validation chooses from unless --l2 is given; the probe in
 # bench/retrain_bench.py (logistic regression, C=1) regularises about as strongly as 1e-3.
 L2_GRID = (3e-4, 1e-3, 3e-3)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from model.hparams import DEFAULT_BACKBONE
+from model.hparams import BACKBONE_NAMES, DEFAULT_BACKBONE
 from model.runtime import imagenet, litert, openset
 from model.runtime.classifier import (
     METRICS_FILE,
@@ -87,8 +87,11 @@ def _rebuild_saved_model(model_dir: Path, saved: Path, home: Path) -> None:
     from model import backbones, serving, train
 
     metrics = json.loads((model_dir / METRICS_FILE).read_text("utf-8"))
+    handle = metrics["backbone"]["handle"]
+    if handle not in BACKBONE_NAMES:  # a fetched folder's metrics.json: hub.load() runs its graph
+        raise ValueError(f"backbone {handle!r} is not one of {', '.join(BACKBONE_NAMES)}")
     layer = np.load(model_dir / train.HEAD_FILE)
-    backbone = backbones.load_backbone(metrics["backbone"]["handle"], home)
+    backbone = backbones.load_backbone(handle, home)
     partial = saved.with_name(f".{saved.name}.partial")
     serving.save_retrained(
         backbone, layer["kernel"], layer["bias"], read_labels(model_dir), partial, home

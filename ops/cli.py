@@ -223,7 +223,29 @@ def cmd_models(args: argparse.Namespace) -> int:
             str(x) for x in (item.dataset, accuracy, item.created_at, item.note) if x
         )
         print(f"{mark} {item.version:>3}  {details}")
+        for host in map(contract.HostStatus.from_dict, item.hosts):
+            print(f"        {_host_line(host)}")
     return 0
+
+
+def _host_line(host: contract.HostStatus) -> str:
+    line = f"{host.host}: serves version {host.version} through {host.engine} since {host.since}"
+    return line if host.healthy else f"{line}; UNHEALTHY, {host.error}"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """What each worker host serves; exit 1 if one cannot load the active version (or none,
+    or not `--host`, is there)."""
+    from worker import hosts, storage
+
+    found = hosts.read_all(storage.registry(get_settings()).client)
+    if args.host:
+        found = [status for status in found if status.host == args.host]
+    for status in found:
+        print(_host_line(status))
+    if not found:
+        print(f"{args.host or 'no worker host'} has not said what it serves (down, or not started)")
+    return 0 if found and all(status.healthy for status in found) else 1
 
 
 def _switched(answer: dict[str, Any]) -> int:
@@ -293,6 +315,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("registry", help="show the model registry, or rebuild it from the store")
     p.add_argument("action", nargs="?", choices=["show", "rebuild"], default="show")
     p.set_defaults(func=cmd_registry)
+    p = sub.add_parser("health", help="what each worker host serves; exit 1 if one is failing")
+    p.add_argument("--host", help="check only this worker (its Celery node name, name@host)")
+    p.set_defaults(func=cmd_health)
     p = sub.add_parser("up", help="run Redis, a worker, Flower and the bot")
     p.add_argument(
         "--info", action="store_true", help="print the running stack's URLs and credentials"

@@ -54,6 +54,12 @@ STORE_RECORDS = "registry/versions/"
 STORE_POINTER = "registry/active.json"
 STORE_NUMBERS = "registry/numbers/"  # an empty key per number given out
 HISTORY = 50
+# Raise the counter to ARGV[1] unless it is already there (a Redis behind the store's marks).
+_RAISE_COUNTER = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+"""
 # A blob younger than this is never swept: a retrain on another host may be uploading it.
 SWEEP_GRACE = timedelta(hours=1)
 METRICS_KEYS = (
@@ -78,6 +84,7 @@ class RegistryError(Problem, RuntimeError):
     messages: ClassVar[dict[str, str]] = {
         "no_such_version": "there is no model version {version}",
         "nothing_to_roll_back_to": "there is no earlier active version to roll back to",
+        "malformed_record": "model version {version}'s record in Redis is malformed",
     }
 
 
@@ -113,6 +120,18 @@ def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _parsed(raw: bytes | str | None, version: int | None = None) -> dict[str, Any] | None:
+    """A record or pointer read back: a dict whose "version" is a whole number (`version`, for a
+    record); None if it is not (written by something else, or cut short)."""
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or type(value.get("version")) is not int:
+        return None
+    return value if version is None or value["version"] == version else None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -143,34 +162,76 @@ class Registry:
 
     # Reading.
     def pointer(self) -> dict[str, Any]:
-        """The active pointer: version, history (oldest first), changed_at, changed_by."""
+        """The active pointer: version, history (oldest first), changed_at, changed_by.
+
+        A pointer lost alone (evicted, deleted) or malformed, while the registry is there, is
+        won back from the store's copy: never a silent switch to version 0.
+        """
         raw = self.client.get(POINTER)
-        return json.loads(raw) if raw else {"version": ZERO_SHOT, "history": []}
+        pointer = _parsed(raw)
+        if pointer is not None:
+            return pointer
+        if raw is None and self.is_empty():
+            return {"version": ZERO_SHOT, "history": []}
+        return self._restored_pointer()
+
+    def _restored_pointer(self) -> dict[str, Any]:
+        """The store's copy of the pointer, put back into Redis (version 0 if it has none).
+
+        No lock (the lock holders read the pointer): the store's copy is written before Redis,
+        so it is never older than what any writer is about to set."""
+        try:
+            pointer = _parsed(self.store.get(STORE_POINTER))
+        except blobs.StoreError:
+            pointer = None
+        known = pointer is not None and (
+            pointer["version"] == ZERO_SHOT or self.client.hexists(RECORDS, pointer["version"])
+        )
+        if not known:
+            pointer = {"version": ZERO_SHOT, "history": []}
+        self.client.set(POINTER, json.dumps(pointer))
+        log.warning("active pointer lost from Redis: version %s restored", pointer["version"])
+        return pointer
 
     def active_version(self) -> int:
         """The version every worker should serve."""
         return int(self.pointer()["version"])
 
     def records(self) -> dict[int, dict[str, Any]]:
-        """Every published version's record, by version."""
-        return {int(v): json.loads(r) for v, r in self.client.hgetall(RECORDS).items()}
+        """Every published version's record, by version; a malformed one is skipped (logged)."""
+        records = {}
+        for key, raw in self.client.hgetall(RECORDS).items():
+            version = int(key) if key.isdigit() else None
+            record = _parsed(raw, version) if version is not None else None
+            if record is None:
+                log.warning("skipping a malformed registry record in Redis: %r", key)
+            else:
+                records[record["version"]] = record
+        return records
 
     def stored_records(self) -> dict[int, dict[str, Any]]:
-        """The records the store keeps (what a rebuild would restore), by version."""
+        """The records the store keeps (what a rebuild would restore), by version; a malformed
+        one is skipped (logged)."""
         records = {}
         for entry in self.store.list(STORE_RECORDS):
-            record = json.loads(self.store.get(entry.key))
-            records[int(record["version"])] = record
+            record = _parsed(self.store.get(entry.key))
+            if record is None:
+                log.warning("skipping a malformed registry record in the store: %s", entry.key)
+            else:
+                records[record["version"]] = record
         return records
 
     def record(self, version: int) -> dict[str, Any]:
-        """One version's record; RegistryError if there is no such version."""
+        """One version's record; RegistryError if there is none, or it is malformed."""
         if version == ZERO_SHOT:
             return dict(ZERO_SHOT_RECORD)
         raw = self.client.hget(RECORDS, version)
         if raw is None:
             raise RegistryError("no_such_version", version=version)
-        return json.loads(raw)
+        record = _parsed(raw, version)
+        if record is None:
+            raise RegistryError("malformed_record", version=version)
+        return record
 
     def list_versions(self) -> list[VersionInfo]:
         """Version 0 and every published version, oldest first."""
@@ -213,11 +274,18 @@ class Registry:
     def next_version(self) -> int:
         """A new version number, never given out twice (even to a retrain that later fails).
 
-        Each number is also marked in the store, so a rebuilt counter goes on after the numbers
-        retrains still in flight hold."""
+        Each number is also marked in the store, and each new one is checked against those
+        marks: a Redis with an older counter (an older copy, or one that ran while another Redis
+        served the same store) goes on after the highest number the store has seen."""
         if self.is_empty():  # INCR would start a new count over an emptied Redis
             self.rebuild()
-        version = int(self.client.incr(COUNTER))
+        while True:
+            version = int(self.client.incr(COUNTER))
+            highest = max(self._numbers_given(), default=ZERO_SHOT)
+            if version > highest:
+                break
+            log.warning("version %s was given out before; counting on after %s", version, highest)
+            self.client.eval(_RAISE_COUNTER, 1, COUNTER, highest)
         self.store.put(f"{STORE_NUMBERS}{version}", b"")
         return version
 
@@ -283,8 +351,12 @@ class Registry:
                 self._commit(pointer=_moved(pointer, version, by))
             return previous
 
-    def rollback(self, by: int | str | None = None) -> int:
-        """Return to the version active before the current one; returns the new active version."""
+    def rollback(
+        self, by: int | str | None = None, check: Callable[[int], None] = lambda _: None
+    ) -> int:
+        """Return to the version active before the current one; returns the new active version.
+
+        `check(target)` runs before the switch: what it raises leaves the pointer as it was."""
         with self._locked():
             pointer = self.pointer()
             history = list(pointer.get("history", []))
@@ -292,6 +364,7 @@ class Registry:
             while history:
                 candidate = int(history.pop())
                 if candidate in known and candidate != pointer["version"]:
+                    check(candidate)
                     back = {"version": candidate, "history": history}
                     self._commit(pointer={**back, "changed_at": _now(), "changed_by": by})
                     return candidate
@@ -332,10 +405,10 @@ class Registry:
                 texts = {v: json.dumps(r, ensure_ascii=False) for v, r in records.items()}
                 self.client.hset(RECORDS, mapping=texts)
             try:
-                pointer = json.loads(self.store.get(STORE_POINTER))
+                pointer = _parsed(self.store.get(STORE_POINTER))
             except blobs.StoreError:
                 pointer = None
-            if pointer and (int(pointer["version"]) in records or pointer["version"] == ZERO_SHOT):
+            if pointer and (pointer["version"] in records or pointer["version"] == ZERO_SHOT):
                 self.client.set(POINTER, json.dumps(pointer))
             # Numbers stay unique: counted on from the highest ever given out.
             self.client.set(COUNTER, max([ZERO_SHOT, *records, *self._numbers_given()]))

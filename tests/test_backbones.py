@@ -26,6 +26,7 @@ from model.backbones import (
     resolve_handle,
     run_port,
 )
+from model.hparams import BACKBONE_NAMES
 from model.runtime import imagenet
 from model.runtime.images import decode_image, to_float
 from model.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
@@ -208,6 +209,10 @@ def test_lite_port_matches_reference(datasets: Path, variant: int) -> None:
         features, logits = run_port(network, to_float(photos))
         np.testing.assert_allclose(features, want_features, rtol=1e-5, atol=3e-5)
         np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-4)
+
+
+def test_the_backbones_a_job_or_record_may_name_are_the_ones_breedbot_builds() -> None:
+    assert set(BACKBONE_NAMES) == set(NAMED_BACKBONES)
 
 
 # --- ImageNet names -----------------------------------------------------------------------------

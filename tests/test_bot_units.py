@@ -106,6 +106,24 @@ def test_one_option_table_for_the_bot_the_cli_and_hparams() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "handle", ["https://tfhub.dev/attacker/model/1", "/tmp/a-saved-model", "", ["auto"]]
+)
+def test_a_queued_retrain_names_auto_or_a_backbone_breedbot_builds(handle: object) -> None:
+    """A TF Hub handle or path is a CLI-only option: from the queue it is an option problem,
+    worded in the user's language, before anything loads it."""
+    from worker.tf_jobs import hparams_from
+
+    for named in ("auto", "efficientnet_lite2"):
+        assert hparams_from({"tfhub_module": named}, "auto").tfhub_module == named
+    with pytest.raises(OptionError) as refused:
+        hparams_from({"tfhub_module": handle}, "auto")
+    assert refused.value.code == "option_backbone"
+    assert "linha de comando" in problem_text(
+        "pt-BR", refused.value.code, refused.value.params, str(refused.value)
+    )
+
+
 def retrain_args(flags: list[str]) -> Any:
     """`breedbot retrain` flags as parsed."""
     return build_parser().parse_args(["retrain", "--image_dir", "x", *flags])

@@ -191,3 +191,76 @@ def test_adopt_takes_over_older_versions(reg):
     assert sorted(reg.records()) == [1, 3] and reg.active_version() == 3
     assert reg.rollback() == 1
     assert _publish(reg, 0.9).version == 4
+
+
+def test_a_redis_with_an_older_counter_never_gives_a_number_out_twice(reg):
+    # Redis A counts to 2; an empty Redis B on the same store is rebuilt and gives out 3; back
+    # on Redis A (its counter still 2), the next number must not be 3 again.
+    _publish(reg, 0.9)
+    _publish(reg, 0.9)
+    old_counter = reg.client.get(registry.COUNTER)
+    reg.client.flushall()
+    assert _publish(reg, 0.9).version == 3
+    reg.client.set(registry.COUNTER, old_counter)
+    assert _publish(reg, 0.9).version == 4
+    assert json.loads(reg.store.get("registry/versions/3.json"))["version"] == 3
+
+
+def test_a_counter_behind_pruned_marks_still_counts_on_after_the_highest(reg):
+    for _ in range(4):
+        _publish(reg, 0.9)
+    reg.prune(keep=1)  # drops every number mark but the highest (4)
+    reg.client.set(registry.COUNTER, 1)
+    assert reg.next_version() == 5
+
+
+def test_a_lost_pointer_is_won_back_from_the_store(reg):
+    for _ in range(3):
+        _publish(reg, 0.9)
+    reg.promote(2)
+    before = reg.pointer()
+    reg.client.delete(registry.POINTER)  # evicted or deleted alone
+    assert reg.active_version() == 2
+    assert reg.pointer() == before and json.loads(reg.client.get(registry.POINTER)) == before
+    reg.client.set(registry.POINTER, b"{not json")
+    assert reg.active_version() == 2
+    assert reg.rollback() == 3
+
+
+def test_a_lost_pointer_with_no_copy_in_the_store_is_version_0_once(reg):
+    _publish(reg, 0.6, min_accuracy=0.8)  # registered, never active: no pointer anywhere
+    reg.client.delete(registry.POINTER)
+    assert reg.active_version() == 0
+    assert json.loads(reg.client.get(registry.POINTER))["version"] == 0  # not read again
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [(b"2", b"{half a record"), (b"2", b'{"version": 7}'), (b"x", b"{}"), (b"2", b"[]")],
+)
+def test_a_malformed_record_is_skipped_with_a_log_line(reg, caplog, field, raw):
+    _publish(reg, 0.9)
+    _publish(reg, 0.9)
+    reg.client.hset(registry.RECORDS, field, raw)
+    assert [v.version for v in reg.list_versions()] == [0, 1, *([] if field == b"2" else [2])]
+    assert "malformed registry record" in caplog.text
+    if field == b"2":
+        with pytest.raises(registry.RegistryError) as error:
+            reg.record(2)
+        assert error.value.code == "malformed_record"
+    assert reg.prune(keep=1) == []  # 1 is the rollback target; the malformed one is not read
+    reg.client.flushall()  # the store's copies are whole: a rebuild brings every one back
+    assert reg.rebuild() and sorted(reg.records()) == [1, 2]
+
+
+def test_rollback_checks_its_target_before_it_switches(reg):
+    _publish(reg, 0.9)
+    _publish(reg, 0.9)
+
+    def broken(version: int) -> None:
+        raise blobs.StoreError("missing", f"blob of version {version}")
+
+    with pytest.raises(blobs.StoreError):
+        reg.rollback(check=broken)
+    assert reg.active_version() == 2 and reg.pointer()["history"] == [0, 1]
+    assert reg.rollback(check=lambda version: None) == 1

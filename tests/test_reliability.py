@@ -7,6 +7,7 @@ import pytest
 
 from bot.i18n import t
 from harness import scenarios
+from harness.registry_attacks import registry_attacks
 from harness.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -73,3 +74,13 @@ def test_bad_images_zips_and_commands(stack: Stack) -> None:
     rows = scenarios.bad_input(stack, full=False)
     assert [row for row in rows if not row["ok"]] == []
     assert {row["kind"] for row in rows} == {"image", "zip", "command", "model", "worker"}
+
+
+def test_forged_registry_records_pointers_and_queued_backbones(stack: Stack) -> None:
+    """Issue 20 items 1 and 9 through the real interfaces: records and pointers written into
+    Redis by someone else, retrain jobs pushed into the queue naming their own backbone. Each is
+    refused or won back, nothing is written outside MODELS_DIR, the worker keeps serving
+    (`harness/registry_attacks.py`; the "registry" rows of `make reliability`)."""
+    rows = registry_attacks(stack)
+    assert len(rows) == 6
+    assert [row for row in rows if row["held"] != row["tried"]] == [], rows

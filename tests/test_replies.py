@@ -316,12 +316,15 @@ def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
     """/models, /promote, /stats and /breeds answers (one chat each: the send limits would
     space four replies to one chat out), each rendered from the worker's result."""
     created = "2026-12-01T20:31:40+00:00"
+    why = "cannot load version 1: BadRecord: bundle path '../x' is not a plain relative path"
+    failing = contract.HostStatus("b@x", 0, "litert-float", created, 1, why)
+    serving = contract.HostStatus("a@x", 1, "litert-int8", created, 1)
     versions = [
-        contract.ModelVersion(0, False).to_dict(),
-        contract.ModelVersion(1, True, created, test_accuracy=0.875).to_dict(),
+        contract.ModelVersion(0, False, hosts=[failing.to_dict()]),
+        contract.ModelVersion(1, True, created, test_accuracy=0.875, hosts=[serving.to_dict()]),
     ]
     results = {
-        "models": versions,
+        "models": [version.to_dict() for version in versions],
         "switch": contract.SwitchResult(1, 0).to_dict(),
         "stats": contract.Stats(1, 12, 84.4).to_dict(),
         "breeds": contract.Breeds(1, ["Beagle", "Pug"]).to_dict(),
@@ -337,7 +340,10 @@ def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
             [
                 t("en", "models_header"),
                 t("en", "models_item", mark="•", version=0, pct="–", created=t("en", "built_in")),
+                t("en", "models_host", host="b@x", engine="litert-float", since=when),
+                f"    ⚠ cannot serve the active version: {why}",
                 t("en", "models_item", mark="▶", version=1, pct="87.5%", created=when),
+                t("en", "models_host", host="a@x", engine="litert-int8", since=when),
             ]
         ),
         t("en", "promoted", version=1),

@@ -6,6 +6,7 @@ stand-ins with the files the packing rules look at."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -85,20 +86,83 @@ def test_a_version_fetched_on_another_host_has_its_files_and_that_hosts_backbone
     assert not list((tmp_path / "b" / versions.STAGING_DIR).iterdir())
 
 
-def test_a_host_without_the_backbone_converts_it_once(tmp_path: Path) -> None:
+def _zero_shot_home(home: Path, backbone: str) -> None:
+    """What `model.litert.prepare_zero_shot` leaves: a named backbone's float files, index last."""
+    where = litert.zero_shot_dir(home, backbone)
+    where.mkdir(parents=True)
+    (where / litert.FEATURES_FILE).write_bytes(b"this host's own export")
+    (where / litert.GATE_FILE).write_bytes(b"this host's own gate")
+    (where / litert.ZERO_SHOT_FILE).write_text("{}")
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_a_host_whose_export_differs_converts_the_named_backbone_once(
+    tmp_path: Path, backbone: str
+) -> None:
+    # The trainer's export of a backbone hashes differently from this host's (its graph's
+    # function names depend on what its process traced first): the identity never matches here.
     store = LocalStore(tmp_path / "store")
-    bundle = versions.pack(store, _version_folder(tmp_path / "a" / "3"))
+    folder = _version_folder(tmp_path / "a" / "3")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["backbone"] = {"handle": backbone, "identity": f"{backbone}-v1-trainers0export"}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    bundle = versions.pack(store, folder)
     converted = []
 
     def convert(handle: str, home: Path) -> None:
         converted.append(handle)
-        _home(home)
+        _zero_shot_home(home, handle)
 
     record = {"version": 3, "bundle": bundle}
-    home = tmp_path / "b-home"
+    home = _home(tmp_path / "b-home")  # lite0 of another identity: not this version's
+    fetched = versions.fetch(record, store, tmp_path / "b", home, convert)
+    shutil.rmtree(fetched)  # fetched again, the conversion is reused
     versions.fetch(record, store, tmp_path / "b", home, convert)
-    versions.fetch(record, store, tmp_path / "b", home, convert)  # cached: nothing to do
-    assert converted == ["efficientnet_lite0"]
+    assert converted == [backbone]
+    backbone_file = fetched / "litert" / "backbone_float.tflite"
+    assert backbone_file.read_bytes() == b"this host's own export"
+
+
+@pytest.mark.parametrize(
+    "handle", ["https://tfhub.dev/evil/1", "/tmp/a-saved-model", "../efficientnet_lite0", None]
+)
+def test_a_record_naming_another_backbone_is_refused_and_nothing_is_converted(
+    tmp_path: Path, handle: str | None
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    folder = _version_folder(tmp_path / "a" / "4")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["backbone"] = {"handle": handle, "identity": "elsewhere"}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    record = {"version": 4, "bundle": versions.pack(store, folder)}
+    for check in (
+        lambda: versions.verify(record, store),  # what promote and rollback run first
+        lambda: versions.fetch(record, store, tmp_path / "b", tmp_path / "home", _no_conversion),
+    ):
+        with pytest.raises(versions.BadRecord, match="backbone"):
+            check()
+    assert not (tmp_path / "b" / "4").exists()
+    assert not list((tmp_path / "b" / versions.STAGING_DIR).iterdir())
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["../../escaped", "/abs/escaped", "a/../../escaped", "litert/../../escaped", ".hidden", ""],
+)
+def test_a_bundle_path_outside_the_version_folder_is_refused(tmp_path: Path, rel: str) -> None:
+    store = LocalStore(tmp_path / "store")
+    bundle = versions.pack(store, _version_folder(tmp_path / "a" / "6"))
+    record = {"version": 6, "bundle": {**bundle, rel: bundle["head.npz"]}}
+    root = tmp_path / "deep" / "models"
+    for check in (
+        lambda: versions.verify(record, store),
+        lambda: versions.fetch(record, store, root, _home(tmp_path / "h"), _no_conversion),
+    ):
+        with pytest.raises(versions.BadRecord, match="bundle path"):
+            check()
+    assert not (root / "6").exists()
+    written = [p for p in tmp_path.rglob("escaped*")] + [p for p in tmp_path.rglob(".hidden")]
+    assert written == []
 
 
 @pytest.mark.parametrize("fault", ["damaged", "missing"])

@@ -56,6 +56,15 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 app = create_app()
 
 
+@signals.celeryd_init.connect
+def _name_node(sender: str | None = None, **_: Any) -> None:
+    # Before the model loads: the status each host publishes goes under its Celery node name.
+    from worker import serving
+
+    if sender:
+        serving.name_node(sender)
+
+
 @signals.celeryd_after_setup.connect
 def _load_before_consuming(instance: Any = None, **_: Any) -> None:
     # Runs once logging is set up and before the consumer starts. A prefork parent only forks

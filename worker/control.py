@@ -5,11 +5,11 @@ from __future__ import annotations
 import contract
 from store.blobs import StoreError
 from store.registry import ZERO_SHOT, RegistryError, VersionInfo
-from worker import stats, storage, versions
+from worker import hosts, stats, storage, versions
 from worker.settings import WorkerSettings
 
 
-def _describe(info: VersionInfo) -> contract.ModelVersion:
+def _describe(info: VersionInfo, serving: list[contract.HostStatus]) -> contract.ModelVersion:
     record = info.record
     metrics = record.get("metrics", {})
     return contract.ModelVersion(
@@ -26,18 +26,21 @@ def _describe(info: VersionInfo) -> contract.ModelVersion:
         note=("passed the gate" if record["gate"]["passed"] else "failed the gate")
         if "gate" in record
         else "",
+        hosts=[status.to_dict() for status in serving if status.version == info.version],
     )
 
 
-def _refused(exc: RegistryError | StoreError) -> contract.Refused:
-    if isinstance(exc, StoreError):
+def _refused(exc: RegistryError | StoreError | versions.BadRecord) -> contract.Refused:
+    if isinstance(exc, StoreError | versions.BadRecord):
         return versions.refusal(exc)
     return contract.Refused(str(exc), exc.code, exc.params)
 
 
 def list_models(settings: WorkerSettings) -> list[contract.ModelVersion]:
-    """Every stored version plus version 0, oldest first."""
-    return [_describe(info) for info in storage.registry(settings).list_versions()]
+    """Every stored version plus version 0, oldest first, each with the hosts serving it."""
+    reg = storage.registry(settings)
+    serving = hosts.read_all(reg.client)
+    return [_describe(info, serving) for info in reg.list_versions()]
 
 
 def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contract.SwitchResult:
@@ -47,19 +50,23 @@ def promote(request: contract.PromoteRequest, settings: WorkerSettings) -> contr
     try:
         versions.verify(reg.record(request.version), reg.store)
         previous = reg.promote(request.version, request.requested_by)
-    except (RegistryError, StoreError) as exc:
+    except (RegistryError, StoreError, versions.BadRecord) as exc:
         raise _refused(exc) from exc
     return contract.SwitchResult(request.version, previous)
 
 
 def rollback(request: contract.RollbackRequest, settings: WorkerSettings) -> contract.SwitchResult:
-    """Return to the previously active version; Refused if there is none."""
+    """Return to the previously active version; Refused if there is none, or if its files cannot
+    be fetched whole from the store (the active one then stays)."""
     reg = storage.registry(settings)
     previous = reg.active_version()
     try:
-        return contract.SwitchResult(reg.rollback(request.requested_by), previous)
-    except RegistryError as exc:
+        back = reg.rollback(
+            request.requested_by, check=lambda v: versions.verify(reg.record(v), reg.store)
+        )
+    except (RegistryError, StoreError, versions.BadRecord) as exc:
         raise _refused(exc) from exc
+    return contract.SwitchResult(back, previous)
 
 
 def today(settings: WorkerSettings) -> contract.Stats:

@@ -9,7 +9,9 @@ child), and every pool thread shares it through the gather loop. A watcher threa
 active pointer in Redis once per interval (one GET); when it moves, the version is fetched from
 the blob store into this host's cache (worker/versions.py), loaded and warmed up beside the old
 one, then swapped in, so jobs already holding the old classifier finish on it. A version that
-cannot be fetched or loaded is retried after a while; the old one keeps serving meanwhile.
+cannot be fetched or loaded is retried after a while; the old one keeps serving meanwhile. At
+every poll the worker also says in Redis what it serves and why it could not load the active
+version (worker/hosts.py), for `/models` and `breedbot health`.
 """
 
 from __future__ import annotations
@@ -18,21 +20,23 @@ import functools
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import contract
-from model.hparams import DEFAULT_BACKBONE
+from model.hparams import AUTO, AUTO_CANDIDATES, BACKBONE_NAMES, DEFAULT_BACKBONE
 from model.predict import load_classifier
 from model.runtime import litert
 from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
 from model.runtime.openset import Answer
 from store.registry import ZERO_SHOT, Registry
-from worker import child, fetch, memory, stats, storage, versions
+from worker import child, fetch, hosts, memory, stats, storage, versions
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -45,6 +49,17 @@ class Served:
 
     version: int
     classifier: Classifier
+    since: str = ""  # ISO time it was loaded
+
+
+# The Celery node name ("name@host") this worker's status goes under: two workers may share a
+# machine. Set when the worker starts (worker/celery_app.py), before the model loads.
+_node = {"name": socket.gethostname()}
+
+
+def name_node(name: str) -> None:
+    """Publish this process's status under the Celery node `name`."""
+    _node["name"] = name
 
 
 # A version that failed to fetch or load is tried again after this many seconds.
@@ -67,6 +82,7 @@ class ModelHolder:
         engine: str = "auto",
         num_threads: int | None = None,
         on_load: Callable[[Served], None] = lambda _: None,
+        backbones: tuple[str, ...] = (),
     ) -> None:
         self.registry = reg
         self.on_load = on_load
@@ -75,8 +91,13 @@ class ModelHolder:
         self.interval = interval
         self.engine = engine
         self.num_threads = num_threads
+        # Converted in the background after the start, so that a version another host trains on
+        # one of them is served here without a conversion first (a minute for Lite2 on 2 cores).
+        self.backbones = backbones
         self._served: Served | None = None
         self._failed: dict[int, float] = {}  # version -> when it last failed to load
+        self._active = ZERO_SHOT  # what the pointer said when this host last looked
+        self._error: str | None = None  # why the active version could not be loaded
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._started = False  # the start-up steps below all succeeded once
@@ -97,7 +118,7 @@ class ModelHolder:
             classifier.engine,
             seconds,
         )
-        served = Served(version, classifier)
+        served = Served(version, classifier, datetime.now(UTC).isoformat(timespec="seconds"))
         self.on_load(served)
         return served
 
@@ -106,12 +127,12 @@ class ModelHolder:
         if self._served is None:
             with self._lock:
                 if self._served is None:
-                    version = self.registry.active_version()
+                    version = self._active = self.registry.active_version()
                     try:
                         self._served = self._load(version)
-                    except Exception:
+                    except Exception as exc:
                         log.exception("cannot load active version %s; serving 0", version)
-                        self._failed[version] = time.monotonic()
+                        self._failed_to_load(version, exc)
                         self._served = self._load(ZERO_SHOT)
         return self._served
 
@@ -119,8 +140,9 @@ class ModelHolder:
         """Reload if the active pointer moved (one Redis GET when it did not); True if swapped."""
         if self.registry.is_empty():  # Redis came back without the registry (FLUSHALL)
             self.registry.rebuild()
-        version = self.registry.active_version()
+        version = self._active = self.registry.active_version()
         if self._served is not None and self._served.version == version:
+            self._error = None
             return False
         failed = self._failed.get(version)
         if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
@@ -128,16 +150,37 @@ class ModelHolder:
         with self._lock:
             try:
                 self._served = self._load(version)
-            except Exception:
+            except Exception as exc:
                 # A version that cannot be fetched or loaded must not take the worker down:
                 # keep serving the old one.
                 log.exception("could not load model version %s; keeping the current one", version)
-                self._failed[version] = time.monotonic()
+                self._failed_to_load(version, exc)
                 return False
             self._failed.pop(version, None)
+            self._error = None
         versions.drop_pruned(self.root, self.registry.pruned())
         memory.give_back()  # the old version's buffers, once its last jobs let go of it
         return True
+
+    def _failed_to_load(self, version: int, exc: Exception) -> None:
+        self._failed[version] = time.monotonic()
+        self._error = f"cannot load version {version}: {type(exc).__name__}: {exc}"[:500]
+
+    def status(self, host: str) -> contract.HostStatus:
+        """What this process serves, as `host`, and why it could not load the active version."""
+        served = self.current()
+        return contract.HostStatus(
+            host,
+            served.version,
+            served.classifier.engine,
+            served.since,
+            self._active,
+            self._error,
+        )
+
+    def report(self) -> None:
+        """Publish `status` in Redis (worker/hosts.py), under this worker's node name."""
+        hosts.publish(self.registry.client, self.status(_node["name"]))
 
     def start(self) -> None:
         """Load and warm up now, before the first job, then watch the pointer.
@@ -153,12 +196,21 @@ class ModelHolder:
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
+            threading.Thread(target=self._warm_up_backbones, name="backbones", daemon=True).start()
+
+    def _warm_up_backbones(self) -> None:
+        for backbone in self.backbones:
+            try:
+                prepare_zero_shot(self.home, self.engine, backbone)
+            except Exception:  # the watcher converts it when a version needs it
+                log.exception("could not convert backbone %s ahead of time", backbone)
 
     def _start_once(self) -> None:
         prepare_zero_shot(self.home, self.engine)
         versions.ensure_registry(self.registry, self.root)
         self.current()
         memory.give_back()  # what loading and warming up left free in the threads' arenas
+        self.report()
         self._started = True
 
     def _watch(self) -> None:
@@ -172,25 +224,38 @@ class ModelHolder:
                     start_delay = min(start_delay * 2, most)
                     self._start_once()
                     self.check()  # the pointer may have moved since the first load
+                self.report()
             except Exception:
                 log.exception("model watcher check failed")
 
 
+# One conversion at a time in a process: the watcher waits for the one warming its backbone up
+# instead of converting the same backbone beside it.
+_converting = threading.Lock()
+
+
 def _convert(handle: str, home: Path) -> None:
-    """Make a backbone's float LiteRT files in this host's home, in a child (TensorFlow)."""
-    log.info("converting backbone %s into %s (once per host)", handle, home)
-    child.run("worker.tf_jobs:convert_backbone", (handle, home), lambda _: None)
+    """Make a named backbone's float LiteRT files (its zero-shot folder) in this host's home,
+    once, in a child process: it takes TensorFlow, which this process never imports when it
+    serves through LiteRT."""
+    with _converting:
+        if not litert.zero_shot_ready(home, handle):
+            log.info("converting backbone %s into %s (once per host)", handle, home)
+            child.run("worker.tf_jobs:convert_zero_shot", (handle, home), lambda _: None)
 
 
-def prepare_zero_shot(home: Path | None, engine: str) -> None:
-    """Convert the LiteRT zero-shot model once per BREEDBOT_HOME, in a child process: it takes
-    TensorFlow, which this process never imports when it serves through LiteRT."""
-    home = Path(home) if home else default_home()
-    if litert.resolve_engine(engine) == "litert" and not litert.zero_shot_ready(
-        home, DEFAULT_BACKBONE
-    ):
-        log.info("converting the zero-shot model into %s (once)", home)
-        child.run("worker.tf_jobs:convert_zero_shot", (DEFAULT_BACKBONE, home), lambda _: None)
+def prepare_zero_shot(home: Path | None, engine: str, backbone: str = DEFAULT_BACKBONE) -> None:
+    """Convert a named backbone (the zero-shot model's by default) once per BREEDBOT_HOME, when
+    this host serves through LiteRT."""
+    if litert.resolve_engine(engine) == "litert":
+        _convert(backbone, Path(home) if home else default_home())
+
+
+def trained_backbones(architecture: str) -> tuple[str, ...]:
+    """The named backbones versions retrained with `architecture` may use."""
+    if architecture == AUTO:
+        return AUTO_CANDIDATES
+    return (architecture,) if architecture in BACKBONE_NAMES else ()
 
 
 def publish_labels(url: str, served: Served) -> None:
@@ -214,6 +279,7 @@ def _process_state(pid: int) -> tuple[ModelHolder, Batcher]:
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,
         on_load=lambda served: publish_labels(settings.broker_url(), served),
+        backbones=trained_backbones(settings.retrain_architecture),
     )
     batcher = Batcher(settings.batch_max_size, settings.batch_wait_ms / 1e3, settings.heavy_decodes)
     return holder, batcher

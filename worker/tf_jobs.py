@@ -1,5 +1,5 @@
 """The jobs that need TensorFlow, each run in a child process (worker/child.py): a retrain
-(unpack the dataset, retrain(), publish through the gate) and the zero-shot conversion.
+(unpack the dataset, retrain(), publish through the gate) and a named backbone's conversion.
 
 This module imports TensorFlow (through `model.train`); the worker imports it only in that child.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import contract
 from contract import options
-from model import backbones, data, litert, mistakes, train
+from model import data, litert, mistakes, train
 from model import metrics as metrics_lib
-from model.hparams import HParams, validate
+from model.hparams import AUTO, BACKBONE_NAMES, HParams, validate
 from model.predict import load_classifier
 from model.runtime.home import default_home
 from store.blobs import StoreError
@@ -37,6 +37,13 @@ def hparams_from(params: dict, architecture: str) -> HParams:
     else the worker's RETRAIN_ARCHITECTURE."""
     # Names and values first: HParams(**params) takes anything.
     options.check({name: value for name, value in params.items() if name != "tfhub_module"})
+    # A queued job names a backbone breedbot builds itself: hub.load() of any other handle would
+    # run whatever graph it points at. A TF Hub handle stays a CLI-only option.
+    if "tfhub_module" in params and params["tfhub_module"] not in (AUTO, *BACKBONE_NAMES):
+        known = ", ".join((AUTO, *BACKBONE_NAMES))
+        raise options.OptionError(
+            [("option_backbone", {"raw": params["tfhub_module"], "known": known})]
+        )
     hparams = HParams(**{"tfhub_module": architecture, **params})
     validate(hparams)
     return hparams
@@ -55,7 +62,9 @@ def active_accuracy_on(
     """Top-1 accuracy of `version` on a test split, matching labels by normalised name."""
     reg = storage.registry(settings)
     classifier = load_classifier(
-        versions.folder(reg, version, settings.models_root, _home(settings), _convert),
+        versions.folder(
+            reg, version, settings.models_root, _home(settings), litert.prepare_zero_shot
+        ),
         home=settings.breedbot_home,
         engine=settings.inference_engine,
         num_threads=settings.litert_threads,
@@ -264,18 +273,6 @@ def _dataset_source(
 
 def _home(settings: WorkerSettings) -> Path:
     return settings.breedbot_home or default_home()
-
-
-def _convert(handle: str, home: Path) -> None:
-    """A backbone's float LiteRT files in BREEDBOT_HOME (made once per host)."""
-    backbone = backbones.load_backbone(handle, home)
-    litert.features_file(backbone, home)
-    litert.gate_file(backbone, home)
-
-
-def convert_backbone(handle: str, home: Path, emit: retraining.ProgressSink) -> None:
-    """`_convert` as a child job, for a worker that serves without TensorFlow."""
-    _convert(handle, home)
 
 
 def convert_zero_shot(backbone: str, home: Path, emit: retraining.ProgressSink) -> None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import contract
+from model.hparams import BACKBONE_NAMES
+from model.problems import Problem
 from model.runtime import litert
 from model.runtime.classifier import METRICS_FILE
 from model.runtime.home import place
@@ -35,8 +38,14 @@ LEGACY_RECORD = "record.json"
 LEGACY_POINTER = "active.json"
 # Rebuilt on each host, never stored: the SavedModel (from the layer) and the training logs.
 NOT_KEPT = ("saved_model/", "logs/", ".", LEGACY_RECORD)
-# (backbone handle, home) -> make the backbone's float LiteRT files in that BREEDBOT_HOME.
-ConvertFn = Callable[[str, Path], None]
+# (named backbone, home) -> make its float LiteRT files (zero-shot folder) in that BREEDBOT_HOME.
+ConvertFn = Callable[[str, Path], object]
+
+
+class BadRecord(Problem, ValueError):
+    """A version record this host refuses to act on (a bundle path or backbone it must not use)."""
+
+    messages: ClassVar[dict[str, str]] = {"bad_record": "the version's record is unusable: {why}"}
 
 
 def new_staging_dir(root: Path) -> Path:
@@ -68,8 +77,8 @@ def _kept(rel: str, metrics: dict[str, Any]) -> bool:
     return True
 
 
-def refusal(exc: StoreError) -> contract.Refused:
-    """A missing, damaged or unreachable blob as a job's refusal."""
+def refusal(exc: StoreError | BadRecord) -> contract.Refused:
+    """A missing, damaged or unreachable blob, or an unusable record, as a job's refusal."""
     return contract.Refused(f"{exc}; the active version is unchanged", exc.code, exc.params)
 
 
@@ -85,10 +94,13 @@ def pack(store: Store, folder: Path) -> dict[str, str]:
 
 
 def verify(record: dict[str, Any], store: Store) -> None:
-    """Read every blob of a version's bundle and check its hash (StoreError if one fails), so a
-    switch never points every host at a version none of them can load."""
-    for sha256 in record.get("bundle", {}).values():
-        blobs.get_blob(store, sha256)
+    """Check every path of a version's bundle (BadRecord) and read every blob against its hash
+    (StoreError), so a switch never points every host at a version none of them can load."""
+    for rel, sha256 in dict(record.get("bundle", {})).items():
+        _entry_parts(rel, sha256)
+        data = blobs.get_blob(store, sha256)
+        if rel == METRICS_FILE and _shared_files(metrics := _metrics(data)):
+            _named_backbone(metrics)
 
 
 def folder(reg: Registry, version: int, root: Path, home: Path, convert: ConvertFn) -> Path | None:
@@ -98,27 +110,85 @@ def folder(reg: Registry, version: int, root: Path, home: Path, convert: Convert
     return fetch(reg.record(version), reg.store, root, home, convert)
 
 
+def _entry_parts(rel: object, sha256: object) -> list[str]:
+    """A bundle entry's path parts, once it is a plain relative path of the store's key form (no
+    "..", no hidden or empty part) naming a SHA-256; BadRecord otherwise, so a record written
+    into Redis by someone else never names a file outside the version folder."""
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    if any(p in {"", ".", ".."} or p.startswith(".") or "\\" in p for p in parts):
+        raise BadRecord("bad_record", why=f"bundle path {rel!r} is not a plain relative path")
+    if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+        raise BadRecord("bad_record", why=f"bundle entry {rel!r} names no SHA-256")
+    return parts
+
+
+def _bundle_path(work: Path, parts: list[str]) -> Path:
+    """Where a checked bundle entry goes: under `work`, or BadRecord."""
+    path = work.joinpath(*parts)
+    if not path.resolve().is_relative_to(work.resolve()):
+        raise BadRecord("bad_record", why=f"bundle path {'/'.join(parts)!r} leaves its folder")
+    return path
+
+
+def _metrics(data: bytes) -> dict[str, Any]:
+    """A bundle's metrics.json; BadRecord if it is not a JSON object."""
+    try:
+        metrics = json.loads(data)
+    except ValueError:
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise BadRecord("bad_record", why="its metrics.json is not a JSON object")
+    return metrics
+
+
+def _named_backbone(metrics: dict[str, Any]) -> str:
+    """The version's backbone, if it is one breedbot builds itself; BadRecord otherwise (a TF
+    Hub URL or path, a CLI-only option: its graph would run whatever it holds)."""
+    handle = (metrics.get("backbone") or {}).get("handle")
+    if handle not in BACKBONE_NAMES:
+        why = f"backbone {handle!r} is not one of {', '.join(BACKBONE_NAMES)}"
+        raise BadRecord("bad_record", why=why)
+    return handle
+
+
+def _backbone_home(
+    metrics: dict[str, Any], names: list[str], home: Path, convert: ConvertFn
+) -> Path:
+    """This host's folder holding a version's backbone files `names` (its float backbone and
+    gate).
+
+    The files this host made for the same export serve as they are. Otherwise (the export was
+    made on another host, whose graph hashes differently) a named backbone's float files are
+    converted once here, in the child that owns TensorFlow; any other handle is refused.
+    """
+    mine = litert.home_dir(home, str((metrics.get("backbone") or {}).get("identity", "")))
+    if all((mine / name).is_file() for name in names):
+        return mine
+    handle = _named_backbone(metrics)
+    if not litert.zero_shot_ready(home, handle):
+        convert(handle, home)
+    return litert.zero_shot_dir(home, handle)
+
+
 def fetch(record: dict[str, Any], store: Store, root: Path, home: Path, convert: ConvertFn) -> Path:
     """Version `record`'s folder in this host's cache, fetched from the store if it is not there.
 
-    A missing or damaged blob raises StoreError and leaves nothing behind.
+    A missing or damaged blob raises StoreError, a bundle path or backbone this host must not
+    use BadRecord; either leaves nothing behind.
     """
-    target = Path(root) / str(record["version"])
+    target = Path(root) / str(int(record["version"]))
     if target.is_dir():
         return target
     work = new_staging_dir(root)
     try:
-        for rel, sha256 in record["bundle"].items():
-            path = work / rel
+        for rel, sha256 in dict(record["bundle"]).items():
+            path = _bundle_path(work, _entry_parts(rel, sha256))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blobs.get_blob(store, sha256))
-        metrics = json.loads((work / METRICS_FILE).read_text("utf-8"))
+        metrics = _metrics((work / METRICS_FILE).read_bytes())
         shared = _shared_files(metrics)
         if shared:
-            backbone = metrics["backbone"]
-            where = litert.home_dir(home, backbone["identity"])
-            if not all((where / name).is_file() for name in shared.values()):
-                convert(backbone["handle"], home)
+            where = _backbone_home(metrics, list(shared.values()), home, convert)
             for rel, name in shared.items():
                 place(where / name, work / rel)
         os.rename(work, target)
