@@ -36,6 +36,7 @@ from broker.redis_client import async_redis_client
 
 SET_COMMANDS_TRIES = 4
 RETRAIN_CAPTION = filters.CaptionRegex(r"^/retrain(@\w+)?(\s|$)")
+ZIP = filters.Document.ZIP | filters.Document.FileExtension("zip")
 
 
 async def _start(application: Application) -> None:
@@ -105,11 +106,15 @@ def build_app(settings: BotSettings) -> Application:
     application.add_handler(CommandHandler("help", commands.help_command))
     application.add_handler(CommandHandler("breeds", commands.breeds))
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, photos.on_image))
+    application.add_handler(MessageHandler(ZIP, admin.zip_alone))
     application.add_handler(MessageHandler(filters.Document.ALL, photos.not_an_image))
     application.add_handler(CallbackQueryHandler(feedback.on_button, pattern=r"^fb:"))
     # Last: anything else gets a pointer to /help rather than silence.
     application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
     application.add_handler(MessageHandler(filters.TEXT, feedback.on_text))
+    # After whichever handler answered: a photo, a file or a command ends a wait for a typed breed.
+    moves_on = filters.PHOTO | filters.Document.ALL | filters.COMMAND
+    application.add_handler(MessageHandler(moves_on, feedback.stop_typing), group=1)
 
     application.add_error_handler(on_error)
     return application

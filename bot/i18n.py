@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import string
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from babel.dates import format_datetime
+from babel.dates import format_datetime, format_timedelta
 from babel.numbers import format_decimal, format_percent
 
 DEFAULT_LANGUAGE = "en"
@@ -66,7 +66,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Easy there! You can send {count} messages every {seconds} s. Try again soon."
         ),
         "error": "Sorry, something went wrong. Please try again.",
-        "job_failed": "Sorry, that job failed: {reason}",
+        "job_failed": "Sorry, I could not do that: {reason}",
         "result": "{name} — {pct}",
         "not_sure": "🤔 Not sure. My best guess: {name} — {pct}",
         "next_guesses": "Next guesses: {guesses}",
@@ -77,7 +77,14 @@ STRINGS: dict[str, dict[str, str]] = {
         "album_item": "{i}. {text}",
         "right": "✅ right",
         "wrong": "❌ wrong",
-        "other": "other",
+        "other": "✏️ another breed (type it)",
+        "skip": "🚫 skip this photo",
+        "type_breed": "Type the breed's name as your next message.",
+        "zip_reply_retrain": (
+            "Got {name}. To train a new model on it, reply /retrain to it (↩ reply, then send "
+            "/retrain; /help lists the options)."
+        ),
+        "zip_not_admin": "Only admins can retrain me with a zip of photos; send photos one by one.",
         "which": "Which breed is it? Tap one, or type its name.",
         "feedback_done": "This photo has its answer already. Thanks!",
         "breed_unknown": (
@@ -95,8 +102,13 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_bad_options": "I could not read these options:\n{problems}",
         "retrain_queued": "⏳ Retrain queued…",
-        "progress_bottlenecks": "🧮 Extracting bottlenecks {done}/{total}",
+        "progress_starting": "⚙️ Starting the training process (this takes a few seconds)…",
+        "progress_bottlenecks": "🧮 Reading the photos {done}/{total}",
         "progress_training": "🏋️ Training step {done}/{total}",
+        "progress_final": "🏁 Training the final model, step {done}/{total}",
+        "progress_candidate": "🔎 Choosing a backbone: trying {i} of {n}, {backbone}",
+        "progress_backbone": "🧠 Backbone {backbone}",
+        "progress_left": "about {time} left",
         "progress_comparing": "⚖️ Comparing it with the active model…",
         "progress_saving": "💾 Saving the model…",
         "validation": "validation accuracy {pct}",
@@ -112,12 +124,21 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_feedback": "{n} from corrections",
         "new_class": "1 new class: {names}",
         "new_classes": "{n} new classes: {names}",
+        "retrain_kept": "⚠️ Model v{version} trained but not live: {pct} right on {n} test photos.",
+        "retrain_kept_cv": (
+            "⚠️ Model v{version} trained on all {n} photos but not live: {k}-fold "
+            "cross-validated accuracy {pct} ± {spread}."
+        ),
+        "models_item_cv": "{mark} v{version} — cross-validated accuracy {pct}, {created}",
         "retrain_live": "It is live now.",
         "retrain_not_live": "It did not go live: {reason}",
         "retrain_failed": "❌ Retrain failed: {reason}",
         "worst_classes": "Weakest breeds:",
         "worst_class": "• {name}: {right} of {n} right ({pct})",
         "confusion_matrix": "v{version}: confusion matrix (rows: true breed, columns: answer)",
+        "confusion_title": "Model v{version} · test accuracy {pct} on {n} photos",
+        "confusion_title_cv": "Model v{version} · cross-validated accuracy {pct} on {n} photos",
+        "confusion_axes": "Rows: the true breed · columns: the answer (numbered as the rows)",
         # Doubled braces: t() leaves the worker a template it fills per photo.
         "mistake_caption": "is {{label}}, answered {{predicted}} ({{p:.0%}})",
         "mistakes_sheet": "v{version}: photos answered wrongly in cross-validation",
@@ -219,7 +240,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "Estou com fotos demais para analisar agora. Mande a sua de novo daqui a um minuto."
         ),
         "error": "Desculpe, algo deu errado. Tente de novo.",
-        "job_failed": "Desculpe, essa tarefa falhou: {reason}",
+        "job_failed": "Desculpe, não consegui fazer isso: {reason}",
         "result": "{name} — {pct}",
         "not_sure": "🤔 Não tenho certeza. Meu melhor palpite: {name} — {pct}",
         "next_guesses": "Próximos palpites: {guesses}",
@@ -230,7 +251,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "album_item": "{i}. {text}",
         "right": "✅ certo",
         "wrong": "❌ errado",
-        "other": "outra",
+        "other": "✏️ outra raça (escreva)",
+        "skip": "🚫 pular esta foto",
+        "type_breed": "Escreva o nome da raça na próxima mensagem.",
+        "zip_reply_retrain": (
+            "Recebi {name}. Para treinar um modelo novo com ele, responda /retrain a ele "
+            "(↩ responder e mande /retrain; /help lista as opções)."
+        ),
+        "zip_not_admin": (
+            "Só administradores podem me retreinar com um zip de fotos; mande as fotos uma a uma."
+        ),
         "which": "Qual é a raça? Toque numa, ou escreva o nome.",
         "feedback_done": "Esta foto já tem resposta. Obrigado!",
         "breed_unknown": (
@@ -248,8 +278,13 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "retrain_bad_options": "Não entendi estas opções:\n{problems}",
         "retrain_queued": "⏳ Retreino na fila…",
-        "progress_bottlenecks": "🧮 Extraindo bottlenecks {done}/{total}",
+        "progress_starting": "⚙️ Iniciando o processo de treino (leva alguns segundos)…",
+        "progress_bottlenecks": "🧮 Lendo as fotos {done}/{total}",
         "progress_training": "🏋️ Passo de treino {done}/{total}",
+        "progress_final": "🏁 Treinando o modelo final, passo {done}/{total}",
+        "progress_candidate": "🔎 Escolhendo um backbone: testando {i} de {n}, {backbone}",
+        "progress_backbone": "🧠 Backbone {backbone}",
+        "progress_left": "faltam cerca de {time}",
         "progress_comparing": "⚖️ Comparando com o modelo ativo…",
         "progress_saving": "💾 Salvando o modelo…",
         "validation": "acurácia de validação {pct}",
@@ -265,12 +300,26 @@ STRINGS: dict[str, dict[str, str]] = {
         "source_feedback": "{n} das correções",
         "new_class": "1 classe nova: {names}",
         "new_classes": "{n} classes novas: {names}",
+        "retrain_kept": (
+            "⚠️ Modelo v{version} treinado, mas não entrou no ar: {pct} de acerto em {n} fotos "
+            "de teste."
+        ),
+        "retrain_kept_cv": (
+            "⚠️ Modelo v{version} treinado com todas as {n} fotos, mas não entrou no ar: acurácia "
+            "por validação cruzada ({k} partes) {pct} ± {spread}."
+        ),
+        "models_item_cv": "{mark} v{version} — acurácia por validação cruzada {pct}, {created}",
         "retrain_live": "Já está no ar.",
         "retrain_not_live": "Não entrou no ar: {reason}",
         "retrain_failed": "❌ O retreino falhou: {reason}",
         "worst_classes": "Raças mais fracas:",
         "worst_class": "• {name}: {right} de {n} certas ({pct})",
         "confusion_matrix": "v{version}: matriz de confusão (linhas: raça real, colunas: resposta)",
+        "confusion_title": "Modelo v{version} · acurácia de teste {pct} em {n} fotos",
+        "confusion_title_cv": (
+            "Modelo v{version} · acurácia por validação cruzada {pct} em {n} fotos"
+        ),
+        "confusion_axes": "Linhas: a raça real · colunas: a resposta (numeradas como as linhas)",
         "mistake_caption": "é {{label}}, respondi {{predicted}} ({{p:.0%}})",
         "mistakes_sheet": "v{version}: fotos que errei na validação cruzada",
         "models_header": "Versões do modelo (▶ = ativa):",
@@ -318,7 +367,18 @@ STRINGS: dict[str, dict[str, str]] = {
 # Problems the worker reports (dataset, accuracy gate, registry, storage, download) by code, with
 # the values it sends; English is the worker's own text, so only other languages are listed here.
 PROBLEMS: dict[str, dict[str, str]] = {
+    # English problems are the worker's own messages, except where the bot knows better: a
+    # cross-validated accuracy is not a test accuracy.
+    "en": {
+        "no_such_version": "there is no model version {version} (/models lists them)",
+        "below_minimum_cv": (
+            "the cross-validated accuracy {accuracy:.1%} is below the minimum {minimum:.1%}"
+        ),
+    },
     "pt-BR": {
+        "below_minimum_cv": (
+            "a acurácia por validação cruzada {accuracy:.1%} está abaixo do mínimo {minimum:.1%}"
+        ),
         "zip_empty": (
             "O arquivo zip está vazio: coloque nele as pastas das classes ou o labels.csv."
         ),
@@ -393,7 +453,7 @@ PROBLEMS: dict[str, dict[str, str]] = {
             "a acurácia de teste {accuracy:.1%} está abaixo dos {active_accuracy:.1%} da versão "
             "ativa {version} no mesmo conjunto de teste"
         ),
-        "no_such_version": "não existe a versão {version} do modelo",
+        "no_such_version": "não existe a versão {version} do modelo (/models lista as versões)",
         "nothing_to_roll_back_to": "não há versão ativa anterior para onde voltar",
         "malformed_record": "o registro da versão {version} do modelo no Redis está malformado",
         "storage": (
@@ -473,9 +533,21 @@ def t(language: str, key: str, **values: object) -> str:
     return _LocaleFormatter(language).format(text, **values)
 
 
-def percent(probability: float, language: str) -> str:
-    """A probability as a whole percentage, the locale's way ("93%")."""
-    return _LocaleFormatter(language).format("{0:.0%}", probability)
+def percent(probability: float, language: str, digits: int = 0) -> str:
+    """A probability as a percentage, the locale's way ("93%"; "98,7%" with one digit in pt)."""
+    return _LocaleFormatter(language).format(f"{{0:.{digits}%}}", probability)
+
+
+def sentence(text: str) -> str:
+    """`text` ending as a sentence does: a full stop unless it has its own end already."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?", "…")) else f"{text}."
+
+
+def duration(seconds: float, language: str) -> str:
+    """A span of time, rounded the locale's way ("20 seconds", "2 minutos")."""
+    span = timedelta(seconds=max(seconds, 1))
+    return format_timedelta(span, threshold=1.5, locale=LOCALES.get(language, "en"))
 
 
 def number(value: float, language: str) -> str:

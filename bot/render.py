@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.i18n import error_reason, percent, problem_text, t
+from bot.i18n import PROBLEMS, duration, error_reason, percent, problem_text, t
 from contract import Answer, ClassifyResult, Guess, Progress, RetrainResult
 
 
@@ -224,11 +224,20 @@ def top_k_chart(result: ClassifyResult, language: str = "en") -> bytes:
 
 
 def progress_text(progress: Progress, language: str) -> str:
-    """The status line of a running retrain ("Training step 300/500 · validation accuracy 91 %")."""
+    """A running retrain's status: which backbone (which candidate of `auto`), then the stage
+    ("🏋️ Training step 300/500 · about 20 seconds left · validation accuracy 91%")."""
     text = t(language, f"progress_{progress.stage}", done=progress.done, total=progress.total)
+    if progress.seconds_left is not None:
+        text += " · " + t(language, "progress_left", time=duration(progress.seconds_left, language))
     if progress.validation_accuracy is not None:
         accuracy = t(language, "validation", pct=percent(progress.validation_accuracy, language))
         text = f"{text} · {accuracy}"
+    if progress.candidate is not None:
+        head = t(language, "progress_candidate", i=progress.candidate, n=progress.candidates,
+                 backbone=progress.backbone)  # fmt: skip
+        return f"{head}\n{text}"
+    if progress.backbone is not None:
+        return f"{t(language, 'progress_backbone', backbone=progress.backbone)}\n{text}"
     return text
 
 
@@ -273,29 +282,38 @@ def _open_set_lines(metrics: dict[str, Any], language: str) -> list[str]:
     ]
 
 
-def retrain_text(result: RetrainResult, language: str) -> str:
-    """The final status of a retrain: accuracy, weakest classes and whether it went live."""
-    reason = problem_text(language, result.problem, result.params, result.reason)
-    cv = result.metrics.get("cross_validation")
-    if result.metrics.get("accuracy_source") == "cross_validation" and cv:
-        headline = t(
+def _retrain_headline(result: RetrainResult, language: str, cv: dict[str, Any] | None) -> str:
+    """✅ with the accuracy, or ⚠️ for a version the gate kept out; one decimal, as the gate's."""
+    live = "retrain_done" if result.activated else "retrain_kept"
+    if cv:
+        return t(
             language,
-            "retrain_done_cv",
+            f"{live}_cv",
             version=result.version,
             n=result.metrics.get("n_train", "?"),
             k=cv["k"],
-            pct=percent(cv["accuracy"], language),
-            spread=percent(cv["std"], language),
+            pct=percent(cv["accuracy"], language, digits=1),
+            spread=percent(cv["std"], language, digits=1),
         )
-    else:
-        accuracy = percent(result.test_accuracy or 0, language)
-        n_test = result.metrics.get("n_test", 0)
-        headline = t(language, "retrain_done", version=result.version, pct=accuracy, n=n_test)
-    lines = [headline]
+    accuracy = percent(result.test_accuracy or 0, language, digits=1)
+    n_test = result.metrics.get("n_test", 0)
+    return t(language, live, version=result.version, pct=accuracy, n=n_test)
+
+
+def retrain_text(result: RetrainResult, language: str) -> str:
+    """The final status of a retrain: accuracy, weakest classes and whether it went live."""
+    cv = result.metrics.get("cross_validation")
+    cv = cv if result.metrics.get("accuracy_source") == "cross_validation" else None
+    # The gate measured the cross-validated accuracy then: name it so, not "test accuracy".
+    problem = f"{result.problem}_cv" if cv and result.problem else result.problem
+    if problem not in PROBLEMS.get(language, {}):
+        problem = result.problem
+    reason = problem_text(language, problem, result.params, result.reason)
+    lines = [_retrain_headline(result, language, cv)]
     auto = result.metrics.get("auto")
     if auto:
         scores = ", ".join(
-            f"{name} {percent(c['cv_accuracy'], language)}"
+            f"{name} {percent(c['cv_accuracy'], language, digits=1)}"
             for name, c in auto["candidates"].items()
         )
         lines.append(t(language, "backbone_auto", chosen=auto["chosen"], scores=scores))

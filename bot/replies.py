@@ -29,8 +29,9 @@ from celery import Task
 
 import contract
 from bot import botapi, limits, outbox, render
-from bot.i18n import moment, percent, problem_text, t
-from bot.keyboards import feedback_keyboard
+from bot.confusion_chart import confusion_chart
+from bot.i18n import moment, percent, problem_text, sentence, t
+from bot.keyboards import album_keyboard, feedback_keyboard
 from bot.reply_app import app
 from broker.redis_client import redis_client as new_redis_client
 
@@ -165,34 +166,48 @@ def _answer_photo(
         return
     markup = feedback_keyboard(photo_id, reply_to.language) if photo_id else None
     if photo_id:
-        # The bot reads these when a feedback button is pressed, or a breed typed after ❌.
-        names = [[g["label"], g["display_name"]] for g in result.top_k]
-        record = {"labels": json.dumps(names), "version": result.model_version}
-        redis_client().hset(contract.photo_key(photo_id), mapping=record)
+        _record_guesses(result, photo_id)
     extra = {"reply_markup": markup} if markup else {}
     botapi.send_picture(reply_to, render.top_k_chart(result, reply_to.language), text, **extra)
 
 
+def _correctable(result: contract.ClassifyResult) -> bool:
+    """An answer naming a breed, which ✅ / ❌ can confirm or correct."""
+    return not result.error and result.is_pet is not False and bool(result.top_k)
+
+
+def _record_guesses(result: contract.ClassifyResult, photo_id: str) -> None:
+    """What the bot reads when a feedback button is pressed, or a breed typed after ❌."""
+    names = [[g["label"], g["display_name"]] for g in result.top_k]
+    record = {"labels": json.dumps(names), "version": result.model_version}
+    redis_client().hset(contract.photo_key(photo_id), mapping=record)
+
+
 def _album_results(
-    result: dict[str, Any], reply_to: contract.ReplyTo, album: dict[str, int]
-) -> list[contract.ClassifyResult] | None:
-    """Store one album part; all parts (in order) once the last one has arrived."""
+    result: dict[str, Any], reply_to: contract.ReplyTo, album: dict[str, int], photo_id: str | None
+) -> list[tuple[contract.ClassifyResult, str | None]] | None:
+    """Store one album part; all parts (in order, with their photo ids) once the last arrived."""
+    answer = contract.ClassifyResult.from_dict(result)
+    if photo_id and _correctable(answer):
+        _record_guesses(answer, photo_id)
     client = redis_client()
     name = f"breedbot:album:{reply_to.key}"
-    client.hset(name, str(album["index"]), json.dumps(result))
+    part = {"result": result, "photo_id": photo_id}
+    client.hset(name, str(album["index"]), json.dumps(part))
     client.expire(name, ALBUM_TTL)
     parts = client.hgetall(name)
     if len(parts) < album["size"]:
         return None
-    return [
-        contract.ClassifyResult.from_dict(json.loads(parts[str(i)])) for i in range(album["size"])
-    ]
+    stored = [json.loads(parts[str(i)]) for i in range(album["size"])]
+    return [(contract.ClassifyResult.from_dict(p["result"]), p["photo_id"]) for p in stored]
 
 
 def _models_text(versions: list[dict[str, Any]], language: str) -> str:
     lines = [t(language, "models_header")]
     for item in map(contract.ModelVersion.from_dict, versions):
-        accuracy = "–" if item.test_accuracy is None else percent(item.test_accuracy, language)
+        accuracy = (
+            "–" if item.test_accuracy is None else percent(item.test_accuracy, language, digits=1)
+        )
         created = (
             moment(datetime.fromisoformat(item.created_at), language)
             if item.created_at
@@ -202,7 +217,7 @@ def _models_text(versions: list[dict[str, Any]], language: str) -> str:
         lines.append(
             t(
                 language,
-                "models_item",
+                "models_item_cv" if item.accuracy_source == "cross_validation" else "models_item",
                 mark=mark,
                 version=item.version,
                 pct=accuracy,
@@ -246,8 +261,8 @@ def _finish_retrain(result: dict[str, Any], reply_to: contract.ReplyTo) -> None:
         botapi.edit_status(reply_to, text)
     else:
         botapi.send_text(reply_to, text)
-    if outcome.confusion_png_b64:
-        png = contract.decode_bytes(outcome.confusion_png_b64)
+    if outcome.confusion_matrix:
+        png = confusion_chart(outcome, reply_to.language)
         caption = t(reply_to.language, "confusion_matrix", version=outcome.version)
         botapi.send_picture(reply_to, png, caption)
     if outcome.mistakes_jpeg_b64:
@@ -306,13 +321,17 @@ def _reply(
 ) -> None:
     language = target.language
     if kind == contract.ReplyKind.CLASSIFY and album:
-        results = _album_results(result, target, album)
+        results = _album_results(result, target, album, photo_id)
         if results is None:
             return
         with once(target.key) as first:
             if first:
                 _wait_turn(target)
-                botapi.send_text(target, render.album_text(results, language, low_confidence))
+                text = render.album_text([r for r, _ in results], language, low_confidence)
+                # One ✅ / ❌ pair per photo that has a breed answer to correct.
+                ids = {i: p for i, (r, p) in enumerate(results, 1) if p and _correctable(r)}
+                extra = {"reply_markup": album_keyboard(ids, language)} if ids else {}
+                botapi.send_text(target, text, **extra)
         return
     with once(target.key) as first:
         if not first:
@@ -363,6 +382,14 @@ def reply_failed(
 
 def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
     failure = app.AsyncResult(task_id).result
+    report = contract.gate_report(failure) if isinstance(failure, contract.Refused) else None
+    if report is not None and kind == contract.ReplyKind.RETRAIN:
+        # Trained, but the gate kept it out: the full report, not a bare failure line.
+        with once(target.key) as first:
+            if first:
+                _wait_turn(target)
+                _finish_retrain(report.to_dict(), target)
+        return
     if isinstance(failure, contract.Refused):
         # The user's own problem, worded in their language from its code and values.
         reason = problem_text(target.language, failure.problem, failure.params, failure.message)
@@ -374,7 +401,7 @@ def _report_failure(task_id: str, target: contract.ReplyTo, kind: str) -> None:
             return
         _wait_turn(target)
         key = "retrain_failed" if kind == contract.ReplyKind.RETRAIN else "job_failed"
-        text = t(target.language, key, reason=reason)
+        text = sentence(t(target.language, key, reason=reason))
         if kind == contract.ReplyKind.RETRAIN and target.status_message_id is not None:
             botapi.edit_status(target, text)
         else:

@@ -238,10 +238,16 @@ class RetrainRequest(_Payload):
 
 @dataclass(frozen=True)
 class Progress(_Payload):
-    stage: str  # in this order: "download", "bottlenecks", "training", "saving", "comparing"
+    # In this order: "starting", "download", "bottlenecks", "training" (per candidate backbone
+    # with `auto`, then the chosen one's), "final" (the served layer), "saving", "comparing".
+    stage: str
     done: int
     total: int
     validation_accuracy: float | None = None
+    backbone: str | None = None  # whose photo features are read or trained on
+    candidate: int | None = None  # `auto` trying backbone `candidate` of `candidates`
+    candidates: int | None = None
+    seconds_left: float | None = None  # of this stage, from its pace so far
 
 
 class Refused(Exception):
@@ -276,9 +282,23 @@ class RetrainResult(_Payload):
     # The reason as a problem code and its values, so the bot can word it in the user's language.
     problem: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    confusion_png_b64: str | None = None  # the new version's confusion matrix, for the chat
+    # The confusion matrix its accuracy was measured on (rows: true class, columns: answer), and
+    # the classes' display names in that order: the bot draws it in the user's language.
+    confusion_matrix: list[list[int]] | None = None
+    class_names: list[str] = field(default_factory=list)
     # Its out-of-fold mistakes as one captioned contact sheet; None when there are none.
     mistakes_jpeg_b64: str | None = None
+
+
+# Refused.params key under which a retrain the accuracy gate kept from going live carries its
+# RetrainResult (as a dict): the job fails, and the chat still gets the version's report.
+GATE_REPORT = "report"
+
+
+def gate_report(refusal: Refused) -> RetrainResult | None:
+    """The report of a version the gate kept out, when `refusal` is that; else None."""
+    report = refusal.params.get(GATE_REPORT)
+    return RetrainResult.from_dict(report) if isinstance(report, dict) else None
 
 
 @dataclass(frozen=True)
@@ -337,6 +357,8 @@ class ModelVersion(_Payload):
     test_accuracy: float | None = None
     classes: int | None = None
     note: str = ""  # the accuracy gate's verdict
+    # "test_split", or "cross_validation" when test_accuracy is cross-validated (no test photos).
+    accuracy_source: str | None = None
     hosts: list[dict[str, Any]] = field(default_factory=list)  # HostStatus of hosts serving it
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import io
 import ipaddress
@@ -10,20 +12,28 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
+import pillow_heif
 from aiohttp import web
 from PIL import Image, ImageDraw
 
 from fakegram.api import FakeTelegram
 
-PLAYGROUND_TOKEN = "1000001:playground-token"
+# Re-exported: the emulator's side of the playground names them too.
+from fakegram.env import PLAYGROUND_TOKEN as PLAYGROUND_TOKEN
+from fakegram.env import playground_env as playground_env
+
 PLAYGROUND_ADMIN = 2  # the page's "act as admin" user
 TOKEN_HEADER = "X-Playground-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def playground_env(url: str) -> dict[str, str]:
-    """Environment for workers (and the bot) to talk to the emulator at `url`."""
-    return {"TELEGRAM_BOT_TOKEN": PLAYGROUND_TOKEN, "TELEGRAM_API_URL": url}
+# Pictures a browser shows as they are; any other photo (HEIC, say) is shown as a JPEG preview.
+BROWSER_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+}
+PREVIEW_SIZE = 720  # px, the longer side: the page shows photos at most 240 px high
+PREVIEW_PIXELS = 64 * 2**20  # a photo that decodes to more is not previewed (a bomb, say)
 
 
 def local_host(host: str) -> bool:
@@ -74,11 +84,49 @@ def page_app(fake: FakeTelegram) -> web.Application:
     async def favicon_ico(request: web.Request) -> web.Response:
         return web.Response(body=icon, content_type="image/x-icon")
 
+    async def preview_file(request: web.Request) -> web.Response:
+        stored = fake.files.get(request.match_info["file_id"])
+        if stored is None:
+            raise web.HTTPNotFound()
+        body, kind = await asyncio.to_thread(preview, stored.data)
+        return web.Response(body=body, content_type=kind)
+
     app = fake.app()
     app.middlewares.append(guard(run_token))
     app.router.add_get("/", page)
     app.router.add_get("/favicon.ico", favicon_ico)
+    app.router.add_get("/preview/{file_id}", preview_file)
     return app
+
+
+def preview(data: bytes) -> tuple[bytes, str]:
+    """A photo as the page's <img> can show it, and its content type: as sent when the browser
+    reads its format, else a JPEG of it (HEIC, AVIF, TIFF); a placeholder when it cannot be read."""
+    pillow_heif.register_heif_opener()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format in BROWSER_FORMATS:
+                return data, BROWSER_FORMATS[image.format]
+            if image.width * image.height > PREVIEW_PIXELS:
+                raise ValueError("too many pixels to preview")
+            image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=85)
+            return buffer.getvalue(), "image/jpeg"
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return unreadable(), "image/png"
+
+
+@functools.cache
+def unreadable() -> bytes:
+    """A grey card with a crossed picture: what the page shows for a photo it cannot read."""
+    image = Image.new("RGB", (240, 160), (220, 224, 230))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((90, 50, 150, 110), outline=(120, 125, 132), width=4)
+    draw.line((90, 50, 150, 110), fill=(120, 125, 132), width=4)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def favicon() -> bytes:

@@ -222,7 +222,7 @@ def killed_in_training(stack: Stack, retrain_limit: int = 60) -> dict:
         caption = "/retrain steps=2000 eval_every=100 flip=0 min_acc=0"
         send_retrain(client, csv_sample_zip(), caption)
         training = wait_until(
-            lambda: [t for t in texts(stack.fake, ADMIN, ("edited",)) if t.startswith(TRAINING)],
+            lambda: [t for t in texts(stack.fake, ADMIN, ("edited",)) if TRAINING in t],
             240,
         )
         worker.kill()

@@ -14,7 +14,8 @@ from harness import DATASETS
 from harness.stack import ADMIN, Stack
 
 TRAINING = "🏋️ Training step"
-FINISHED = ("✅ Model v", "❌ Retrain failed", "Sorry, that job failed")
+# A retrain's last word: live, kept out by the gate, failed, or refused.
+FINISHED = ("✅ Model v", "⚠️ Model v", "❌ Retrain failed", "Sorry, I could not do that")
 ERROR_REPLIES = ("Sorry", "I could not")  # what a closed-loop user counts as an error
 
 

@@ -152,6 +152,11 @@ def display_name(label: str) -> str:
     return words[:1].upper() + words[1:] if words else label
 
 
+def shown_names(labels: list[str]) -> str:
+    """Class labels as a user reads them in a message: "Siamese cat, Pug"."""
+    return ", ".join(map(display_name, labels))
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     with open(path, "rb") as fp:
@@ -510,11 +515,12 @@ def _check_counts(
             reason=reason,
         )
     if len(classes) < min_classes:
-        raise DatasetError("one_class", found=len(classes), classes=", ".join(map(repr, classes)))
+        raise DatasetError("one_class", found=len(classes), classes=shown_names(classes))
     counts = {label: 0 for label in classes}
     for image in images:
         counts[image.label] += 1
-    short = [f"{label!r}: {n}" for label, n in counts.items() if n < min_images]
+    # By the names the chat shows, with each count: "Siamese cat (1)".
+    short = [f"{display_name(label)} ({n})" for label, n in counts.items() if n < min_images]
     if short:
         raise DatasetError("too_few_images", min=min_images, short=", ".join(short))
 

@@ -26,7 +26,8 @@ from model.runtime import litert as runtime_litert
 from model.runtime import openset
 from model.runtime.classifier import LABELS_FILE, METRICS_FILE
 
-# (stage, done, total, latest validation accuracy); stages: bottlenecks, training, saving.
+# (stage, done, total, latest validation accuracy); stages: bottlenecks, training, final (the
+# served layer), saving; all but saving end in "@backbone", or "@backbone#i/n" for a candidate.
 ProgressFn = Callable[[str, int, int, float | None], None]
 
 CONFUSION_FILE = "confusion_matrix.png"
@@ -141,6 +142,13 @@ def bottlenecks(
     )
 
 
+def _tagged(progress: ProgressFn | None, tag: str) -> ProgressFn | None:
+    """`progress` with "@tag" after each stage name: which backbone ("#2/3": which candidate)."""
+    if progress is None:
+        return None
+    return lambda stage, done, total, accuracy: progress(f"{stage}@{tag}", done, total, accuracy)
+
+
 def _report(progress: ProgressFn | None, stage: str) -> Callable[[int, int], None]:
     def count(done: int, total: int) -> None:
         if progress:
@@ -207,7 +215,7 @@ def retrain(
             train_views,
             hp,
             bottleneck_dir,
-            progress,
+            _tagged(progress, handle),
             extractor(backbone, engine, home, num_threads),
         )
         # The folds' training (the candidates' too) is counted as training, not extraction.
@@ -249,7 +257,9 @@ def retrain(
             ),
             log_dir=work / LOGS_DIR,
             on_step=(
-                (lambda s, t, acc: progress("training", s, t, cv.accuracy)) if progress else None
+                (lambda s, t, acc: progress(f"final@{handle}", s, t, cv.accuracy))
+                if progress
+                else None
             ),
         )
         open_set, open_report = _open_set(backbone, ex, fit, train_views, y_all, labels, hp)
@@ -488,7 +498,7 @@ def choose_backbone(
     # One L2 for every candidate (the grid's middle unless --l2 is given): a fair comparison at
     # a third of the cost; the chosen backbone's own cross-validation then tries the whole grid.
     one_l2 = replace(hp, l2=hp.l2 if hp.l2 is not None else L2_GRID[len(L2_GRID) // 2])
-    for handle in AUTO_CANDIDATES:
+    for number, handle in enumerate(AUTO_CANDIDATES, start=1):
         started = time.perf_counter()
         backbone = backbones.load_backbone(handle, home)
         fit = _fit(
@@ -500,7 +510,7 @@ def choose_backbone(
             [features.ORIGINAL],
             one_l2,
             bottleneck_dir,
-            progress,
+            _tagged(progress, f"{handle}#{number}/{len(AUTO_CANDIDATES)}"),
             embed(backbone),
         )
         scores[handle] = {
@@ -539,7 +549,7 @@ def _check_train_classes(labels: list[str], train_y: np.ndarray) -> None:
     counts = np.bincount(train_y, minlength=len(labels))
     empty = [labels[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise data.DatasetError("no_training_images", classes=", ".join(map(repr, empty)))
+        raise data.DatasetError("no_training_images", classes=data.shown_names(empty))
 
 
 def _publish(work: Path, target: Path) -> None:

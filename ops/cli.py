@@ -163,7 +163,8 @@ def _print_progress(meta: dict[str, Any]) -> None:
     p = contract.Progress.from_dict(meta)
     accuracy = p.validation_accuracy
     shown = "" if accuracy is None else f", validation accuracy {accuracy:.1%}"
-    print(f"  {p.stage} {p.done}/{p.total}{shown}", flush=True)
+    backbone = f" ({p.backbone})" if p.backbone else ""
+    print(f"  {p.stage}{backbone} {p.done}/{p.total}{shown}", flush=True)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -211,7 +212,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List model versions."""
     versions = _app().send_task(contract.LIST_MODELS).get(timeout=args.timeout)
     for item in map(contract.ModelVersion.from_dict, versions):
-        accuracy = "" if item.test_accuracy is None else f"test accuracy {item.test_accuracy:.1%}"
+        measure = (
+            "cross-validated accuracy"
+            if item.accuracy_source == "cross_validation"
+            else "test accuracy"
+        )
+        accuracy = "" if item.test_accuracy is None else f"{measure} {item.test_accuracy:.1%}"
         mark = "*" if item.active else " "
         details = ", ".join(
             str(x) for x in (item.dataset, accuracy, item.created_at, item.note) if x

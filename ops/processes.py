@@ -27,11 +27,21 @@ def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_group(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """SIGTERM the child's process group, SIGKILL what is left after `timeout`; True if clean."""
-    clean = True
+def terminate_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, without waiting."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM the child's process group, SIGKILL what is left after `timeout`; True if clean."""
+    terminate_group(process)
+    return reap_group(process, timeout)
+
+
+def reap_group(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` for a terminated child, then SIGKILL its group; True if clean."""
+    clean = True
     try:
         process.wait(max(timeout, 0.1))
     except subprocess.TimeoutExpired:

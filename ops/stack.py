@@ -5,13 +5,16 @@ Without TELEGRAM_BOT_TOKEN the bot is the playground: the real bot against a loc
 emulator with a web chat page, and the reply sender sends its replies to that emulator.
 
 Each service runs in its own process group, so stopping one also stops whatever it spawned; on
-Ctrl-C or SIGTERM (or when any service dies) they are stopped in reverse order: TERM, a grace
-period, then KILL. Children also get PR_SET_PDEATHSIG, so even a SIGKILLed runner leaves none.
+Ctrl-C or SIGTERM (or when any service dies) they are all stopped together: TERM, a grace
+period, then KILL; the embedded Redis only after every one of them is gone. Children also get
+PR_SET_PDEATHSIG, so even a SIGKILLed runner leaves none. With REDIS_URL the console names that
+Redis (password hidden) and warns when its appendonly is off.
 
 Each service writes everything to `var/log/<service>.log`; the console shows only the runner's
-own lines, errors, and a service's last lines if it dies. The URLs, the Flower password and the
-embedded Redis's URL with its generated password are kept in `var/up.txt` (mode 0600) while the
-stack runs (`breedbot up --info` prints it).
+own lines (this run's: the logs are appended to), errors, and a service's last lines if it
+dies. The URLs, the Flower password and the embedded Redis's URL with its generated password
+are kept in `var/up.txt` (mode 0600) while the stack runs (`breedbot up --info` prints it, and
+fails once the runner is gone).
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+import psutil
+import redis
+
 from bot.settings import BotSettings
+from broker.redis_client import redis_client
 from broker.settings import EMBEDDED_URL_FILE
-from fakegram.playground import playground_env
-from ops.processes import spawn, stop_group
+from fakegram.env import playground_env
+from ops.processes import reap_group, spawn, terminate_group
 from ops.redis_server import RedisServer, free_port, write_private
 from worker.settings import WorkerSettings
 
@@ -38,6 +45,7 @@ GRACE_SECONDS = 20.0
 CLI = [sys.executable, "-m", "ops.cli"]
 LOG_DIR = "log"  # under var_dir
 INFO_FILE = "up.txt"  # under var_dir: URLs and credentials of the running stack
+PID_FILE = "up.pid"  # under var_dir: the runner's process id, while it runs
 LAST_LINES = 20  # of a service's log, shown when it dies
 # Log lines a person needs to see at once: errors (Celery, the bot's logging, Flower/tornado) and
 # the worker saying it is ready. Everything else stays in the service's log file.
@@ -86,6 +94,8 @@ def services(settings: WorkerSettings, flower_auth: str) -> list[Service]:
 
 def _start(service: Service, base_env: dict[str, str], log_dir: Path) -> None:
     service.log = log_dir / f"{service.name}.log"
+    # The log is appended to: the console shows this run's lines, not the last run's.
+    service.read_offset = service.log.stat().st_size if service.log.is_file() else 0
     print(f"[up] starting {service.name}; its log: {service.log}", flush=True)
     env = {**base_env, **service.env, "PYTHONUNBUFFERED": "1"}
     with service.log.open("ab") as log:
@@ -142,9 +152,21 @@ def write_info(path: Path, lines: list[str]) -> None:
     write_private(path, "".join(f"{line}\n" for line in lines))
 
 
+def _runner_alive(pid_file: Path) -> bool:
+    """True while the `breedbot up` that wrote `pid_file` still runs."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return psutil.pid_exists(pid)
+
+
 def print_info(settings: WorkerSettings) -> int:
-    """`breedbot up --info`: print the running stack's URLs and credentials again."""
+    """`breedbot up --info`: print the running stack's URLs and credentials; 1 if none runs."""
     path = settings.var_dir / INFO_FILE
+    if path.is_file() and not _runner_alive(settings.var_dir / PID_FILE):
+        # Left by a runner that was killed before it could clean up: its URLs lead nowhere.
+        path.unlink(missing_ok=True)
     if not path.is_file():
         print(f"no stack is running here ({path} is missing); start it with `make up`")
         return 1
@@ -152,9 +174,57 @@ def print_info(settings: WorkerSettings) -> int:
     return 0
 
 
-def _stop(service: Service, deadline: float) -> None:
-    if service.process is not None and not stop_group(service.process, deadline - time.monotonic()):
-        print(f"[up] {service.name} did not stop in time; killed it", flush=True)
+def stop_all(stack: list[Service], redis_server: RedisServer | None) -> None:
+    """Stop every service at once (each gets the whole grace period), and Redis only after them.
+
+    The services talk to Redis until they exit: stopped before them, it would leave each
+    retrying a lost connection until its grace period ran out."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    running = [s for s in stack if s.process is not None]
+    for service in running:
+        terminate_group(service.process)
+    for service in running:
+        if not reap_group(service.process, deadline - time.monotonic()):
+            print(f"[up] {service.name} did not stop in time; killed it", flush=True)
+    if redis_server:
+        redis_server.stop()
+
+
+def redacted(url: str) -> str:
+    """`url` with its passwords (one per Sentinel in a sentinel:// list) shown as `**`."""
+    return re.sub(r"://([^:@/;]*):[^@/;]*@", r"://\1:**@", url)
+
+
+def redis_lines(url: str) -> list[str]:
+    """Which Redis REDIS_URL names, and a warning when its AOF is off (it holds the registry)."""
+    lines = [f"Redis: {redacted(url)} (REDIS_URL)"]
+    client = redis_client(url, socket_timeout=5, retries=0)
+    try:
+        appendonly = client.config_get("appendonly").get("appendonly")
+    except redis.ResponseError:  # managed services often disable CONFIG
+        appendonly = "unknown"
+    except redis.RedisError as exc:
+        return [*lines, f"WARNING: cannot reach that Redis yet ({exc})"]
+    finally:
+        client.close()
+    if appendonly == "no":
+        lines.append(
+            "WARNING: appendonly is off on that Redis: it holds the model registry, and a restart "
+            "loses every write since its last snapshot. Turn it on: CONFIG SET appendonly yes "
+            "(and `appendonly yes` in its config file)"
+        )
+    elif appendonly != "yes":
+        lines.append("WARNING: could not read that Redis's appendonly setting: make sure it is on")
+    return lines
+
+
+def _start_redis(settings: WorkerSettings, env: dict[str, str]) -> RedisServer | None:
+    """The embedded redis-server (its URL put in `env`), or None when REDIS_URL names one."""
+    if not settings.redis_url:
+        return embedded_redis(settings, env)
+    for line in redis_lines(settings.redis_url):
+        print(f"[up] {line}", flush=True)
+    return None
 
 
 def embedded_redis(settings: WorkerSettings, env: dict[str, str]) -> RedisServer:
@@ -180,7 +250,7 @@ def run(settings: WorkerSettings) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     env = dict(os.environ)
-    redis_server = None if settings.redis_url else embedded_redis(settings, env)
+    redis_server = _start_redis(settings, env)
     auth = settings.flower_basic_auth
     flower_auth = auth.get_secret_value() if auth else f"admin:{secrets.token_urlsafe(12)}"
     stack = services(settings, flower_auth)
@@ -193,6 +263,7 @@ def run(settings: WorkerSettings) -> int:
             _start(service, env, log_dir)
         embedded = redis_server.url if redis_server else ""
         write_info(info_file, info_lines(settings, flower_auth, stack, redis_url=embedded))
+        write_private(settings.var_dir / PID_FILE, f"{os.getpid()}\n")
         # A password the user chose is not echoed; a generated one must be.
         for line in info_lines(settings, flower_auth, stack, show_password=not auth):
             print(f"[up] {line}", flush=True)
@@ -211,11 +282,8 @@ def run(settings: WorkerSettings) -> int:
     finally:
         print("[up] stopping", flush=True)
         info_file.unlink(missing_ok=True)
-        deadline = time.monotonic() + GRACE_SECONDS
-        for service in reversed(stack):
-            _stop(service, deadline)
-        if redis_server:
-            redis_server.stop()
+        stop_all(stack, redis_server)
+        (settings.var_dir / PID_FILE).unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("[up] stopped", flush=True)

@@ -227,6 +227,10 @@ def test_imagenet_names_and_pet_classes() -> None:
     assert imagenet.display_name(284) == "Siamese cat"
     assert imagenet.display_name(254) == "Pug"
     assert imagenet.display_name(282) == "Tiger cat"
+    # /breeds of version 0: one breed per name, never "Husky" beside "Siberian Husky".
+    shown = imagenet.pet_class_names()
+    assert "Husky" not in shown and {"Siberian Husky", "Eskimo dog"} <= set(shown)
+    assert len(set(map(str.casefold, shown))) == len(shown)
     mapped = list(imagenet.OXFORD_TO_IMAGENET.values())
     assert len(mapped) == 25 and len(set(mapped)) == 25
     assert set(mapped) <= set(imagenet.PET_CLASS_IDS)

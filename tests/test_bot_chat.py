@@ -113,7 +113,7 @@ def test_one_class_feedback_retrain_says_to_collect_more(
     refusal = one_class.value
     assert refusal.problem == "feedback_one_class"
     english = problem_text("en", refusal.problem, refusal.params, refusal.message)
-    assert "cover only 1 breed(s): 'pug'" in english and "folder" not in english
+    assert "cover only 1 breed(s): Pug." in english and "folder" not in english
     portuguese = problem_text("pt-BR", refusal.problem, refusal.params, refusal.message)
     assert "pelo menos 2: toque em ✅ ou ❌" in portuguese
     with pytest.raises(contract.Refused) as empty:
@@ -144,13 +144,11 @@ def _buttons(message: dict[str, Any]) -> dict[str, str]:
     return {b["text"]: b["callback_data"] for row in rows for b in row}
 
 
-def test_feedback_takes_one_answer_and_a_typed_breed(
-    chat: PlaygroundClient, session_stack: Stack, redis_server: RedisServer, datasets: Path
-) -> None:
-    """❌, then the breed typed with a typo: filed once under the raw label, the keyboard gone,
-    and a later press of the old ✅ changes nothing. (The worker's part is played here.)"""
-    user = 402
-    db = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def _answered_photo(
+    chat: PlaygroundClient, stack: Stack, db: redis.Redis, datasets: Path, user: int
+) -> tuple[list[str], dict[str, Any]]:
+    """A photo `user` sent and its answer with the ✅/❌ row (the worker's part played here):
+    the photo's Redis key (in a list) and the answer message."""
     photo = sorted((datasets / "pets-dev" / "Egyptian_Mau").glob("*.jpg"))[0].read_bytes()
     chat.send(user, file=photo, user_id=user)
     mine = wait_until(
@@ -165,13 +163,71 @@ def test_feedback_takes_one_answer_and_a_typed_breed(
     known = [*guesses, ["Siamese cat", "Siamese cat"]]
     db.set(contract.labels_key(0), json.dumps(known))
     answer = chat.http.post(
-        f"/bot{session_stack.token}/sendMessage",
+        f"/bot{stack.token}/sendMessage",
         json={
             "chat_id": user,
             "text": "Tabby — 51%",
             "reply_markup": feedback_keyboard(photo_id, "en"),
         },
     ).json()["result"]
+    return mine, answer
+
+
+def _press(chat: PlaygroundClient, user: int, message: dict[str, Any], data: str) -> list[str]:
+    """Press a button; the texts of the bot's answers to the press (its toast)."""
+    cursor = chat.events(user)[-1]["seq"]
+    chat.press(user, message["message_id"], data)
+    events = chat.wait_for(user, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)
+    return [e["text"] for e in events if e["type"] == "answer"]
+
+
+def test_a_typed_breed_is_awaited_only_until_the_user_moves_on(
+    chat: PlaygroundClient, session_stack: Stack, redis_server: RedisServer, datasets: Path
+) -> None:
+    """After ❌ a command ends the wait (a later "olá" is not a breed name); "✏️ another breed"
+    asks for the name and files the typed breed; "🚫 skip" is the way to use the photo for none."""
+    user = 403
+    db = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    mine, answer = _answered_photo(chat, session_stack, db, datasets, user)
+    assert _press(chat, user, answer, _buttons(answer)["❌ wrong"]) == [t("en", "which")]
+    assert _answer(chat, user, "/help").startswith("Send a photo")
+    assert _answer(chat, user, "olá").startswith("I look at photos")  # not "no breed called olá"
+    edited = [e["message"] for e in chat.events(user) if e["type"] == "edited"][-1]
+    buttons = _buttons(edited)
+    assert {"✏️ another breed (type it)", "🚫 skip this photo"} <= set(buttons)
+    assert _press(chat, user, edited, buttons["✏️ another breed (type it)"]) == [
+        "Type the breed's name as your next message."
+    ]
+    assert _answer(chat, user, "siamese cat") == "Thanks! Saved as Siamese cat."
+    assert db.hget(mine[0], "label") == "Siamese_cat"
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        (ADMIN, "Got pets.zip. To train a new model on it, reply /retrain to it"),
+        (404, "Only admins can retrain me with a zip of photos"),
+    ],
+)
+def test_a_zip_alone_says_what_to_do_with_it(
+    chat: PlaygroundClient, user: int, expected: str
+) -> None:
+    """Not "That file is not an image": the page's own hint sends a zip first."""
+    cursor = chat.events(user)[-1]["seq"] if chat.events(user) else 0
+    chat.send(user, file=b"PK\x05\x06" + bytes(18), kind="document", filename="pets.zip",
+              mime_type="application/zip", user_id=user)  # fmt: skip
+    events = chat.wait_for(user, lambda ev: any(e["type"] == "sent" for e in ev), after=cursor)
+    assert next(e["message"]["text"] for e in events if e["type"] == "sent").startswith(expected)
+
+
+def test_feedback_takes_one_answer_and_a_typed_breed(
+    chat: PlaygroundClient, session_stack: Stack, redis_server: RedisServer, datasets: Path
+) -> None:
+    """❌, then the breed typed with a typo: filed once under the raw label, the keyboard gone,
+    and a later press of the old ✅ changes nothing. (The worker's part is played here.)"""
+    user = 402
+    db = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    mine, answer = _answered_photo(chat, session_stack, db, datasets, user)
     cursor = chat.events(user)[-1]["seq"]
     chat.press(user, answer["message_id"], _buttons(answer)["❌ wrong"])
     events = chat.wait_for(user, lambda ev: any(e["type"] == "answer" for e in ev), after=cursor)

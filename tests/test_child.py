@@ -82,3 +82,18 @@ def test_the_child_dies_with_its_parent() -> None:
     while psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != "zombie":
         assert time.monotonic() < deadline, "the job's process outlived its parent"
         time.sleep(0.05)
+
+
+def test_no_resource_tracker_is_left_once_the_job_ends() -> None:
+    """multiprocessing's tracker (13 MB) started for the child goes once no child runs."""
+
+    def trackers() -> list[psutil.Process]:
+        return [
+            c for c in psutil.Process().children()
+            if "resource_tracker" in " ".join(c.cmdline())
+        ]  # fmt: skip
+
+    child.run("tests.test_child:counting", (1,), lambda _: None)
+    assert trackers() == []
+    child.run("tests.test_child:counting", (1,), lambda _: None)  # a new one starts, and goes
+    assert trackers() == []

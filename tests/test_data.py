@@ -196,9 +196,9 @@ def test_display_name(label: str, shown: str) -> None:
 @pytest.mark.parametrize(
     ("counts", "message"),
     [
-        ({"cats": 5}, "need at least 2 classes, found 1: 'cats'"),
-        ({"cats": 3, "dogs": 1}, "'dogs': 1"),
-        ({"cats": 3, "dogs": 0}, "'dogs': 0"),
+        ({"cats": 5}, "need at least 2 classes, found 1: Cats."),
+        ({"siamese_cat": 3, "dogs": 1}, "images: Dogs (1)."),  # the names the chat shows
+        ({"cats": 3, "siamese_cat": 0}, "images: Siamese cat (0)."),
         ({"Cat": 3, "cat": 3}, "'Cat' and 'cat'"),
         ({"great_pyrenees": 3, "great-pyrenees": 3}, "both be shown as 'Great pyrenees'"),
     ],
@@ -338,7 +338,7 @@ def test_zip_of_a_single_class_folder_is_reported_as_one_class(
     tmp_path: Path, pool: list[Path]
 ) -> None:
     folder = build(tmp_path / "set", pool, {"cats": 4})
-    with pytest.raises(DatasetError, match="found 1: 'cats'"):
+    with pytest.raises(DatasetError, match="found 1: Cats"):
         load_dataset(zip_folder(folder, tmp_path / "cats.zip"), extract_dir=tmp_path / "x")
 
 

@@ -16,6 +16,7 @@ import redis
 
 import contract
 from bot import botapi, outbox, render, replies
+from bot.confusion_chart import confusion_chart
 from bot.i18n import moment, percent, problem_text, t
 from fakegram.api import FakeTelegram, PlaygroundClient
 from harness.stack import Stack
@@ -132,7 +133,7 @@ def test_retrain_and_progress_texts() -> None:
     worst = [["pug", 0.5, 4], ["boxer", 0.75, 8]]
     live = contract.RetrainResult(5, True, 0.9, metrics={"n_test": 12, "worst_classes": worst})
     assert render.retrain_text(live, "en").splitlines() == [
-        t("en", "retrain_done", version=5, pct=_pct(0.9), n=12),
+        t("en", "retrain_done", version=5, pct=percent(0.9, "en", digits=1), n=12),
         t("en", "worst_classes"),
         t("en", "worst_class", name="pug", right=2, n=4, pct=_pct(0.5)),
         t("en", "worst_class", name="boxer", right=6, n=8, pct=_pct(0.75)),
@@ -167,9 +168,9 @@ def test_retrain_and_progress_texts() -> None:
             },
         },
     )
-    scores = f"efficientnet_lite0 {_pct(0.85)}, efficientnet_lite1 {_pct(0.9)}"
+    scores = "efficientnet_lite0 85.0%, efficientnet_lite1 90.0%"
     assert render.retrain_text(cross_validated, "en").splitlines() == [
-        t("en", "retrain_done_cv", version=8, n=60, k=5, pct=_pct(0.9), spread=_pct(0.03)),
+        t("en", "retrain_done_cv", version=8, n=60, k=5, pct="90.0%", spread="3.0%"),
         t("en", "backbone_auto", chosen="efficientnet_lite1", scores=scores),
         t("en", "retrain_live"),
     ]
@@ -268,7 +269,7 @@ def test_album_parts_gather_into_one_reply(fake: FakeTelegram, user: PlaygroundC
     album_key = f"breedbot:album:{target.key}"
     for index in (2, 0, 2):
         album = {"index": index, "size": 3}
-        assert replies._album_results(parts[index].to_dict(), target, album) is None
+        assert replies._album_results(parts[index].to_dict(), target, album, None) is None
     assert 0 < replies.redis_client().ttl(album_key) <= replies.ALBUM_TTL
     assert _bot_events(fake, 9104) == []
     for index in (1, 1):  # the last part, and its redelivery
@@ -280,8 +281,8 @@ def test_album_parts_gather_into_one_reply(fake: FakeTelegram, user: PlaygroundC
         )
     [event] = _bot_events(fake, 9104)
     assert event["message"]["text"] == render.album_text(parts, "pt-BR", 0.5)
-    gathered = replies._album_results(DAISY.to_dict(), target, {"index": 1, "size": 3})
-    assert gathered == parts
+    gathered = replies._album_results(DAISY.to_dict(), target, {"index": 1, "size": 3}, None)
+    assert gathered == [(part, None) for part in parts]  # no photo ids: no buttons
 
 
 def test_retrain_result_edits_the_status_message(
@@ -295,8 +296,11 @@ def test_retrain_result_edits_the_status_message(
         9105, target.message_id, status_message_id=status["message_id"], key="retrain:9105"
     )
     replies.progress(target.to_dict(), contract.Progress("training", 10, 60).to_dict())
-    png = render.top_k_chart(PUG)
-    result = contract.RetrainResult(7, True, 0.9, confusion_png_b64=contract.encode_bytes(png))
+    matrix = [[9, 1], [1, 9]]
+    result = contract.RetrainResult(
+        7, True, 0.9, confusion_matrix=matrix, class_names=["Pug", "Bengal"]
+    )
+    png = confusion_chart(result, "en")  # drawn by the reply sender, in the chat's language
     for _ in range(2):
         replies.reply(result.to_dict(), reply_to=target.to_dict(), kind="retrain")
     events = _bot_events(fake, 9105)
@@ -338,7 +342,7 @@ def test_control_replies(fake: FakeTelegram, user: PlaygroundClient) -> None:
                 t("en", "models_item", mark="•", version=0, pct="–", created=t("en", "built_in")),
                 t("en", "models_host", host="b@x", engine="litert-float", since=when),
                 f"    ⚠ cannot serve the active version: {why}",
-                t("en", "models_item", mark="▶", version=1, pct=_pct(0.875), created=when),
+                t("en", "models_item", mark="▶", version=1, pct="87.5%", created=when),
                 t("en", "models_host", host="a@x", engine="litert-int8", since=when),
             ]
         ),
@@ -369,8 +373,55 @@ def test_a_refused_job_is_told_once_in_the_users_language(
     for _ in range(2):
         replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
     [event] = _bot_events(fake, 9108)
-    reason = "não existe a versão 99 do modelo"
-    assert event["message"]["text"] == t("pt-BR", "job_failed", reason=reason)
+    assert event["message"]["text"] == (
+        "Desculpe, não consegui fazer isso: não existe a versão 99 do modelo (/models lista as "
+        "versões)."
+    )
+    # In English too: worded for the person who typed the number, and ending as a sentence.
+    target = _target(user, 9133)
+    replies.reply_failed(task_id, reply_to=target.to_dict(), kind="switch")
+    [event] = _bot_events(fake, 9133)
+    assert event["message"]["text"] == (
+        "Sorry, I could not do that: there is no model version 99 (/models lists them)."
+    )
+
+
+def test_a_retrain_the_gate_kept_out_is_reported_not_celebrated(
+    fake: FakeTelegram, user: PlaygroundClient
+) -> None:
+    """The job failed (the gate), yet the chat gets the version's report: opened with ⚠️, not ✅,
+    the accuracy written as the gate writes it, and "cross-validated" where it was."""
+    cv = {"k": 5, "accuracy": 0.987, "std": 0.021}
+    metrics = {"accuracy_source": "cross_validation", "cross_validation": cv, "n_train": 57}
+    params = {"accuracy": 0.987, "minimum": 0.99}
+    kept = contract.RetrainResult(4, False, 0.987, metrics, "test accuracy 98.7% is below the "
+                                  "minimum 99.0%", "below_minimum", params)  # fmt: skip
+    report = {**params, contract.GATE_REPORT: kept.to_dict()}
+    texts = {}
+    for chat_id, language in ((9130, "en"), (9131, "pt-BR")):
+        task_id = f"gate-refused-{chat_id}"
+        refused = contract.Refused(
+            f"version 4 did not go live: {kept.reason}", kept.problem, report
+        )
+        replies.app.backend.mark_as_failure(task_id, refused)
+        target = _target(user, chat_id, language=language)
+        replies.reply_failed(task_id, reply_to=target.to_dict(), kind="retrain")
+        [event] = _bot_events(fake, chat_id)
+        texts[language] = event["message"]["text"]
+    assert texts["en"].splitlines() == [
+        "⚠️ Model v4 trained on all 57 photos but not live: 5-fold cross-validated accuracy "
+        "98.7% ± 2.1%.",
+        "It did not go live: the cross-validated accuracy 98.7% is below the minimum 99.0%",
+    ]
+    assert texts["pt-BR"].startswith("⚠️ Modelo v4") and "98,7%" in texts["pt-BR"]
+    assert "validação cruzada 98,7% está abaixo do mínimo 99,0%" in texts["pt-BR"]
+    # /models names a cross-validated accuracy so, too.
+    target = _target(user, 9132)
+    listed = contract.ModelVersion(4, False, test_accuracy=0.987,
+                                   accuracy_source="cross_validation")  # fmt: skip
+    replies.reply([listed.to_dict()], reply_to=target.to_dict(), kind="models")
+    [event] = _bot_events(fake, 9132)
+    assert "v4 — cross-validated accuracy 98.7%" in event["message"]["text"]
 
 
 # --- The outbox ----------------------------------------------------------------------------------

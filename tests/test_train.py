@@ -101,7 +101,9 @@ def test_retrain_writes_a_servable_folder(flowers_run: train.TrainResult) -> Non
     assert cv["accuracy"] == pytest.approx(1 - wrong / 200)
     assert m["test_accuracy"] >= 0.8  # a linear probe on these features reaches ~0.87
     stages = {s for s, _, _ in flowers_run.metrics["_progress"]}
-    assert {"bottlenecks", "training", "saving"} <= stages
+    # Each stage but saving names the backbone it runs on.
+    handle = FAST.tfhub_module
+    assert {f"bottlenecks@{handle}", f"training@{handle}", f"final@{handle}", "saving"} <= stages
     assert not list(out.parent.glob(".flowers.tmp-*"))
 
 

@@ -188,7 +188,7 @@ def test_retrain_round_trip_reports_progress(retrain_run):
     bottlenecks = [p.done for p in progress if p.stage == "bottlenecks"]
     assert bottlenecks and bottlenecks == sorted(bottlenecks)
     assert all(0 <= p.done <= p.total for p in progress)
-    order = ["bottlenecks", "training", "saving", "comparing"]
+    order = ["starting", "bottlenecks", "training", "final", "saving", "comparing"]
     stages = [order.index(p.stage) for p in progress]
     assert stages == sorted(stages)
     # Training itself is over in a blink here; its validation accuracy rides on later stages.
@@ -246,6 +246,36 @@ def test_promote_and_rollback_switch_a_second_worker(
     assert (refused.value.problem, refused.value.params) == ("no_such_version", {"version": 999})
     assert str(refused.value) == "there is no model version 999"
     assert second.process.pid == pid and second.alive()
+
+
+def _mixed_zip(datasets: Path) -> bytes:
+    """Two classes that each hold the same two breeds: no model tells them apart."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for breed in ("pug", "Bengal"):
+            photos = sorted((datasets / "pets-dev" / breed).glob("*.jpg"))[:8]
+            for i, path in enumerate(photos):
+                archive.write(path, f"{('one', 'two')[i % 2]}/{path.name}")
+    return buffer.getvalue()
+
+
+def test_a_retrain_the_gate_keeps_out_is_a_failed_job(worker, celery_client, datasets):
+    """Flower and `retrain --via-queue` count it as a failure; the refusal carries the kept
+    version's report for the chat, and the active version stays."""
+    active = contract.Stats.from_dict(celery_client.send_task(contract.STATS).get(timeout=30))
+    ref = contract.DatasetRef(zip_b64=contract.encode_bytes(_mixed_zip(datasets)), name="mixed")
+    request = contract.RetrainRequest(ref.to_dict(), {"how_many_training_steps": 20}, 1.0)
+    job = celery_client.send_task(contract.RETRAIN, args=[request.to_dict()])
+    with pytest.raises(contract.Refused) as refused:
+        job.get(timeout=900)
+    assert job.state == "FAILURE"
+    assert refused.value.problem == "below_minimum" and refused.value.params["minimum"] == 1.0
+    report = contract.gate_report(refused.value)
+    assert report is not None and not report.activated and report.version > 0
+    assert report.confusion_matrix is None  # the failure stays small
+    assert f"version {report.version} did not go live" in str(refused.value)
+    now = contract.Stats.from_dict(celery_client.send_task(contract.STATS).get(timeout=30))
+    assert now.active_version == active.active_version
 
 
 def test_sigkilled_worker_job_is_redelivered_and_answered_once(

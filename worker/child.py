@@ -2,7 +2,7 @@
 to the system when it ends, and the child dies with the worker.
 
 `spawn`, not `fork`: the worker has threads (and, on a GPU, TensorFlow), which a fork would copy
-in an unknown state. Progress events stream back through a queue while the job runs.
+in an unknown state. Progress events stream back through a pipe while the job runs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import ctypes
 import importlib
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
+
+from worker import memory
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.2
@@ -32,16 +34,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(parent: int, target: str, args: tuple[Any, ...], events: multiprocessing.Queue) -> None:
+def _child(parent: int, target: str, args: tuple[Any, ...], events: Connection) -> None:
     _die_with_parent(parent)
     try:
         module, name = target.split(":")
         job = getattr(importlib.import_module(module), name)
-        result = job(*args, lambda event: events.put(("event", event)))
+        result = job(*args, lambda event: events.send(("event", event)))
     except BaseException as exc:  # handed to the parent, which raises it
-        events.put(("error", exc))
+        events.send(("error", exc))
     else:
-        events.put(("result", result))
+        events.send(("result", result))
+    finally:
+        events.close()
 
 
 def run(target: str, args: tuple[Any, ...], on_event: Callable[[Any], None]) -> Any:
@@ -53,20 +57,25 @@ def run(target: str, args: tuple[Any, ...], on_event: Callable[[Any], None]) -> 
     result must pickle).
     """
     context = multiprocessing.get_context("spawn")
-    events = context.Queue()
+    # A pipe, not a queue: a queue's semaphores would keep multiprocessing's resource tracker
+    # busy, and it is stopped once no child runs (worker/memory.py).
+    receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child, args=(os.getpid(), target, args, events), name="breedbot-job", daemon=True
+        target=_child, args=(os.getpid(), target, args, sender), name="breedbot-job", daemon=True
     )
+    memory.child_started()
     process.start()
+    sender.close()  # the child's end: EOF here once the child is gone
     try:
         while True:
             try:
-                kind, value = events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if not process.is_alive():
-                    code = process.exitcode
-                    raise ChildDied(f"the job's process ended with code {code}") from None
-                continue
+                if not receiver.poll(POLL_SECONDS):
+                    continue
+                kind, value = receiver.recv()
+            except EOFError:  # gone without a word
+                process.join(timeout=10)
+                code = process.exitcode
+                raise ChildDied(f"the job's process ended with code {code}") from None
             if kind == "event":
                 on_event(value)
             elif kind == "error":
@@ -78,4 +87,5 @@ def run(target: str, args: tuple[Any, ...], on_event: Callable[[Any], None]) -> 
         if process.is_alive():
             process.kill()
             process.join()
-        events.close()
+        receiver.close()
+        memory.child_ended()

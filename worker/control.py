@@ -22,6 +22,7 @@ def _describe(info: VersionInfo, serving: list[contract.HostStatus]) -> contract
         else record.get("name"),
         test_accuracy=metrics.get("test_accuracy"),
         classes=len(metrics["labels"]) if "labels" in metrics else None,
+        accuracy_source=metrics.get("accuracy_source"),
         note=("passed the gate" if record["gate"]["passed"] else "failed the gate")
         if "gate" in record
         else "",

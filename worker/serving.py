@@ -36,7 +36,7 @@ from model.runtime.classifier import Classifier
 from model.runtime.home import default_home
 from model.runtime.openset import Answer
 from store.registry import ZERO_SHOT, Registry
-from worker import child, fetch, hosts, stats, storage, versions
+from worker import child, fetch, hosts, memory, stats, storage, versions
 from worker.batching import Batcher
 from worker.settings import WorkerSettings, get_settings
 
@@ -159,6 +159,7 @@ class ModelHolder:
             self._failed.pop(version, None)
             self._error = None
         versions.drop_pruned(self.root, self.registry.pruned())
+        memory.give_back()  # the old version's buffers, once its last jobs let go of it
         return True
 
     def _failed_to_load(self, version: int, exc: Exception) -> None:
@@ -208,6 +209,7 @@ class ModelHolder:
         prepare_zero_shot(self.home, self.engine)
         versions.ensure_registry(self.registry, self.root)
         self.current()
+        memory.give_back()  # what loading and warming up left free in the threads' arenas
         self.report()
         self._started = True
 

@@ -53,6 +53,8 @@ def retrain(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
             chat(p)
 
     with retraining.exclusive():
+        # TensorFlow takes seconds to load in the child: say so at once, not "queued".
+        progress(contract.Progress("starting", 0, 1))
         return retraining.run_in_child(request, get_settings(), progress).to_dict()
 
 

@@ -6,6 +6,7 @@ This module imports TensorFlow (through `model.train`); the worker imports it on
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 import shutil
@@ -13,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from celery.exceptions import SoftTimeLimitExceeded
 
 import contract
 from contract import options
@@ -48,34 +47,6 @@ def hparams_from(params: dict, architecture: str) -> HParams:
     hparams = HParams(**{"tfhub_module": architecture, **params})
     validate(hparams)
     return hparams
-
-
-class _Reporter:
-    """Turns retrain()'s callbacks into throttled Progress events, and enforces the soft limit.
-
-    The threads pool cannot interrupt a task, so the deadline is checked here, at every step.
-    Bottleneck counts of the train, validation and test splits are chained into one running total.
-    """
-
-    def __init__(self, sink: retraining.ProgressSink, deadline: float) -> None:
-        self.sink = retraining.throttled(sink, 0.5)
-        self.deadline = deadline
-        self._offset = 0
-        self._split: str | None = None
-        self._split_total = 0
-        self._accuracy: float | None = None
-
-    def __call__(self, stage: str, done: int, total: int, accuracy: float | None) -> None:
-        if time.monotonic() > self.deadline:
-            raise SoftTimeLimitExceeded("retrain soft time limit exceeded")
-        if stage.startswith("bottlenecks"):
-            if stage != self._split:
-                self._offset += self._split_total if self._split else 0
-                self._split = stage
-            self._split_total = total
-            stage, done, total = "bottlenecks", self._offset + done, self._offset + total
-        self._accuracy = accuracy if accuracy is not None else self._accuracy
-        self.sink(contract.Progress(stage, done, total, self._accuracy))
 
 
 def _same_label(a: str, b: str) -> bool:
@@ -170,7 +141,7 @@ def run(
         hparams = hparams_from(request.params, settings.retrain_architecture)
     except options.OptionError as exc:  # a bot of another release let it through
         raise _refused(exc.code, str(exc), **exc.params) from exc
-    report = _Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
+    report = retraining.Reporter(progress, time.monotonic() + settings.retrain_soft_time_limit)
     root = settings.models_root
     reg = storage.registry(settings)
     staged: Path | None = None
@@ -229,8 +200,6 @@ def run(
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
-    chart = root / str(published.version) / train.CONFUSION_FILE
-    png = contract.encode_bytes(chart.read_bytes()) if chart.is_file() else None
     versions.prune(reg, root, settings.keep_versions)
     metrics = {
         **published.record["metrics"],
@@ -241,7 +210,7 @@ def run(
         "dataset": prepared.record
         | {"new_classes": list(map(data.display_name, prepared.record["new_classes"]))},
     }
-    return contract.RetrainResult(
+    outcome = contract.RetrainResult(
         published.version,
         published.activated,
         result.test_accuracy,
@@ -249,8 +218,25 @@ def run(
         published.reason,
         problem=published.problem,
         params=published.params,
-        confusion_png_b64=png,
+        # The test split's when there is one, else the out-of-fold answers: what the accuracy is.
+        confusion_matrix=(result.metrics.get("test") or result.metrics)["confusion_matrix"],
+        class_names=list(map(data.display_name, result.labels)),
         mistakes_jpeg_b64=sheet,
+    )
+    if not published.activated:
+        raise _gate_refusal(outcome)
+    return outcome
+
+
+def _gate_refusal(outcome: contract.RetrainResult) -> contract.Refused:
+    """A version the gate kept from going live fails its job (Flower, `retrain --via-queue`);
+    the refusal carries the version's report (without its pictures) for the chat's reply."""
+    report = dataclasses.replace(outcome, confusion_matrix=None, mistakes_jpeg_b64=None)
+    return _refused(
+        outcome.problem or "gate",
+        f"version {outcome.version} did not go live: {outcome.reason}",
+        **outcome.params,
+        **{contract.GATE_REPORT: report.to_dict()},
     )
 
 

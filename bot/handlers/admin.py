@@ -13,7 +13,7 @@ from typing import Any
 from telegram import Document, Message, Update
 
 import contract
-from bot.context import Context
+from bot.context import Context, settings_of
 from bot.handlers.common import language_of, reply_to
 from bot.i18n import problem_text, t
 from bot.jobs import submit, task
@@ -177,6 +177,19 @@ async def rollback(update: Update, context: Context) -> None:
 async def stats(update: Update, context: Context) -> None:
     """Jobs today, average latency and the active version."""
     await _control(update, context, contract.STATS, contract.ReplyKind.STATS)
+
+
+async def zip_alone(update: Update, context: Context) -> None:
+    """A .zip sent without /retrain: say what to do with it (admins) or who can (others)."""
+    message = update.effective_message
+    assert message is not None and update.effective_user is not None
+    language = language_of(update)
+    document = _zip_of(message)
+    if update.effective_user.id in settings_of(context).admin_ids:
+        name = (document.file_name if document else None) or "zip"
+        await message.reply_text(t(language, "zip_reply_retrain", name=name))
+    else:
+        await message.reply_text(t(language, "zip_not_admin"))
 
 
 async def export(update: Update, context: Context) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import time
 
 from telegram import InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
@@ -16,12 +17,23 @@ from bot.handlers import commands
 from bot.handlers.common import language_of
 from bot.i18n import t
 from bot.jobs import publish, task
-from bot.keyboards import OTHER, RIGHT, WRONG, breeds_keyboard, parse_feedback
+from bot.keyboards import (
+    OTHER,
+    RIGHT,
+    SKIP,
+    WRONG,
+    breeds_keyboard,
+    parse_feedback,
+    without_photo,
+)
 
 log = logging.getLogger(__name__)
-# user_data: (chat id, photo_id, answer message id) waiting for this user's typed breed. Per
-# user, not per chat: in a group, another member's text is not taken as this photo's breed.
+# user_data: (chat id, photo_id, answer message id, since, the answer's other rows) waiting for
+# this user's typed breed (the other rows: an album's other photos, kept when this one is done).
+# Per user, not per chat: in a group, another member's text is not taken as this photo's breed.
+# It ends with the answer, the user's next photo, file or command, or after TYPING_SECONDS.
 TYPING = "typing_breed"
+TYPING_SECONDS = 300
 MATCH_CUTOFF = 0.75  # difflib ratio a typed name needs to count as a breed
 ECHO_CHARS = 64  # of an unknown typed breed quoted back (a 4,096-character one would not fit)
 
@@ -34,8 +46,9 @@ def folder_label(label: str) -> str:
 
 
 def _valid(choice: str, n_guesses: int) -> bool:
-    """A choice the keyboards offer: right, wrong, other, or the index of a later guess."""
-    return choice in {RIGHT, WRONG, OTHER} or (choice.isdecimal() and 0 < int(choice) < n_guesses)
+    """A choice the keyboards offer: right, wrong, other, skip, or the index of a later guess."""
+    fixed = {RIGHT, WRONG, OTHER, SKIP}
+    return choice in fixed or (choice.isdecimal() and 0 < int(choice) < n_guesses)
 
 
 async def on_button(update: Update, context: Context) -> None:
@@ -69,14 +82,22 @@ async def on_button(update: Update, context: Context) -> None:
     if answered is not None:  # a keyboard still shown elsewhere, or a replayed press
         await query.answer(t(language, "feedback_done"))
         return
+    assert query.message is not None
+    shown = query.message.reply_markup
+    rest = without_photo(shown.to_dict() if shown else None, photo_id)
+    waiting = (chat.id, photo_id, query.message.message_id, time.time(), rest)
     if choice == WRONG:
         markup = breeds_keyboard(photo_id, [display for _, display in names], language)
+        markup["inline_keyboard"] += rest  # an album's other photos keep their buttons
         await query.edit_message_reply_markup(InlineKeyboardMarkup.de_json(markup, context.bot))
-        assert query.message is not None
-        context.user_data[TYPING] = (chat.id, photo_id, query.message.message_id)
+        context.user_data[TYPING] = waiting
         await query.answer(t(language, "which"))
         return
-    if choice == OTHER:
+    if choice == OTHER:  # a breed not among the buttons: its name is typed next
+        context.user_data[TYPING] = waiting
+        await query.answer(t(language, "type_breed"))
+        return
+    if choice == SKIP:
         label, text = "", t(language, "thanks_other")
     else:
         label, display = names[0 if choice == RIGHT else int(choice)]
@@ -84,7 +105,18 @@ async def on_button(update: Update, context: Context) -> None:
     await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await query.answer(text)
-    await query.edit_message_reply_markup(None)  # one photo, one answer
+    await query.edit_message_reply_markup(_remaining(rest, context))  # one photo, one answer
+
+
+def _remaining(rest: list[list[dict]], context: Context) -> InlineKeyboardMarkup | None:
+    """The keyboard once a photo has its answer: its album's other photos' rows, or none."""
+    return InlineKeyboardMarkup.de_json({"inline_keyboard": rest}, context.bot) if rest else None
+
+
+async def stop_typing(update: Update, context: Context) -> None:
+    """The user moved on (a photo, a file, a command): their next text is not a breed name."""
+    if context.user_data is not None:
+        context.user_data.pop(TYPING, None)
 
 
 async def _file(context: Context, photo_id: str, label: str, language: str) -> None:
@@ -113,10 +145,12 @@ async def on_text(update: Update, context: Context) -> None:
     message = update.effective_message
     assert message is not None and message.text is not None and context.user_data is not None
     pending = context.user_data.get(TYPING)
-    if pending is None or pending[0] != message.chat_id:
+    stale = pending is not None and time.time() - pending[3] > TYPING_SECONDS
+    if pending is None or pending[0] != message.chat_id or stale:
+        context.user_data.pop(TYPING, None)
         await commands.hint(update, context)
         return
-    _, photo_id, answer_id = pending
+    _, photo_id, answer_id, _, rest = pending
     language = language_of(update)
     redis = redis_of(context)
     version, answered = await redis.hmget(contract.photo_key(photo_id), "version", "label")
@@ -136,4 +170,6 @@ async def on_text(update: Update, context: Context) -> None:
     await _file(context, photo_id, label, language)
     context.user_data.pop(TYPING, None)
     await message.reply_text(t(language, "thanks", name=display))
-    await context.bot.edit_message_reply_markup(message.chat_id, answer_id, reply_markup=None)
+    await context.bot.edit_message_reply_markup(
+        message.chat_id, answer_id, reply_markup=_remaining(rest, context)
+    )

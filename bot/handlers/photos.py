@@ -113,10 +113,13 @@ async def _classify(context: Context, messages: list[Message], language: str) ->
                 low_confidence=low,
             )
         else:
+            # Each photo of an album is remembered too: its line gets its own ✅ / ❌.
             album = {"index": index, "size": len(messages)}
+            photo_id = await _remember(context, message)
             await submit(
-                context, job, target, contract.ReplyKind.CLASSIFY, album=album, low_confidence=low
-            )
+                context, job, target, contract.ReplyKind.CLASSIFY, album=album,
+                low_confidence=low, photo_id=photo_id,
+            )  # fmt: skip
     asyncio.get_running_loop().call_later(
         TYPING_AFTER_SECONDS,
         lambda: context.application.create_task(_typing_if_slow(context, target)),

@@ -48,6 +48,9 @@ OXFORD_TO_IMAGENET: dict[str, int] = {
 
 # The package's clean name for 282 is a description rather than a name.
 _NAME_FIXES = {282: "tiger cat"}
+# Shown names only (labels stay ImageNet's): 248 "Eskimo dog, husky" read "Husky" beside 250
+# "Siberian Husky" in /breeds, two names for what a user takes as one breed.
+_DISPLAY_FIXES = {248: "Eskimo dog"}
 
 
 @cache
@@ -69,5 +72,5 @@ def pet_class_names() -> list[str]:
 
 def display_name(class_id: int) -> str:
     """A class name fit to show a user, capitalised (e.g. "Siamese cat", "Pug")."""
-    name = class_names()[class_id]
+    name = _DISPLAY_FIXES.get(class_id) or class_names()[class_id]
     return name[:1].upper() + name[1:]
