@@ -18,7 +18,7 @@ from celery import Celery
 from PIL import Image
 
 import contract
-from bot.i18n import problem_text, t
+from bot.i18n import problem_text, sentence, t
 from bot.render import CHART_WIDTH
 from fakegram.api import PlaygroundClient
 from harness.services import Service
@@ -446,7 +446,7 @@ def test_promote_of_a_missing_version_is_refused_in_the_users_language(
     chat.send(ADMIN, text="/promote 99", user_id=ADMIN, language_code="pt-br")
     reply = _sent(chat.wait_for(ADMIN, _replies(), after=cursor))[0]["text"]
     reason = problem_text("pt-BR", "no_such_version", {"version": 99}, "")
-    assert reply == t("pt-BR", "job_failed", reason=reason)
+    assert reply == sentence(t("pt-BR", "job_failed", reason=reason))
     assert "99" in reason and reason != "there is no model version 99"
 
 
