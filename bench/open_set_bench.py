@@ -38,6 +38,9 @@ GOALS = {
     "gate_refused_pets": 0.01,
     "gate_passed_flowers": 0.01,
 }
+# Perfectly calibrated draws averaged for the ECE floor; bins of the equal-mass ECE.
+FLOOR_DRAWS = 200
+MASS_BINS = 10
 CATS = {"Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau"}
 CATS |= {"Maine_Coon", "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx"}
 
@@ -88,7 +91,7 @@ def _answer(
     ev = openset.Evidence(
         probs, inet, x, sure or maybe, maybe, float(inet[list(imagenet.CARNIVORE_CLASS_IDS)].sum())
     )
-    return openset.decide(ev, model, names, names)[0]
+    return openset.decide(openset.gated(ev, model), model, names, names)[0]
 
 
 def run_scenario(photos: Photos, trained: list[str], hp: HParams) -> dict:
@@ -137,6 +140,27 @@ def run_scenario(photos: Photos, trained: list[str], hp: HParams) -> dict:
         report,
         np.concatenate([cv.probabilities.argmax(axis=1), p_out.argmax(axis=1)]),
     )
+
+
+def _shown_calibration(answers_in: list, y: np.ndarray, trained: list[str]) -> dict:
+    """ECE of the score shown with each trained in-set answer (out of fold) against whether it
+    was the right breed: 15 equal-width bins (the common default), 10 equal-mass bins, and the
+    15-bin ECE a perfectly calibrated score would still show on this many photos (its floor)."""
+    shown = [(a.score, a.label == trained[c]) for a, c in zip(answers_in, y, strict=True)
+             if a.trained]  # fmt: skip
+    score = np.array([s for s, _ in shown])
+    hits = np.array([h for _, h in shown], np.float64)
+    ece = openset_fit.expected_calibration_error
+    rng = np.random.default_rng(0)
+    floor = np.mean([ece(score, rng.random(len(score)) < score) for _ in range(FLOOR_DRAWS)])
+    mass = np.array_split(np.argsort(score, kind="stable"), MASS_BINS)
+    equal_mass = sum(len(b) * abs(score[b].mean() - hits[b].mean()) for b in mass if len(b))
+    return {
+        "ece_shown": round(ece(score, hits), 4),
+        "ece_shown_equal_mass": round(float(equal_mass / max(len(score), 1)), 4),
+        "ece_shown_floor": round(float(floor), 4),
+        "shown_answers": len(score),
+    }
 
 
 def _share(flags: list[bool] | np.ndarray) -> float:
@@ -188,6 +212,7 @@ def _count(
             "flowers_claimed": _share([a.trained for a in answers_fl]),
             "flowers_passed_gate": _share([a.species is not None for a in answers_fl]),
             "imagenet_breed_named_right": _share(named),
+            **_shown_calibration(answers_in, y, trained),
         },
         "open_set": report,
     }
@@ -213,8 +238,9 @@ def _mean(results: dict, side: str, key: str) -> float:
 def _markdown(report: dict) -> str:
     rows = [
         "| scenario | breeds | species errors (before → after) | untrained answered as trained "
-        "| same species | in-set accuracy | ECE | ImageNet breed named right |",
-        "|---|---|---|---|---|---|---|---|",
+        "| same species | in-set accuracy | ECE | ECE of the shown score (floor) "
+        "| ImageNet breed named right |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["scenarios"].items():
         b, a = r["before"], r["after"]
@@ -224,7 +250,9 @@ def _markdown(report: dict) -> str:
             f"| {b['untrained_claimed']:.1%} → {a['untrained_claimed']:.1%} "
             f"| {a['untrained_claimed_same_species']:.1%} "
             f"| {b['in_set_accuracy']:.1%} → {a['in_set_accuracy']:.1%} "
-            f"| {b['ece']:.1%} → {a['ece']:.1%} | {a['imagenet_breed_named_right']:.1%} |"
+            f"| {b['ece']:.1%} → {a['ece']:.1%} "
+            f"| {a['ece_shown']:.1%} ({a['ece_shown_floor']:.1%}) "
+            f"| {a['imagenet_breed_named_right']:.1%} |"
         )
     m, g = report["mean"], report["gate"]
     return "\n".join(
@@ -244,17 +272,31 @@ def _markdown(report: dict) -> str:
             f"Means: species errors {m['species_errors']:.1%} (goal ≤ 1 %), untrained answered as "
             f"trained {m['untrained_claimed']:.1%} (goal ≤ 30 %), in-set accuracy drop "
             f"{m['in_set_accuracy_drop']:.1%} points (goal ≤ 2), ECE {m['ece']:.1%} (goal ≤ 3 %). "
-            f"Species errors before: {m['species_errors_before']:.1%}. Gate (unchanged rule): "
-            f"{g['gate_refused_pets']:.1%} of all 599 pets refused; flowers-dev passed "
-            f"{m['flowers_passed_gate']:.1%} with each scenario's layer "
-            f"({g['gate_passed_flowers']:.1%} if the layer were always sure; goal ≤ 1 % each "
-            "way); species rule alone on all "
-            f"599 pets: {g['species_errors_all_pets']:.1%} wrong.",
+            f"Species errors before: {m['species_errors_before']:.1%}. Gate, with each "
+            'scenario\'s layer and "maybe a pet" kept only with the evidence of a trained breed '
+            f"(openset.gated): {m['gate_refused_pets']:.1%} of pets refused, flowers-dev passed "
+            f"{m['flowers_passed_gate']:.1%} (goal ≤ 1 % each way); the gate alone on all 599 "
+            f"pets: {g['gate_refused_pets']:.1%} refused, flowers passed "
+            f"{g['gate_passed_flowers']:.1%} if the layer were always sure; species rule alone on "
+            f"all 599 pets: {g['species_errors_all_pets']:.1%} wrong.",
             "",
-            "ECE stays above its goal: the retrain's cross-validation already picks the steps "
-            "and L2 with the lowest out-of-fold cross-entropy, so the fitted temperature stays "
-            "near 1 and moves ECE little; with 117 to 315 photos per scenario, 15-bin ECE is "
-            "mostly sampling noise (a temperature fit on the other folds gives about the same). "
+            "ECE = 15 equal-width bins over the out-of-fold in-set answers (the layer's top "
+            "probability after the temperature, all classes). ECE of the shown score = the same "
+            "estimator on the score the bot shows with each trained in-set answer (its species' "
+            "classes, out of fold, capped when not sure) against whether the breed was right: "
+            f"{m['ece_shown']:.1%} (10 equal-mass bins: {m['ece_shown_equal_mass']:.1%}). "
+            "Floor = the 15-bin ECE that a perfectly calibrated score would still show on the "
+            f"same photos (mean of {FLOOR_DRAWS} draws): {m['ece_shown_floor']:.1%}; with about "
+            "110 to 310 shown answers per scenario, the goal of 3 % sits "
+            f"{'below' if m['ece_shown_floor'] > GOALS['ece'] else 'above'} that floor. Tried in "
+            "session calib (Lite0, means of the six scenarios, maps cross-fitted so the ECE stays "
+            "out of fold): on the shown score, isotonic regression 4.5 % and Platt scaling 5.1 % "
+            'against 5.4 % with no map; before the "not sure" cap (the score never above the '
+            "gate's pet probability) the shown score's ECE is 3.8 %, and isotonic 5.1 % / Platt "
+            "3.8 % there, on the open-set evidence 5.5 % / 4.6 %. Shown scores under 50 % are "
+            "right about 80 % of the time (the cap lowers many of them). On this few photos a "
+            "fitted map adds about as much variance as it removes bias, so the product keeps the "
+            "temperature alone and the cap the issue asks for. "
             "Same species = held-out breeds of a species the version was trained on: within "
             "cats, unseen breeds sit as close to the trained ones as those do to each other.",
             "",
@@ -282,8 +324,10 @@ def main() -> None:
             print(name, json.dumps(scenarios[name]["after"]), flush=True)
     mean = {
         k: _mean(scenarios, "after", k)
-        for k in ("species_errors", "untrained_claimed", "in_set_accuracy", "ece")
+        for k in ("species_errors", "untrained_claimed", "in_set_accuracy", "ece", "ece_shown")
     }
+    for k in ("ece_shown_equal_mass", "ece_shown_floor"):
+        mean[k] = _mean(scenarios, "after", k)
     mean["in_set_accuracy_before"] = _mean(scenarios, "before", "in_set_accuracy")
     mean["in_set_accuracy_drop"] = round(
         mean["in_set_accuracy_before"] - mean["in_set_accuracy"], 4
@@ -291,6 +335,7 @@ def main() -> None:
     mean["ece_before"] = _mean(scenarios, "before", "ece")
     mean["species_errors_before"] = _mean(scenarios, "before", "species_errors")
     mean["flowers_passed_gate"] = _mean(scenarios, "after", "flowers_passed_gate")
+    mean["gate_refused_pets"] = _mean(scenarios, "after", "gate_refused_pets")
     report = {"bench": "open_set", "machine": machine(), "backbone": args.backbone,
               "gate": _gate_rates(photos), "mean": mean, "scenarios": scenarios,
               "goals": GOALS}  # fmt: skip

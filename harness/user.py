@@ -43,6 +43,25 @@ def breeds_zip(breeds: dict[str, int]) -> bytes:
     return buffer.getvalue()
 
 
+def kaggle_zip(folder_name: str = "csv-sample") -> bytes:
+    """A Kaggle-style upload (`labels.csv` plus `train/<id>.jpg`) of a shared dataset folder."""
+    folder = DATASETS / folder_name
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.write(folder / "labels.csv", "labels.csv")
+        for path in sorted((folder / "train").glob("*.jpg")):
+            archive.write(path, f"train/{path.name}")
+    return buffer.getvalue()
+
+
+def retrain_by_reply(chat: PlaygroundClient, admin: int, archive: bytes, command: str) -> None:
+    """An admin uploads a zip, then replies to it with a /retrain command, as the README says."""
+    upload = chat.send(admin, file=archive, kind="document", filename="pets.zip",
+                       mime_type="application/zip", user_id=admin)  # fmt: skip
+    chat.send(admin, text=command, user_id=admin,
+              reply_to_message_id=upload["message"]["message_id"])  # fmt: skip
+
+
 def reply_events(events: list[dict[str, Any]], message_id: int) -> list[dict[str, Any]]:
     """The "sent" events of bot messages replying to the user's message `message_id`."""
     return [

@@ -4,8 +4,6 @@ left to `auto` (the rest of the suite pins Lite0), an admin retraining through t
 from __future__ import annotations
 
 import contextlib
-import io
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 
 from fakegram.api import PlaygroundClient
 from harness.stack import Stack
+from harness.user import kaggle_zip, retrain_by_reply
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +31,11 @@ def auto_stack(tmp_path_factory: pytest.TempPathFactory, breedbot_home: Path) ->
         yield stack
 
 
-def _zip(folder: Path, labels_csv: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.write(labels_csv, "labels.csv")
-        for path in sorted(folder.glob("*.jpg")):
-            archive.write(path, f"train/{path.name}")
-    return buffer.getvalue()
-
-
 def test_an_auto_retrain_through_the_chat_answers_the_next_photo(
     auto_stack: Stack, datasets: Path
 ) -> None:
-    csv_dir = datasets / "csv-sample"
     with contextlib.closing(PlaygroundClient(auto_stack.url)) as chat:
-        upload = chat.send(ADMIN, file=_zip(csv_dir / "train", csv_dir / "labels.csv"),
-                           kind="document", filename="pets.zip", mime_type="application/zip",
-                           user_id=ADMIN)  # fmt: skip
-        chat.send(ADMIN, text="/retrain steps=60", user_id=ADMIN,
-                  reply_to_message_id=upload["message"]["message_id"])  # fmt: skip
+        retrain_by_reply(chat, ADMIN, kaggle_zip(), "/retrain steps=60")
 
         def live(events: list[dict[str, Any]]) -> bool:
             return any("Model v1 trained" in e["message"].get("text", "")
@@ -63,11 +48,11 @@ def test_an_auto_retrain_through_the_chat_answers_the_next_photo(
         assert len(metrics["auto"]["candidates"]) == 3, metrics["auto"]
         assert auto_stack.registry().active_version() == 1
         cursor = chat.events(ADMIN)[-1]["seq"]
-        photo = sorted((csv_dir / "train").glob("*.jpg"))[0].read_bytes()
+        photo = sorted((datasets / "csv-sample" / "train").glob("*.jpg"))[0].read_bytes()
         chat.send(ADMIN, file=photo, kind="photo", user_id=ADMIN)
 
         def answered(events: list[dict[str, Any]]) -> bool:
-            return any("v1" in (e["message"].get("caption") or e["message"].get("text") or "")
+            return any("Model v1" in (e["message"].get("caption") or e["message"].get("text") or "")
                        for e in events if e["type"] == "sent")  # fmt: skip
 
         chat.wait_for(ADMIN, answered, timeout=120, after=cursor)

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from bot.render import CHART_WIDTH
 from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
-from harness.user import breeds_zip
+from harness.user import breeds_zip, kaggle_zip, retrain_by_reply
 from harness.waiting import wait_until
 from store.blobs import Store, open_store
 from tests.browser import chromium_or_skip
@@ -413,16 +412,6 @@ def test_playground_page_in_portuguese_follows_answers_and_reloads_quietly(
             browser.close()
 
 
-def _zip_of(folder: Path, labels_csv: Path | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        if labels_csv:
-            archive.write(labels_csv, "labels.csv")
-        for path in sorted(folder.rglob("*.jpg")):
-            archive.write(path, f"train/{path.name}")
-    return buffer.getvalue()
-
-
 def test_retrain_bad_options_and_corrupt_zip(chat: PlaygroundClient) -> None:
     """Unknown or out-of-range options are named; a corrupt zip gets a clear failure."""
     chat.send(ADMIN, file=b"PK\x03\x04 not really a zip", kind="document",
@@ -468,13 +457,8 @@ def test_admin_retrain_progress_then_live_then_rollback(
     /models, /stats, /rollback and /promote through the control queue."""
     versions = celery_client.send_task(contract.LIST_MODELS).get(timeout=30)
     new = max(contract.ModelVersion.from_dict(v).version for v in versions) + 1
-    csv_dir = datasets / "csv-sample"
     cursor = chat.events(ADMIN)[-1]["seq"] if chat.events(ADMIN) else 0
-    upload = chat.send(ADMIN, file=_zip_of(csv_dir / "train", csv_dir / "labels.csv"),
-                       kind="document", filename="pets.zip", mime_type="application/zip",
-                       user_id=ADMIN)  # fmt: skip
-    chat.send(ADMIN, text="/retrain steps=60 flip=0 min_acc=0.3", user_id=ADMIN,
-              reply_to_message_id=upload["message"]["message_id"])  # fmt: skip
+    retrain_by_reply(chat, ADMIN, kaggle_zip(), "/retrain steps=60 flip=0 min_acc=0.3")
 
     def finished(events: list[dict[str, Any]]) -> bool:
         return any(f"Model v{new} trained" in e["message"].get("text", "") for e in events

@@ -76,6 +76,21 @@ def test_weak_evidence_is_not_one_of_my_breeds_and_unsure_is_never_high() -> Non
     assert unsure.trained and unsure.score <= 0.3
 
 
+def test_maybe_a_pet_needs_the_evidence_of_a_trained_breed() -> None:
+    """The gate's "maybe" tier: kept for a photo close to a trained breed, refused (no cat or
+    dog) for one the layer only guesses; a sure pet is never touched."""
+    maybe = {"pet_unsure": True, "pet_probability": 0.3}
+    close = _evidence([0.99, 0.005, 0.005], {SIAMESE: 0.3}, **maybe)
+    weak = _evidence([0.4, 0.35, 0.25], {SIAMESE: 0.3}, **maybe)
+    kept, refused = openset.gated(close, CATS), openset.gated(weak, CATS)
+    assert (kept.is_pet, kept.pet_unsure) == (True, True)
+    assert (refused.is_pet, refused.pet_unsure) == (False, False)
+    answer, _ = openset.decide(refused, CATS, CAT_LABELS, CAT_LABELS)
+    assert answer.species is None and not answer.trained
+    sure = _evidence([0.4, 0.35, 0.25], {SIAMESE: 0.3})
+    assert openset.gated(sure, CATS) is sure
+
+
 def test_temperature_and_calibration_error() -> None:
     """Overconfident answers (true T = 3) get a temperature near 3 and a smaller ECE."""
     rng = np.random.default_rng(0)

@@ -147,7 +147,7 @@ class Classifier:
         # Versions saved before the top-5 output lack it: their gate stays the strict one.
         in_top5 = "pet_in_top5" in out and bool(out["pet_in_top5"][r])
         sure, maybe = pet_gate(pet, cls, in_top5, float(probs.max()))
-        evidence = openset.Evidence(
+        raw = openset.Evidence(
             probabilities=probs,
             imagenet=out["imagenet_probabilities"][r] if "imagenet_probabilities" in out else None,
             features=out["features"][r] if "features" in out else None,
@@ -155,6 +155,7 @@ class Classifier:
             pet_unsure=maybe,
             pet_probability=max(pet, 0.0),
         )
+        evidence = openset.gated(raw, self.open_set)
         answer, ranked = openset.decide(evidence, self.open_set, self.labels, self.display_names)
         # Stable, so ties (int8 logits can be equal) break to the lowest index, as argmax does.
         order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
@@ -167,7 +168,7 @@ class Classifier:
             pet_probability=evidence.pet_probability,
             imagenet_label=imagenet.class_names()[cls] if cls >= 0 else "",
             imagenet_probability=float(out["imagenet_probability"][r]),
-            pet_unsure=maybe,
+            pet_unsure=evidence.pet_unsure,
             answer=answer,
             guesses=[Guess(label, name, round(p, 6)) for label, name, p in ranked[: max(1, top_k)]],
         )
