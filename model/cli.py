@@ -25,7 +25,7 @@ DEFAULT_MODEL = "default (zero-shot ImageNet cats and dogs)"
 
 def home_dir() -> Path:
     """BREEDBOT_HOME, or the user's cache folder: where backbones and bottlenecks live."""
-    from model.backbones import default_home
+    from model.runtime.home import default_home  # not model.backbones: that imports TensorFlow
 
     env = os.environ.get("BREEDBOT_HOME")
     return Path(env).expanduser() if env else default_home()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from model import cli
 from model.predict import load_classifier
-from model.runtime import images
+from model.runtime import images, litert
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +87,29 @@ def test_label_image_prints_top5(
     assert scored[0].startswith("sunflowers (score = ")
     scores = [float(line.rsplit("= ", 1)[1][:-1]) for line in scored]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_label_image_of_a_litert_version_leaves_tensorflow_out(
+    flowers_model: Path, cli_env: Path, datasets: Path
+) -> None:
+    """`breedbot label-image --graph` on a LiteRT-served version, in a fresh process: the labels
+    print and TensorFlow never loads (it cost ~8 CPU s and ~850 MB per call)."""
+    if litert.resolve_engine("auto") != "litert":
+        pytest.skip("where a GPU is, label-image serves through TensorFlow")
+    photo = sorted((datasets / "pets-dev" / "pug").glob("*.jpg"))[0]
+    argv = ["label-image", "--graph", str(flowers_model), "--image", str(photo)]
+    code = (
+        "import sys\nfrom ops.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print('tensorflow loaded:', 'tensorflow' in sys.modules)\nsys.exit(code)\n"
+    )
+    env = {**os.environ, "BREEDBOT_HOME": str(cli_env)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    lines = result.stdout.splitlines()
+    assert len([line for line in lines if SCORE_LINE.match(line)]) == 5
+    assert lines[-1] == "tensorflow loaded: False"
 
 
 def test_label_image_default_model_knows_breeds(

@@ -37,6 +37,13 @@ def test_importing_the_bot_leaves_tensorflow_out() -> None:
     assert _loaded(setup, HEAVY) == []
 
 
+def test_the_cli_finds_its_home_without_tensorflow() -> None:
+    """`breedbot` parses its arguments and finds BREEDBOT_HOME: no TensorFlow before a command
+    that needs it (label-image of a LiteRT-served version never does)."""
+    setup = "import ops.cli, model.cli\nmodel.cli.home_dir()\nops.cli.build_parser()\n"
+    assert _loaded(setup, HEAVY) == []
+
+
 def test_flower_loads_no_task_module() -> None:
     """Flower is a Celery client: its app includes nothing that reaches a model or Telegram."""
     setup = "import broker.flower\nbroker.flower.app.loader.import_default_modules()\n"
