@@ -37,9 +37,6 @@ HEAD_FILE = "head.npz"
 LOGS_DIR = "logs"
 # `auto` prefers a faster backbone whose cross-validated accuracy is at most this much lower.
 AUTO_TIE = 0.005
-# `auto` scores the candidates on at most this many photos per class: photos per breed matter
-# more than the backbone, and extracting every photo with all three cost 2.7x one backbone.
-AUTO_SAMPLE_PER_CLASS = 24
 # Photos int8 is checked against float on when no test split is held out.
 INT8_CHECK_IMAGES = 96
 
@@ -492,9 +489,8 @@ def choose_backbone(
 ) -> tuple[str, dict]:
     """`--architecture auto`: the candidate whose layer cross-validates best on these photos.
 
-    Each candidate sees the originals of a class-stratified sample only (mirrors, distorted
-    copies and the rest of the photos are extracted later, for the chosen one), cached like any
-    bottleneck, with one L2 value. A faster candidate
+    Each candidate sees the originals only (mirrors and distorted copies are extracted later,
+    for the chosen one), cached like any bottleneck, with one L2 value. A faster candidate
     within AUTO_TIE of the best accuracy wins: it answers every later photo sooner. Returns the
     handle and the report.
     """
@@ -502,8 +498,6 @@ def choose_backbone(
     # One L2 for every candidate (the grid's middle unless --l2 is given): a fair comparison at
     # a third of the cost; the chosen backbone's own cross-validation then tries the whole grid.
     one_l2 = replace(hp, l2=hp.l2 if hp.l2 is not None else L2_GRID[len(L2_GRID) // 2])
-    rows = stratified_sample(items, AUTO_SAMPLE_PER_CLASS)
-    items, y = [items[i] for i in rows], y[rows]
     for number, handle in enumerate(AUTO_CANDIDATES, start=1):
         started = time.perf_counter()
         backbone = backbones.load_backbone(handle, home)
@@ -540,18 +534,8 @@ def choose_backbone(
         "chosen": chosen,
         "reason": reason,
         "tie_margin": AUTO_TIE,
-        "sample_photos": len(items),
         "candidates": scores,
     }
-
-
-def stratified_sample(items: list[data.LabeledImage], per_class: int) -> np.ndarray:
-    """Rows of at most `per_class` photos of each class, in order, the lowest content hashes
-    first: the same photos on every run, whatever their names or order (STYLE rule 17)."""
-    by_class: dict[str, list[int]] = {}
-    for i in sorted(range(len(items)), key=lambda i: items[i].sha256):
-        by_class.setdefault(items[i].label, []).append(i)
-    return np.array(sorted(i for rows in by_class.values() for i in rows[:per_class]), dtype=int)
 
 
 def _relative(path: Path, root: Path) -> str:
