@@ -208,6 +208,8 @@ class ClassifyResult(_Payload):
     error_message: str | None = None
     pet_unsure: bool = False  # the cat/dog gate passed it only as "not sure, maybe X"
     answer: dict[str, Any] | None = None  # an Answer.to_dict(); None from an older worker
+    # The layer's own ranking before the species and open-set decision (what an export gives).
+    model_top_k: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ai_edge_litert.interpreter import Interpreter
 from celery import Celery
 
 import contract
-from bot.i18n import problem_text, t
+from bot.i18n import problem_text, sentence, t
 from fakegram.api import PlaygroundClient
 from harness.services import Service
 from harness.stack import Stack
@@ -64,9 +64,10 @@ def _ask(
 
 
 def _worker_top1(celery_client: Celery, photo: bytes) -> str:
+    """The served model's own top-1 (before the chat's species and open-set decision)."""
     request = contract.ClassifyRequest(image_b64=contract.encode_bytes(photo), top_k=1)
     answer = celery_client.send_task(contract.CLASSIFY, args=[request.to_dict()]).get(timeout=60)
-    return contract.ClassifyResult.from_dict(answer).top_k[0]["label"]
+    return contract.ClassifyResult.from_dict(answer).model_top_k[0]["label"]
 
 
 def _check_export(
@@ -102,7 +103,7 @@ def test_export_refusals_in_the_users_language(chat: PlaygroundClient) -> None:
     assert _ask(chat, SOMEONE, "/export", 1, **pt)[0]["text"] == t("pt-BR", "not_admin")
     reason = problem_text("pt-BR", "no_such_version", {"version": 99}, "")
     failed = _ask(chat, ADMIN, "/export 99", 1, **pt)[0]["text"]
-    assert failed == t("pt-BR", "job_failed", reason=reason)
+    assert failed == sentence(t("pt-BR", "job_failed", reason=reason))
     assert _ask(chat, ADMIN, "/export v2", 1, **pt)[0]["text"] == t("pt-BR", "export_usage")
 
 

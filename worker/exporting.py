@@ -33,14 +33,14 @@ def export(
 ) -> contract.ExportResult:
     """Convert version N (or the active one) and read its files; Refused if there is none."""
     from model.export import export_portable, load_source
-    from worker.tf_jobs import convert_backbone
+    from worker.tf_jobs import convert_zero_shot
 
     reg = storage.registry(settings)
     version = reg.active_version() if request.version is None else request.version
     home = settings.breedbot_home or default_home()
 
     def convert(handle: str, where: Path) -> None:
-        convert_backbone(handle, where, lambda _: None)
+        convert_zero_shot(handle, where, lambda _: None)
 
     try:
         folder = versions.folder(reg, version, settings.models_root, home, convert)

@@ -334,6 +334,10 @@ def classify(
                 contract.Guess(g.label, g.display_name, g.probability).to_dict()
                 for g in p.guesses[:top_k]
             ],
+            model_top_k=[
+                contract.Guess(g.label, g.display_name, g.probability).to_dict()
+                for g in p.top_k[:top_k]
+            ],
             is_pet=p.is_pet,
             pet_unsure=p.pet_unsure,
             pet_probability=p.pet_probability,
