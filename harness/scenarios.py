@@ -313,6 +313,9 @@ def storage_failures(stack: Stack, file_limit_mb: int = 2) -> dict:
 # --- Bad input ---------------------------------------------------------------------------------
 
 
+TRAINED = ("✅", "⚠️")
+
+
 def _prefix(language: str, key: str) -> str:
     from bot.i18n import pick_language, t
 
@@ -333,8 +336,10 @@ def _refusal(language: str, key: str, reply: str) -> bool:
     templates = PROBLEMS.get(pick_language(language))
     if templates is None:
         return True
+    # The reply sender ends every refusal as a sentence (bot.i18n.sentence): a full stop added.
     return any(
-        re.fullmatch(_pattern(tpl), reply[len(prefix) :], re.S) for tpl in templates.values()
+        re.fullmatch(_pattern(tpl) + r"\.?", reply[len(prefix) :], re.S)
+        for tpl in templates.values()
     )
 
 
@@ -459,7 +464,8 @@ def bad_input(stack: Stack, full: bool, languages: tuple[str, ...] = ("en", "pt-
                     language,
                     expected,
                     reply,
-                    (refused and active() == before) or (trainable and "✅" in reply),
+                    # A zip that trains is answered ✅ (live) or ⚠️ (kept out by min_acc=1).
+                    (refused and active() == before) or (trainable and reply.startswith(TRAINED)),
                 )
             )
     finally:

@@ -206,7 +206,8 @@ def test_a_user_who_writes_again_is_answered_again(session_stack: Stack) -> None
             chat.send(user, text="/breeds", user_id=user)
             blocked = limits.BLOCKED_KEY.format(user)
             wait_until(lambda: not client.exists(blocked), 60, what="the block to be forgotten")
-        assert client.llen(contract.QUEUE_CONTROL) == 1  # the job was queued, too
+            # The job is published after the outbox write that forgets the block: wait for it.
+            wait_until(lambda: client.llen(contract.QUEUE_CONTROL) == 1, 30, what="the job queued")
     finally:
         bot.kill()
         client.close()
