@@ -333,9 +333,11 @@ def _refusal(language: str, key: str, reply: str) -> bool:
     prefix = _prefix(language, key)
     if not reply.startswith(prefix):
         return False
-    templates = PROBLEMS.get(pick_language(language))
-    if templates is None:
-        return True
+    chosen = pick_language(language)
+    # English lists only the bot's own overrides: any other English reason is the worker's text.
+    if chosen == "en" or chosen not in PROBLEMS:
+        return len(reply) > len(prefix)
+    templates = PROBLEMS[chosen]
     # The reply sender ends every refusal as a sentence (bot.i18n.sentence): a full stop added.
     return any(
         re.fullmatch(_pattern(tpl) + r"\.?", reply[len(prefix) :], re.S)
