@@ -42,7 +42,10 @@ def test_a_chat_gets_its_burst_then_one_slot_per_interval(client: redis.Redis) -
     start = time.time()
     slots = [slot(1, f"r{i}") for i in range(5)]
     assert slots == pytest.approx([0, 0, 0.25, 0.5, 0.75], abs=0.05)
-    assert limits.take(client, 2, "other", FAST) == (0, 0)
+    # Not held by chat 1's limit; the overall one may space it by one slot (1 ms) from chat 1's
+    # last reply, when that was reserved less than a slot ago (it was a race in this test).
+    chat_wait, global_wait = limits.take(client, 2, "other", FAST)
+    assert chat_wait == 0 and 0 <= global_wait <= 1 / FAST.overall
     # Asked again (a deferred or redelivered reply), a reply keeps its slot: no new one is taken.
     assert slot(1, "r4") == pytest.approx(slots[4], abs=0.01)
     assert slot(1, "r5") == pytest.approx(1.0, abs=0.05)
